@@ -1,0 +1,97 @@
+//! The command line (SPEC §3).
+
+use crate::backend::BackendChoice;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "easel",
+    version,
+    about = "A terminal workbench for neural style transfer (Gatys et al.)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ui {
+    /// The workbench when stdin and stdout are terminals, plain output otherwise.
+    Auto,
+    Tui,
+    Plain,
+    Jsonl,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// How to show the run.
+    #[arg(long, value_enum, default_value_t = Ui::Auto)]
+    pub ui: Ui,
+    /// A VGG-19 weights file (default: weights/, fetched on first use).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Image protocol for the preview (skips the terminal probe): kitty, sixel, iterm2, halfblocks.
+    #[arg(long)]
+    pub image_protocol: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run a preset.
+    Run {
+        /// The preset YAML file.
+        preset: PathBuf,
+        /// Override a preset key, e.g. --set optimizer.lr=1.0 --set iterations=50.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Folder for the run directory (default: runs/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// cpu, gpu or auto (overrides the preset's `backend`).
+        #[arg(long)]
+        backend: Option<BackendChoice>,
+        #[command(flatten)]
+        args: RunArgs,
+    },
+    /// Continue a run from its run directory's checkpoint.
+    Resume {
+        run_dir: PathBuf,
+        #[arg(long)]
+        backend: Option<BackendChoice>,
+        #[command(flatten)]
+        args: RunArgs,
+    },
+    /// Fetch, check or import the VGG-19 weights.
+    Weights {
+        #[command(subcommand)]
+        action: WeightsCmd,
+    },
+    /// Measure seconds per iteration and peak memory on the real network.
+    Bench {
+        /// Sizes to measure, WIDTHxHEIGHT, comma-separated.
+        #[arg(long, default_value = "400x300,512x512", value_delimiter = ',')]
+        sizes: Vec<String>,
+        /// Timed iterations per size (after one warm-up iteration).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long, default_value = "cpu")]
+        backend: BackendChoice,
+        /// Optimiser to time: adam or lbfgs.
+        #[arg(long, default_value = "adam")]
+        optimizer: String,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WeightsCmd {
+    /// Download the Keras VGG-19 file, verify it and convert it.
+    Fetch,
+    /// Say which weights are present and whether they verify.
+    Info,
+    /// Import weights from a file: Keras' .h5, or torchvision's vgg19-dcbb9e9d.pth.
+    Import { path: PathBuf },
+}

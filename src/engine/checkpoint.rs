@@ -1,0 +1,191 @@
+//! What `easel resume` needs to continue a run exactly: the image as floats, the
+//! optimiser state, the iteration and the elapsed time, in one safetensors file written
+//! atomically (tensors, plus the scalars as JSON metadata). The settings with their
+//! change history live beside it in `preset.yaml`; the only randomness (the initial
+//! noise) is spent before iteration 0, so the iteration is all the RNG state there is.
+
+use crate::optim::{Adam, Lbfgs, LbfgsState, Optimizer};
+use crate::weights::{self, HostTensor};
+use anyhow::{Context, Result, anyhow};
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Scalars {
+    iter: u64,
+    elapsed_s: f64,
+    best_j: f64,
+    optimizer: OptimizerScalars,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum OptimizerScalars {
+    Adam {
+        t: u64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    },
+    Lbfgs {
+        history: usize,
+        ro: Vec<f64>,
+        h_diag: f64,
+        t: f64,
+        n_iter: u64,
+        pairs: usize,
+        converged: bool,
+    },
+}
+
+/// The state of a run between two iterations.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The next iteration to run.
+    pub iter: u64,
+    pub elapsed_s: f64,
+    /// The lowest J seen so far (for divergence detection).
+    pub best_j: f64,
+    pub x: Tensor<4>,
+    pub optimizer: Optimizer,
+}
+
+fn host<const D: usize>(t: &Tensor<D>) -> HostTensor {
+    let data = t.to_data().convert::<f32>();
+    (
+        data.shape().to_vec(),
+        data.try_to_vec::<f32>().unwrap_or_default(),
+    )
+}
+
+fn device_tensor<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(t.1.clone(), t.0.clone()), device)
+}
+
+impl Checkpoint {
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors: HashMap<String, HostTensor> = HashMap::new();
+        tensors.insert("x".into(), host(&self.x));
+        let optimizer = match &self.optimizer {
+            Optimizer::Adam(a) => {
+                if let (Some(m), Some(v)) = (&a.m, &a.v) {
+                    tensors.insert("adam.m".into(), host(m));
+                    tensors.insert("adam.v".into(), host(v));
+                }
+                OptimizerScalars::Adam {
+                    t: a.t,
+                    beta1: a.beta1,
+                    beta2: a.beta2,
+                    eps: a.eps,
+                }
+            }
+            Optimizer::Lbfgs(l) => {
+                let st = &l.state;
+                for (i, (y, s)) in st.old_dirs.iter().zip(&st.old_stps).enumerate() {
+                    tensors.insert(format!("lbfgs.y.{i}"), host(y));
+                    tensors.insert(format!("lbfgs.s.{i}"), host(s));
+                }
+                if let Some(d) = &st.d {
+                    tensors.insert("lbfgs.d".into(), host(d));
+                }
+                if let Some(g) = &st.prev_flat_grad {
+                    tensors.insert("lbfgs.prev_grad".into(), host(g));
+                }
+                OptimizerScalars::Lbfgs {
+                    history: l.history,
+                    ro: st.ro.clone(),
+                    h_diag: st.h_diag,
+                    t: st.t,
+                    n_iter: st.n_iter,
+                    pairs: st.old_dirs.len(),
+                    converged: st.converged,
+                }
+            }
+        };
+        let scalars = Scalars {
+            iter: self.iter,
+            elapsed_s: self.elapsed_s,
+            best_j: self.best_j,
+            optimizer,
+        };
+        weights::write_safetensors_with(
+            path,
+            &tensors,
+            HashMap::from([("easel".to_string(), serde_json::to_string(&scalars)?)]),
+        )
+    }
+
+    pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
+        let (tensors, meta) = weights::read_safetensors(path)?;
+        let broken = || {
+            anyhow!(
+                "checkpoint {} is incomplete; resume from an earlier copy or start the run again",
+                path.display()
+            )
+        };
+        let scalars: Scalars = serde_json::from_str(meta.get("easel").ok_or_else(broken)?)
+            .with_context(|| format!("checkpoint {} has unreadable metadata", path.display()))?;
+        let get = |name: &str| tensors.get(name).ok_or_else(broken);
+        let x = device_tensor::<4>(get("x")?, device);
+        let optimizer = match scalars.optimizer {
+            OptimizerScalars::Adam {
+                t,
+                beta1,
+                beta2,
+                eps,
+            } => {
+                let moment = |n: &str| tensors.get(n).map(|h| device_tensor::<4>(h, device));
+                Optimizer::Adam(Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    t,
+                    m: moment("adam.m"),
+                    v: moment("adam.v"),
+                })
+            }
+            OptimizerScalars::Lbfgs {
+                history,
+                ro,
+                h_diag,
+                t,
+                n_iter,
+                pairs,
+                converged,
+            } => {
+                let mut state = LbfgsState {
+                    ro,
+                    h_diag,
+                    t,
+                    n_iter,
+                    converged,
+                    ..Default::default()
+                };
+                for i in 0..pairs {
+                    state
+                        .old_dirs
+                        .push(device_tensor(get(&format!("lbfgs.y.{i}"))?, device));
+                    state
+                        .old_stps
+                        .push(device_tensor(get(&format!("lbfgs.s.{i}"))?, device));
+                }
+                state.d = tensors.get("lbfgs.d").map(|h| device_tensor(h, device));
+                state.prev_flat_grad = tensors
+                    .get("lbfgs.prev_grad")
+                    .map(|h| device_tensor(h, device));
+                let mut l = Lbfgs::new(history);
+                l.state = state;
+                Optimizer::Lbfgs(l)
+            }
+        };
+        Ok(Checkpoint {
+            iter: scalars.iter,
+            elapsed_s: scalars.elapsed_s,
+            best_j: scalars.best_j,
+            x,
+            optimizer,
+        })
+    }
+}

@@ -1,0 +1,171 @@
+//! The run as a state machine in a worker thread.
+//!
+//! The engine takes [`Command`]s between two iterations (never mid-step) and emits
+//! [`Event`]s; front ends (TUI, plain, jsonl) only send commands and read events. It
+//! knows nothing of terminals. It holds its burn `Device` as a value, so switching the
+//! backend moves the network, the image and the optimiser state between iterations.
+
+pub mod checkpoint;
+mod worker;
+
+use crate::backend::{Backend, BackendChoice};
+use crate::preset::Preset;
+use crate::run_dir::{Record, RunDir};
+use crate::vgg::Layer;
+use image::RgbImage;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+
+pub use checkpoint::Checkpoint;
+
+/// A setting that can change mid-run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Setting {
+    Alpha,
+    Beta,
+    /// The lambda of one style layer.
+    StyleLayer(Layer),
+    LearningRate,
+    TvWeight,
+}
+
+impl Setting {
+    /// The preset key this setting is stored under (dotted for nested keys).
+    pub fn key(&self) -> String {
+        match self {
+            Setting::Alpha => "alpha".into(),
+            Setting::Beta => "beta".into(),
+            Setting::StyleLayer(l) => format!("style_layers.{l}"),
+            Setting::LearningRate => "optimizer.lr".into(),
+            Setting::TvWeight => "tv_weight".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Pause,
+    Resume,
+    /// Changes a setting from the next iteration on.
+    Set(Setting, f64),
+    SetContentLayer(Layer),
+    /// Saves a snapshot (and a checkpoint) now.
+    Snapshot,
+    /// Sends a preview of the current image now.
+    Preview,
+    /// Moves the run to another backend between two iterations.
+    SwitchBackend(BackendChoice),
+    /// Stops cleanly: final image, losses and checkpoint written.
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Preparing,
+    Running,
+    Paused,
+    Finished,
+    Stopped,
+    Failed,
+}
+
+impl RunState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            RunState::Preparing => "preparing",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Finished => "finished",
+            RunState::Stopped => "stopped",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started {
+        run_dir: PathBuf,
+        backend: String,
+        width: usize,
+        height: usize,
+        /// The iteration the run starts at (non-zero when resumed).
+        start_iter: u64,
+        preset: Box<Preset>,
+        /// Records already in `losses.jsonl` (when resumed).
+        history: Vec<Record>,
+    },
+    Iteration(Record),
+    Preview {
+        iter: u64,
+        image: RgbImage,
+    },
+    State(RunState),
+    /// A setting took effect at `iter`.
+    Changed {
+        iter: u64,
+        key: String,
+        value: f64,
+    },
+    BackendChanged {
+        iter: u64,
+        backend: String,
+    },
+    Saved(PathBuf),
+    /// Something the user should read: a rollback, a refused command.
+    Notice(String),
+    Finished {
+        final_image: PathBuf,
+        state: RunState,
+    },
+    Failed(String),
+}
+
+/// Everything a run needs to start.
+pub struct RunSpec {
+    pub preset: Preset,
+    pub run_dir: RunDir,
+    pub weights: PathBuf,
+    pub backend: Backend,
+    /// Set when resuming.
+    pub resume: bool,
+    /// Seconds between automatic previews (0: only on request and at snapshots).
+    pub preview_every_s: f64,
+}
+
+/// The front end's side of a running engine.
+pub struct EngineHandle {
+    pub commands: Sender<Command>,
+    pub events: Receiver<Event>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EngineHandle {
+    pub fn send(&self, command: Command) {
+        // The worker may have ended already; then there is nothing left to steer.
+        let _ = self.commands.send(command);
+    }
+
+    /// Waits for the worker thread to end.
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts a run in a worker thread.
+pub fn spawn(spec: RunSpec) -> EngineHandle {
+    let (cmd_tx, cmd_rx) = channel();
+    let (ev_tx, ev_rx) = channel();
+    let thread = std::thread::Builder::new()
+        .name("easel-engine".into())
+        .spawn(move || worker::run(spec, cmd_rx, ev_tx))
+        .ok();
+    EngineHandle {
+        commands: cmd_tx,
+        events: ev_rx,
+        thread,
+    }
+}

@@ -1,0 +1,170 @@
+//! Images in and out: loading, resizing, the VGG pixel space, saving.
+//!
+//! Pixel space (SPEC §2): RGB on 0..255 minus the ImageNet means. The optimiser works in
+//! this space; a saved image is `clip(x + means, 0, 255)` rounded.
+
+use crate::atomic;
+use anyhow::{Context, Result, bail};
+use burn::tensor::{Device, Tensor, TensorData};
+use image::{ImageReader, RgbImage, imageops::FilterType};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// ImageNet channel means, R, G, B, on 0..255.
+pub const MEANS: [f32; 3] = [123.68, 116.779, 103.939];
+
+/// Largest input file we accept; anything bigger is almost surely a mistake.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest decoded image (pixels) we accept before resizing.
+pub const MAX_DECODED_PIXELS: u64 = 100_000_000;
+
+/// The output size asked for in a preset.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum Size {
+    Exact { width: u32, height: u32 },
+    MaxSide { max_side: u32 },
+}
+
+impl Size {
+    /// The (width, height) this size gives for a source of `w` x `h`.
+    pub fn resolve(&self, w: u32, h: u32) -> (u32, u32) {
+        match *self {
+            Size::Exact { width, height } => (width, height),
+            Size::MaxSide { max_side } => {
+                let scale = max_side as f64 / w.max(h) as f64;
+                let rw = ((w as f64 * scale).round() as u32).max(1);
+                let rh = ((h as f64 * scale).round() as u32).max(1);
+                (rw, rh)
+            }
+        }
+    }
+}
+
+/// Loads an image file as RGB, with errors that name the file and the problem.
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "cannot read image {}: the file does not exist or is not readable; check the path",
+            path.display()
+        )
+    })?;
+    if !meta.is_file() {
+        bail!(
+            "image {} is not a file; give the path of a PNG or JPEG image",
+            path.display()
+        );
+    }
+    if meta.len() == 0 {
+        bail!(
+            "image {} is empty (0 bytes); replace it with a real PNG or JPEG image",
+            path.display()
+        );
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        bail!(
+            "image {} is {} MB, more than the {} MB easel accepts; scale it down first",
+            path.display(),
+            meta.len() / 1_000_000,
+            MAX_FILE_BYTES / 1_000_000
+        );
+    }
+    let reader = ImageReader::open(path)
+        .with_context(|| format!("cannot open image {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read image {}", path.display()))?;
+    if reader.format().is_none() {
+        bail!(
+            "{} is not an image easel can read (PNG, JPEG, GIF, BMP, TIFF, WebP); convert it to PNG or JPEG",
+            path.display()
+        );
+    }
+    let (w, h) = reader.into_dimensions().with_context(|| {
+        format!(
+            "image {} is damaged or truncated: its header cannot be read; re-export it",
+            path.display()
+        )
+    })?;
+    if w as u64 * h as u64 > MAX_DECODED_PIXELS {
+        bail!(
+            "image {} is {w}x{h} pixels, more than the {} megapixels easel decodes; scale it down first",
+            path.display(),
+            MAX_DECODED_PIXELS / 1_000_000
+        );
+    }
+    let mut reader = ImageReader::open(path)?.with_guessed_format()?;
+    reader.no_limits();
+    let img = reader.decode().with_context(|| {
+        format!(
+            "image {} is damaged or truncated and cannot be decoded; re-export it",
+            path.display()
+        )
+    })?;
+    Ok(img.to_rgb8())
+}
+
+/// Resizes to exactly `w` x `h` (Lanczos, as PIL's and skimage's high-quality resizes).
+pub fn resize(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    if img.width() == w && img.height() == h {
+        return img.clone();
+    }
+    image::imageops::resize(img, w, h, FilterType::Lanczos3)
+}
+
+/// RGB pixels to a `[1, 3, H, W]` tensor in pixel space.
+pub fn to_pixel_space(img: &RgbImage, device: &Device) -> Tensor<4> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut data = vec![0f32; 3 * w * h];
+    for (x, y, p) in img.enumerate_pixels() {
+        for c in 0..3 {
+            data[c * w * h + y as usize * w + x as usize] = p[c] as f32 - MEANS[c];
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [1, 3, h, w]), device)
+}
+
+/// Floats in pixel space (`[3, H, W]` order, as read back from a tensor) to RGB pixels:
+/// `clip(x + means, 0, 255)` rounded.
+pub fn from_pixel_space(values: &[f32], w: usize, h: usize) -> RgbImage {
+    RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        image::Rgb(std::array::from_fn(|c| {
+            (values[c * w * h + i] + MEANS[c]).clamp(0.0, 255.0).round() as u8
+        }))
+    })
+}
+
+/// Reads a `[1, 3, H, W]` pixel-space tensor back as an RGB image.
+pub fn tensor_to_rgb(x: &Tensor<4>) -> Result<RgbImage> {
+    let [_, _, h, w] = x.dims();
+    let data = x.to_data().convert::<f32>();
+    let values = data
+        .as_slice::<f32>()
+        .map_err(|e| anyhow::anyhow!("cannot read image tensor: {e:?}"))?;
+    Ok(from_pixel_space(values, w, h))
+}
+
+/// Saves an RGB image atomically; the format follows the extension (PNG or JPEG).
+pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
+    let format = image::ImageFormat::from_path(path).with_context(|| {
+        format!(
+            "cannot tell the image format of {}; use .png or .jpg",
+            path.display()
+        )
+    })?;
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, format)
+        .with_context(|| format!("cannot encode {}", path.display()))?;
+    atomic::write(path, bytes.get_ref())
+}
+
+/// `U(-20, 20)` noise in pixel space, `[1, 3, h, w]`, reproducible from `seed`.
+pub fn uniform_noise(seed: u64, w: usize, h: usize, device: &Device) -> Tensor<4> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let data: Vec<f32> = (0..3 * w * h)
+        .map(|_| rng.random_range(-20.0f32..20.0))
+        .collect();
+    Tensor::from_data(TensorData::new(data, [1, 3, h, w]), device)
+}

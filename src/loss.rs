@@ -1,0 +1,237 @@
+//! The costs of SPEC §2, each with its per-layer breakdown.
+//!
+//! - content: `sum((a_C - a_G)^2) / (4 nH nW nC)` at one layer;
+//! - Gram: `A A^T` for the activation unrolled to `(nC, nH*nW)`;
+//! - style of a layer: `sum((G_S - G_G)^2) / (4 nC^2 (nH nW)^2)`;
+//! - style: `sum_l lambda_l J_style[l]`; total: `alpha J_content + beta J_style + tv_weight TV`.
+
+use crate::vgg::{Layer, Vgg19};
+use burn::tensor::Tensor;
+
+/// The weights of the cost, as they may change during a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostWeights {
+    pub alpha: f64,
+    pub beta: f64,
+    pub content_layer: Layer,
+    /// Style layers with their lambda, in network order.
+    pub style_layers: Vec<(Layer, f64)>,
+    pub tv_weight: f64,
+}
+
+impl CostWeights {
+    /// The deepest layer the cost needs.
+    pub fn deepest(&self) -> Layer {
+        self.style_layers
+            .iter()
+            .map(|(l, _)| *l)
+            .chain([self.content_layer])
+            .max()
+            .unwrap_or(self.content_layer)
+    }
+}
+
+/// The Gram matrix `A A^T` of a `[1, C, H, W]` activation, as `[C, C]`.
+pub fn gram(a: Tensor<4>) -> Tensor<2> {
+    let [_, c, h, w] = a.dims();
+    let a = a.reshape([c, h * w]);
+    a.clone().matmul(a.transpose())
+}
+
+/// `J_content` at one layer.
+pub fn content_cost(a_c: Tensor<4>, a_g: Tensor<4>) -> Tensor<1> {
+    let [_, c, h, w] = a_g.dims();
+    (a_c - a_g).square().sum() / (4.0 * (c * h * w) as f64)
+}
+
+/// `J_style[l]` from the style Gram and the generated image's activation.
+pub fn layer_style_cost(g_s: Tensor<2>, a_g: Tensor<4>) -> Tensor<1> {
+    let [_, c, h, w] = a_g.dims();
+    // Scale before squaring: Gram entries reach 1e9 at conv1_1, their squares would
+    // cost float32 precision.
+    let norm = 2.0 * (c * h * w) as f64;
+    ((g_s - gram(a_g)) / norm).square().sum()
+}
+
+/// Total variation: the sum of squared differences between neighbouring pixels.
+pub fn tv_cost(x: Tensor<4>) -> Tensor<1> {
+    let [_, _, h, w] = x.dims();
+    let dy =
+        x.clone().slice([0..1, 0..3, 1..h, 0..w]) - x.clone().slice([0..1, 0..3, 0..h - 1, 0..w]);
+    let dx = x.clone().slice([0..1, 0..3, 0..h, 1..w]) - x.slice([0..1, 0..3, 0..h, 0..w - 1]);
+    dy.square().sum() + dx.square().sum()
+}
+
+/// What the cost compares against: the content activation and the (blended) style
+/// Grams, computed once per run from the fixed images.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    pub content_layer: Layer,
+    pub content: Tensor<4>,
+    /// One Gram per style layer, in the order of `CostWeights::style_layers`.
+    pub grams: Vec<(Layer, Tensor<2>)>,
+}
+
+impl Targets {
+    /// Computes the targets. `styles` are pixel-space images with their blend weights;
+    /// their Grams are mixed by weight.
+    pub fn compute(
+        vgg: &Vgg19,
+        content: Tensor<4>,
+        styles: &[(Tensor<4>, f64)],
+        weights: &CostWeights,
+    ) -> Targets {
+        let content_act = vgg
+            .forward(content, weights.content_layer)
+            .swap_remove(weights.content_layer.0);
+        let deepest_style = weights
+            .style_layers
+            .iter()
+            .map(|(l, _)| *l)
+            .max()
+            .unwrap_or(Layer(0));
+        let total: f64 = styles.iter().map(|(_, w)| w).sum();
+        let mut grams: Vec<(Layer, Tensor<2>)> = Vec::new();
+        for (image, blend) in styles {
+            let taps = vgg.forward(image.clone(), deepest_style);
+            for (k, (layer, _)) in weights.style_layers.iter().enumerate() {
+                let g = gram(taps[layer.0].clone()) * (blend / total);
+                match grams.get_mut(k) {
+                    Some((_, acc)) => *acc = acc.clone() + g,
+                    None => grams.push((*layer, g)),
+                }
+            }
+        }
+        Targets {
+            content_layer: weights.content_layer,
+            content: content_act,
+            grams,
+        }
+    }
+
+    pub fn to_device(&self, device: &burn::tensor::Device) -> Targets {
+        Targets {
+            content_layer: self.content_layer,
+            content: self.content.clone().to_device(device),
+            grams: self
+                .grams
+                .iter()
+                .map(|(l, g)| (*l, g.clone().to_device(device)))
+                .collect(),
+        }
+    }
+}
+
+/// The cost of one image as tensors (still on the autodiff tape when `x` is).
+pub struct CostTerms {
+    pub total: Tensor<1>,
+    pub content: Tensor<1>,
+    /// Unweighted `J_style[l]` per style layer.
+    pub style: Vec<Tensor<1>>,
+    pub tv: Tensor<1>,
+}
+
+/// The cost of one image as numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Costs {
+    pub total: f64,
+    pub content: f64,
+    /// `beta`-free, lambda-weighted sum: `sum_l lambda_l J_style[l]`.
+    pub style: f64,
+    /// Unweighted `J_style[l]` per style layer.
+    pub style_layers: Vec<(Layer, f64)>,
+    pub tv: f64,
+}
+
+impl Costs {
+    pub fn is_finite(&self) -> bool {
+        self.total.is_finite() && self.content.is_finite() && self.style.is_finite()
+    }
+}
+
+/// Evaluates the cost of `x`. `targets` must match `weights` (same content layer).
+pub fn cost_terms(
+    vgg: &Vgg19,
+    x: Tensor<4>,
+    targets: &Targets,
+    weights: &CostWeights,
+) -> CostTerms {
+    let taps = vgg.forward(x.clone(), weights.deepest());
+    let content = content_cost(
+        targets.content.clone(),
+        taps[weights.content_layer.0].clone(),
+    );
+    let style: Vec<Tensor<1>> = targets
+        .grams
+        .iter()
+        .map(|(layer, g_s)| layer_style_cost(g_s.clone(), taps[layer.0].clone()))
+        .collect();
+    let mut style_total = content.zeros_like();
+    for ((_, lambda), j) in weights.style_layers.iter().zip(&style) {
+        style_total = style_total + j.clone() * *lambda;
+    }
+    let tv = if weights.tv_weight > 0.0 {
+        tv_cost(x)
+    } else {
+        content.zeros_like()
+    };
+    let total = content.clone() * weights.alpha
+        + style_total * weights.beta
+        + tv.clone() * weights.tv_weight;
+    CostTerms {
+        total,
+        content,
+        style,
+        tv,
+    }
+}
+
+impl CostTerms {
+    /// Reads all terms back in one transfer.
+    pub fn read(&self, weights: &CostWeights) -> Costs {
+        let mut parts = vec![
+            self.total.clone().inner(),
+            self.content.clone().inner(),
+            self.tv.clone().inner(),
+        ];
+        parts.extend(self.style.iter().map(|t| t.clone().inner()));
+        let all = Tensor::cat(parts, 0).into_data().convert::<f64>();
+        let v: Vec<f64> = all.try_to_vec::<f64>().unwrap_or_default();
+        let style_layers: Vec<(Layer, f64)> = weights
+            .style_layers
+            .iter()
+            .zip(&v[3..])
+            .map(|((l, _), j)| (*l, *j))
+            .collect();
+        let style = weights
+            .style_layers
+            .iter()
+            .zip(&v[3..])
+            .map(|((_, lambda), j)| lambda * j)
+            .sum();
+        Costs {
+            total: v[0],
+            content: v[1],
+            style,
+            style_layers,
+            tv: v[2],
+        }
+    }
+}
+
+/// The cost of `x` and the gradient of the total cost with respect to its pixels.
+pub fn evaluate(
+    vgg: &Vgg19,
+    x: &Tensor<4>,
+    targets: &Targets,
+    weights: &CostWeights,
+) -> anyhow::Result<(Costs, Tensor<4>)> {
+    let xa = x.clone().inner().autodiff().require_grad();
+    let terms = cost_terms(vgg, xa.clone(), targets, weights);
+    let costs = terms.read(weights);
+    let grads = terms.total.backward();
+    let g = xa
+        .grad(&grads)
+        .ok_or_else(|| anyhow::anyhow!("the backward pass produced no gradient for the image"))?;
+    Ok((costs, g))
+}

@@ -1,0 +1,173 @@
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use easel::backend::{Backend, BackendChoice};
+use easel::cli::{Cli, Cmd, RunArgs, Ui, WeightsCmd};
+use easel::engine::{self, RunSpec, RunState};
+use easel::frontend::{self, Mode};
+use easel::preset::Preset;
+use easel::run_dir::{self, RunDir};
+use easel::{bench, weights};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => {
+            let preset = Path::new("presets/default.yaml");
+            if !preset.is_file() {
+                bail!(
+                    "{} not found: run `easel` from the easel folder, or give a preset with `easel run PRESET`",
+                    preset.display()
+                );
+            }
+            let args = RunArgs {
+                ui: Ui::Auto,
+                weights: None,
+                image_protocol: None,
+            };
+            run(preset, &[], None, None, &args)
+        }
+        Some(Cmd::Run {
+            preset,
+            set,
+            out,
+            backend,
+            args,
+        }) => run(&preset, &set, out.as_deref(), backend, &args),
+        Some(Cmd::Resume {
+            run_dir,
+            backend,
+            args,
+        }) => resume(&run_dir, backend, &args),
+        Some(Cmd::Weights { action }) => {
+            let dir = weights::default_dir();
+            match action {
+                WeightsCmd::Fetch => {
+                    weights::fetch(&dir)?;
+                    println!("VGG-19 weights ready in {}", dir.display());
+                }
+                WeightsCmd::Info => print!("{}", weights::info(&dir)?),
+                WeightsCmd::Import { path } => {
+                    let out = weights::import(&path, &dir)?;
+                    println!("imported {} -> {}", path.display(), out.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::Bench {
+            sizes,
+            iters,
+            backend,
+            optimizer,
+            weights: w,
+        }) => {
+            let weights_path = weights::resolve(w.as_deref())?;
+            bench::run(
+                &weights_path,
+                &sizes,
+                iters,
+                Backend::resolve(backend)?,
+                &optimizer,
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run(
+    preset_path: &Path,
+    set: &[String],
+    out: Option<&Path>,
+    backend: Option<BackendChoice>,
+    args: &RunArgs,
+) -> Result<ExitCode> {
+    let mut preset = Preset::load(preset_path, set)?;
+    if let Some(b) = backend {
+        preset.backend = b;
+    }
+    let backend = Backend::resolve(preset.backend)?;
+    let weights_path = weights::resolve(args.weights.as_deref())?;
+    let base = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("runs"));
+    let run_dir = RunDir::create(&base, &preset.name)?;
+    start(
+        RunSpec {
+            preset,
+            run_dir,
+            weights: weights_path,
+            backend,
+            resume: false,
+            preview_every_s: 2.0,
+        },
+        args,
+    )
+}
+
+fn resume(dir: &Path, backend: Option<BackendChoice>, args: &RunArgs) -> Result<ExitCode> {
+    let preset_path = dir.join(run_dir::PRESET);
+    if !dir.join(run_dir::CHECKPOINT).is_file() {
+        bail!(
+            "{} has no {}: it is not a run directory easel can resume (runs write one every `save_every` iterations and when they stop)",
+            dir.display(),
+            run_dir::CHECKPOINT
+        );
+    }
+    let mut preset = Preset::load(&preset_path, &[])
+        .with_context(|| format!("cannot resume {}", dir.display()))?;
+    if let Some(b) = backend {
+        preset.backend = b;
+    }
+    let backend = Backend::resolve(preset.backend)?;
+    let weights_path = weights::resolve(args.weights.as_deref())?;
+    let run_dir = RunDir::open(dir)?;
+    start(
+        RunSpec {
+            preset,
+            run_dir,
+            weights: weights_path,
+            backend,
+            resume: true,
+            preview_every_s: 2.0,
+        },
+        args,
+    )
+}
+
+fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
+    let ui = match args.ui {
+        Ui::Auto if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() => Ui::Tui,
+        Ui::Auto => Ui::Plain,
+        other => other,
+    };
+    let handle = engine::spawn(spec);
+    let outcome = match ui {
+        Ui::Jsonl => frontend::drive(handle, Mode::Jsonl)?,
+        _ => frontend::drive(handle, Mode::Plain)?,
+    };
+    if let Some(f) = &outcome.final_image {
+        eprintln!("{}: {}", outcome.state.label(), f.display());
+    }
+    Ok(match outcome.state {
+        RunState::Finished => ExitCode::SUCCESS,
+        RunState::Stopped => {
+            if let Some(d) = &outcome.run_dir {
+                eprintln!("resume with: easel resume {}", d.display());
+            }
+            ExitCode::from(130)
+        }
+        _ => ExitCode::FAILURE,
+    })
+}

@@ -1,0 +1,172 @@
+//! The run directory (SPEC §3): `preset.yaml`, `losses.jsonl`, `snapshots/`,
+//! `final.png`, and `checkpoint.safetensors` for `easel resume`.
+//!
+//! Every file but the append-only `losses.jsonl` is written atomically; a torn last line
+//! of `losses.jsonl` (a kill mid-write) is dropped when the run is resumed. A lock file
+//! keeps two processes out of one directory.
+
+use crate::atomic;
+use crate::preset::Preset;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One line of `losses.jsonl`: the costs of the image *before* that iteration's step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub iter: u64,
+    #[serde(rename = "J")]
+    pub j: f64,
+    #[serde(rename = "J_content")]
+    pub j_content: f64,
+    #[serde(rename = "J_style")]
+    pub j_style: f64,
+    /// Unweighted `J_style[l]` per style layer.
+    pub style: BTreeMap<String, f64>,
+    pub elapsed_s: f64,
+    pub backend: String,
+}
+
+pub const PRESET: &str = "preset.yaml";
+pub const LOSSES: &str = "losses.jsonl";
+pub const FINAL: &str = "final.png";
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+const LOCK: &str = ".lock";
+
+/// An open run directory, locked for this process.
+#[derive(Debug)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// Creates `base/<UTC time>-<name>/`, never reusing an existing directory.
+    pub fn create(base: &Path, name: &str) -> Result<RunDir> {
+        fs::create_dir_all(base)
+            .with_context(|| format!("cannot create the runs folder {}", base.display()))?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        for n in 0..1000 {
+            let dir = if n == 0 {
+                base.join(format!("{stamp}-{name}"))
+            } else {
+                base.join(format!("{stamp}-{name}-{n}"))
+            };
+            match fs::create_dir(&dir) {
+                Ok(()) => return Self::open(&dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot create run directory {}", dir.display()));
+                }
+            }
+        }
+        bail!(
+            "cannot find a free run directory name under {}",
+            base.display()
+        )
+    }
+
+    /// Opens an existing run directory and takes its lock.
+    pub fn open(path: &Path) -> Result<RunDir> {
+        let lock = path.join(LOCK);
+        let take = || {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock)
+        };
+        let mut file = match take() {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let pid: Option<u32> = fs::read_to_string(&lock)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                if pid.is_some_and(|p| {
+                    Path::new(&format!("/proc/{p}")).exists() && p != std::process::id()
+                }) {
+                    bail!(
+                        "run directory {} is in use by process {}; wait for it to end (or stop it) before resuming",
+                        path.display(),
+                        pid.unwrap_or_default()
+                    );
+                }
+                // A stale lock from a process that died: take it over.
+                fs::remove_file(&lock)?;
+                take().with_context(|| format!("cannot lock {}", path.display()))?
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot lock run directory {}", path.display()));
+            }
+        };
+        write!(file, "{}", std::process::id())?;
+        fs::create_dir_all(path.join("snapshots"))?;
+        Ok(RunDir {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn snapshot_path(&self, iter: u64) -> PathBuf {
+        self.path
+            .join("snapshots")
+            .join(format!("iter_{iter:05}.png"))
+    }
+
+    pub fn write_preset(&self, preset: &Preset) -> Result<()> {
+        preset.save(&self.file(PRESET))
+    }
+
+    /// Appends one record to `losses.jsonl`.
+    pub fn append_record(&self, record: &Record) -> Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.file(LOSSES))?;
+        let mut line = serde_json::to_string(record)?;
+        line.push('\n');
+        f.write_all(line.as_bytes())?;
+        Ok(())
+    }
+
+    /// Reads `losses.jsonl`, skipping a torn last line.
+    pub fn read_records(&self) -> Result<Vec<Record>> {
+        let text = match fs::read_to_string(self.file(LOSSES)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    /// Keeps only the records of iterations before `iter` (resume, rollback).
+    pub fn truncate_records(&self, iter: u64) -> Result<Vec<Record>> {
+        let kept: Vec<Record> = self
+            .read_records()?
+            .into_iter()
+            .filter(|r| r.iter < iter)
+            .collect();
+        let mut text = String::new();
+        for r in &kept {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        atomic::write(&self.file(LOSSES), text.as_bytes())?;
+        Ok(kept)
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.path.join(LOCK));
+    }
+}
