@@ -6,7 +6,14 @@
 //! - style: `sum_l lambda_l J_style[l]`; total: `alpha J_content + beta J_style + tv_weight TV`.
 
 use crate::vgg::{Layer, Vgg19};
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
+
+/// Squares and sums in float64. The costs are sums of up to millions of float32 terms;
+/// a float32 total carries ~1e-7 relative noise, which is the size of J's change over the
+/// first tiny L-BFGS step and would steer the line search by chance.
+fn sum_squares<const D: usize>(t: Tensor<D>) -> Tensor<1> {
+    t.cast(FloatDType::F64).square().sum()
+}
 
 /// The weights of the cost, as they may change during a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,7 +48,7 @@ pub fn gram(a: Tensor<4>) -> Tensor<2> {
 /// `J_content` at one layer.
 pub fn content_cost(a_c: Tensor<4>, a_g: Tensor<4>) -> Tensor<1> {
     let [_, c, h, w] = a_g.dims();
-    (a_c - a_g).square().sum() / (4.0 * (c * h * w) as f64)
+    sum_squares(a_c - a_g) / (4.0 * (c * h * w) as f64)
 }
 
 /// `J_style[l]` from the style Gram and the generated image's activation.
@@ -50,7 +57,7 @@ pub fn layer_style_cost(g_s: Tensor<2>, a_g: Tensor<4>) -> Tensor<1> {
     // Scale before squaring: Gram entries reach 1e9 at conv1_1, their squares would
     // cost float32 precision.
     let norm = 2.0 * (c * h * w) as f64;
-    ((g_s - gram(a_g)) / norm).square().sum()
+    sum_squares((g_s - gram(a_g)) / norm)
 }
 
 /// Total variation: the sum of squared differences between neighbouring pixels.
@@ -59,7 +66,7 @@ pub fn tv_cost(x: Tensor<4>) -> Tensor<1> {
     let dy =
         x.clone().slice([0..1, 0..3, 1..h, 0..w]) - x.clone().slice([0..1, 0..3, 0..h - 1, 0..w]);
     let dx = x.clone().slice([0..1, 0..3, 0..h, 1..w]) - x.slice([0..1, 0..3, 0..h, 0..w - 1]);
-    dy.square().sum() + dx.square().sum()
+    sum_squares(dy) + sum_squares(dx)
 }
 
 /// What the cost compares against: the content activation and the (blended) style

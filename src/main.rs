@@ -2,7 +2,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use easel::backend::{Backend, BackendChoice};
 use easel::cli::{Cli, Cmd, RunArgs, Ui, WeightsCmd};
-use easel::engine::{self, RunSpec, RunState};
+use easel::engine::{self, Destination, RunSpec, RunState};
 use easel::frontend::{self, Mode};
 use easel::preset::Preset;
 use easel::run_dir::{self, RunDir};
@@ -102,14 +102,12 @@ fn run(
     let base = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("runs"));
-    let run_dir = RunDir::create(&base, &preset.name)?;
     start(
         RunSpec {
             preset,
-            run_dir,
+            destination: Destination::New(base),
             weights: weights_path,
             backend,
-            resume: false,
             preview_every_s: 2.0,
         },
         args,
@@ -136,10 +134,9 @@ fn resume(dir: &Path, backend: Option<BackendChoice>, args: &RunArgs) -> Result<
     start(
         RunSpec {
             preset,
-            run_dir,
+            destination: Destination::Resume(run_dir),
             weights: weights_path,
             backend,
-            resume: true,
             preview_every_s: 2.0,
         },
         args,

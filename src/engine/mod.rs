@@ -122,14 +122,22 @@ pub enum Event {
     Failed(String),
 }
 
+/// Where a run writes.
+#[derive(Debug)]
+pub enum Destination {
+    /// A new run directory under this folder, created only once the run has
+    /// everything it needs (so a bad input leaves nothing behind).
+    New(PathBuf),
+    /// An existing run directory, to continue from its checkpoint.
+    Resume(RunDir),
+}
+
 /// Everything a run needs to start.
 pub struct RunSpec {
     pub preset: Preset,
-    pub run_dir: RunDir,
+    pub destination: Destination,
     pub weights: PathBuf,
     pub backend: Backend,
-    /// Set when resuming.
-    pub resume: bool,
     /// Seconds between automatic previews (0: only on request and at snapshots).
     pub preview_every_s: f64,
 }

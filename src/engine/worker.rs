@@ -1,7 +1,7 @@
 //! The engine's worker thread: prepares a run, then alternates between taking commands
 //! and taking optimiser steps until the run finishes or is stopped.
 
-use super::{Checkpoint, Command, Event, RunSpec, RunState, Setting};
+use super::{Checkpoint, Command, Destination, Event, RunSpec, RunState, Setting};
 use crate::backend::Backend;
 use crate::image as img;
 use crate::loss::{self, CostWeights, Targets};
@@ -108,17 +108,19 @@ impl Worker {
     fn prepare(spec: RunSpec, tx: Sender<Event>) -> Result<Worker> {
         let RunSpec {
             preset,
-            run_dir,
+            destination,
             weights: weights_path,
             backend,
-            resume,
             preview_every_s,
         } = spec;
         let vgg = weights::load(&weights_path, &backend.device)?.with_pooling(preset.pooling);
         let (inputs, _, w, h) = load_inputs(&preset, &backend)?;
         let cost_weights = preset.cost_weights();
         let targets = Targets::compute(&vgg, inputs.content.clone(), &inputs.styles, &cost_weights);
-        let (x, optimizer, iter, elapsed_s, best_j, history) = if resume {
+        let (run_dir, x, optimizer, iter, elapsed_s, best_j, history) = if let Destination::Resume(
+            run_dir,
+        ) = destination
+        {
             let cp = Checkpoint::load(&run_dir.file(run_dir::CHECKPOINT), &backend.device)?;
             let [_, _, ch, cw] = cp.x.dims();
             if (cw, ch) != (w, h) {
@@ -129,6 +131,7 @@ impl Worker {
             }
             let history = run_dir.truncate_records(cp.iter)?;
             (
+                run_dir,
                 cp.x,
                 cp.optimizer,
                 cp.iter,
@@ -138,7 +141,12 @@ impl Worker {
             )
         } else {
             let x = initial_image(&preset, &inputs, &backend, w, h)?;
+            let Destination::New(base) = destination else {
+                unreachable!("resume is handled above")
+            };
+            let run_dir = RunDir::create(&base, &preset.name)?;
             (
+                run_dir,
                 x,
                 Optimizer::new(&preset.optimizer),
                 0,

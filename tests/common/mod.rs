@@ -1,0 +1,118 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use burn::tensor::{Device, Tensor, TensorData};
+use easel::weights::{self, HostTensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+static FETCH: Mutex<()> = Mutex::new(());
+
+/// The real VGG-19 weights, fetched through easel's own fetch code on first use. A test
+/// that needs them fails (never skips) when they cannot be had.
+pub fn real_weights() -> PathBuf {
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+    weights::ensure(&dir)
+        .expect("cannot fetch the real VGG-19 weights with `easel weights fetch`'s code")
+}
+
+pub struct Fixture {
+    pub tensors: HashMap<String, HostTensor>,
+    pub json: serde_json::Value,
+}
+
+pub fn fixture(case: &str) -> Fixture {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (tensors, _) =
+        weights::read_safetensors(&dir.join(format!("{case}.safetensors"))).expect("fixture");
+    let text = std::fs::read_to_string(dir.join(format!("{case}.json"))).expect("fixture json");
+    Fixture {
+        tensors,
+        json: serde_json::from_str(&text).expect("fixture json parses"),
+    }
+}
+
+impl Fixture {
+    pub fn host(&self, name: &str) -> &HostTensor {
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture has no tensor {name}"))
+    }
+    pub fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
+        let (shape, v) = self.host(name);
+        Tensor::from_data(TensorData::new(v.clone(), shape.clone()), device)
+    }
+    pub fn f64(&self, key: &str) -> f64 {
+        self.json[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("fixture json has no number {key}"))
+    }
+    pub fn list(&self, key: &str) -> Vec<f64> {
+        self.json[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no list {key}"))
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .collect()
+    }
+}
+
+pub fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.to_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 values")
+}
+
+/// `||a - b|| / ||b||`.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "sizes differ");
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+pub fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs()
+}
+
+fn splitmix64(z: u64) -> u64 {
+    let mut z = z.wrapping_add(0x9E3779B97F4A7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+    z ^ (z >> 31)
+}
+
+/// The random network of `make_fixtures.py`: VGG-19's structure, weights from splitmix64.
+pub fn random_network_tensors() -> HashMap<String, HostTensor> {
+    let mut out = HashMap::new();
+    let mut cin = 3usize;
+    for (i, &cout) in easel::vgg::CHANNELS.iter().enumerate() {
+        let std = (2.0 / (9.0 * cin as f64)).sqrt();
+        let n = cout * cin * 9;
+        let w: Vec<f32> = (0..n as u64)
+            .map(|k| {
+                let u = splitmix64(((i as u64) << 40) | k) as f64 / 2f64.powi(64);
+                ((std * 3f64.sqrt()) * (2.0 * u - 1.0)) as f32
+            })
+            .collect();
+        let b: Vec<f32> = (0..cout as u64)
+            .map(|k| {
+                let u = splitmix64(((i as u64) << 40) | (1 << 39) | k) as f64 / 2f64.powi(64);
+                (0.01 * (2.0 * u - 1.0)) as f32
+            })
+            .collect();
+        out.insert(format!("conv{i}.weight"), (vec![cout, cin, 3, 3], w));
+        out.insert(format!("conv{i}.bias"), (vec![cout], b));
+        cin = cout;
+    }
+    out.insert("input.scale".into(), (vec![3], vec![1.0; 3]));
+    out.insert("input.shift".into(), (vec![3], vec![0.0; 3]));
+    out
+}

@@ -1,0 +1,194 @@
+//! easel's numbers against PyTorch's (fixtures made by tests/fixtures/make_fixtures.py):
+//! activations, Grams, costs, the gradient, and the Adam and L-BFGS trajectories, for a
+//! random network with VGG-19's structure and for the real weights.
+
+mod common;
+
+use burn::tensor::{Device, Tensor};
+use common::*;
+use easel::loss::{self, CostWeights, Targets, gram};
+use easel::optim::{Optimizer, OptimizerSpec};
+use easel::vgg::{Layer, Vgg19};
+use std::path::Path;
+
+fn seed_weights() -> CostWeights {
+    let layer = |n: &str| Layer::parse(n).expect("layer");
+    CostWeights {
+        alpha: 10.0,
+        beta: 40.0,
+        content_layer: layer("conv4_2"),
+        style_layers: ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+            .iter()
+            .map(|n| (layer(n), 0.2))
+            .collect(),
+        tv_weight: 0.0,
+    }
+}
+
+fn network(case: &str, device: &Device) -> Vgg19 {
+    match case {
+        "random" => {
+            easel::weights::vgg_from_tensors(&random_network_tensors(), device, Path::new("random"))
+                .expect("random net")
+        }
+        _ => easel::weights::load(&real_weights(), device).expect("real weights load"),
+    }
+}
+
+fn check_case(case: &str) {
+    let device = Device::flex();
+    let fx = fixture(case);
+    let vgg = network(case, &device);
+    let weights = seed_weights();
+    let content: Tensor<4> = fx.tensor("content", &device);
+    let style: Tensor<4> = fx.tensor("style", &device);
+    let x0: Tensor<4> = fx.tensor("x0", &device);
+
+    // Forward values: activations and Grams to 1e-4.
+    let taps = vgg.forward(x0.clone(), Layer::parse("conv5_1").expect("layer"));
+    for name in ["conv1_1", "conv2_1", "conv3_1", "conv4_2", "conv5_1"] {
+        let l = Layer::parse(name).expect("layer");
+        let e = rel_err(&values(&taps[l.0]), &fx.host(&format!("act.{name}")).1);
+        assert!(
+            e <= 1e-4,
+            "{case}: activation {name} differs from PyTorch by {e:e}"
+        );
+    }
+    let style_taps = vgg.forward(style.clone(), Layer::parse("conv5_1").expect("layer"));
+    for (l, _) in &weights.style_layers {
+        let g = gram(style_taps[l.0].clone());
+        let e = rel_err(&values(&g), &fx.host(&format!("gram.{l}")).1);
+        assert!(e <= 1e-4, "{case}: Gram {l} differs from PyTorch by {e:e}");
+    }
+
+    // Costs to 1e-4, gradient to 1e-3.
+    let targets = Targets::compute(&vgg, content, &[(style, 1.0)], &weights);
+    let (costs, grad) = loss::evaluate(&vgg, &x0, &targets, &weights).expect("evaluate");
+    assert!(
+        rel(costs.content, fx.f64("J_content")) <= 1e-4,
+        "{case}: J_content {} vs {}",
+        costs.content,
+        fx.f64("J_content")
+    );
+    for (l, j) in &costs.style_layers {
+        let want = fx.json["J_style_layers"][l.name()]
+            .as_f64()
+            .expect("layer cost");
+        assert!(rel(*j, want) <= 1e-4, "{case}: J_style[{l}] {j} vs {want}");
+    }
+    assert!(
+        rel(costs.style, fx.f64("J_style")) <= 1e-4,
+        "{case}: J_style {} vs {}",
+        costs.style,
+        fx.f64("J_style")
+    );
+    assert!(
+        rel(costs.total, fx.f64("J")) <= 1e-4,
+        "{case}: J {} vs {}",
+        costs.total,
+        fx.f64("J")
+    );
+    let e = rel_err(&values(&grad), &fx.host("grad").1);
+    assert!(e <= 1e-3, "{case}: gradient differs from PyTorch by {e:e}");
+
+    // Trajectories to 1e-3.
+    let trajectory = |spec: OptimizerSpec, steps: usize| -> Vec<f64> {
+        let mut opt = Optimizer::new(&spec);
+        let mut x = x0.clone();
+        let mut js = Vec::new();
+        let mut eval = |x: &Tensor<4>| loss::evaluate(&vgg, x, &targets, &weights);
+        for _ in 0..steps {
+            let (next, c) = opt.step(spec.lr(), x, &mut eval).expect("step");
+            js.push(c.total);
+            x = next;
+        }
+        js.push(eval(&x).expect("evaluate").0.total);
+        js
+    };
+    let adam = trajectory(OptimizerSpec::Adam { lr: 2.0 }, 5);
+    for (k, (got, want)) in adam.iter().zip(fx.list("adam_J")).enumerate() {
+        assert!(
+            rel(*got, want) <= 1e-3,
+            "{case}: Adam J at step {k}: {got} vs PyTorch {want}"
+        );
+    }
+    // PyTorch's LBFGS(max_iter=1, line_search_fn="strong_wolfe", max_eval=26): one
+    // outer iteration per step, a line search of up to 25 evaluations.
+    //
+    // The first iteration's search starts at t = 1/|g|_1 (about 3e-6 here), where J moves
+    // by 1e-6 of itself and the cubic interpolation is ill-conditioned: on the random
+    // network a 1e-8 relative difference in J (the convolutions' summation order) moves
+    // the second probe from 1.8e-5 to its 10x bound, and the trajectories part by 1.3e-3.
+    // The real network is well-conditioned there and is held to 1e-3; on the random one
+    // the two searches take different branches, so only its first iteration is compared.
+    let (tolerance, iterations) = if case == "random" {
+        (5e-3, 1)
+    } else {
+        (1e-3, 3)
+    };
+    let lbfgs = trajectory(
+        OptimizerSpec::Lbfgs {
+            lr: 1.0,
+            history: 100,
+        },
+        iterations,
+    );
+    for (k, (got, want)) in lbfgs.iter().zip(fx.list("lbfgs_maxeval26_J")).enumerate() {
+        assert!(
+            rel(*got, want) <= tolerance,
+            "{case}: L-BFGS J at iteration {k}: {got} vs PyTorch {want}"
+        );
+    }
+}
+
+#[test]
+fn random_network_matches_pytorch() {
+    check_case("random");
+}
+
+#[test]
+fn real_network_matches_pytorch() {
+    check_case("real");
+}
+
+/// With the real weights, 30 Adam iterations of the default preset at 64x64 lower J as
+/// they do in PyTorch (make_fixtures.py: J0/J30 = 4.3 there; not tenfold at lr 2.0).
+#[test]
+fn real_network_lowers_cost_at_64px() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let device = Device::flex();
+    let vgg = network("real", &device);
+    let preset = easel::preset::Preset::load(
+        &root.join("presets/default.yaml"),
+        &["size={width: 64, height: 64}".into()],
+    )
+    .expect("preset");
+    let weights = preset.cost_weights();
+    let load = |p: &Path| {
+        easel::image::to_pixel_space(
+            &easel::image::resize(&easel::image::load_rgb(p).expect("image"), 64, 64),
+            &device,
+        )
+    };
+    let content = load(&preset.content);
+    let style = load(&preset.style.images()[0].0);
+    let targets = Targets::compute(&vgg, content.clone(), &[(style, 1.0)], &weights);
+    let mut x = easel::image::uniform_noise(0, 64, 64, &device) * 0.6 + content * 0.4;
+    let mut opt = Optimizer::new(&preset.optimizer);
+    let mut eval = |x: &Tensor<4>| loss::evaluate(&vgg, x, &targets, &weights);
+    let mut j0 = 0.0;
+    for i in 0..30 {
+        let (next, c) = opt.step(2.0, x, &mut eval).expect("step");
+        if i == 0 {
+            j0 = c.total;
+        }
+        x = next;
+    }
+    let j30 = eval(&x).expect("evaluate").0.total;
+    let pytorch = fixture("real").f64("adam64_ratio");
+    assert!(
+        j0 / j30 >= 4.0,
+        "J fell only {:.2}x in 30 Adam iterations (PyTorch: {pytorch:.2}x)",
+        j0 / j30
+    );
+}
