@@ -37,11 +37,8 @@ pub fn run(
     let preset_path = Path::new("presets/default.yaml");
     let preset = Preset::load(preset_path, &[])?;
     let spec = match optimizer {
-        "adam" => OptimizerSpec::Adam { lr: 2.0 },
-        "lbfgs" => OptimizerSpec::Lbfgs {
-            lr: 1.0,
-            history: 100,
-        },
+        "adam" => OptimizerSpec::adam(2.0),
+        "lbfgs" => OptimizerSpec::lbfgs(1.0, 100),
         other => return Err(anyhow!("unknown optimizer `{other}`: use adam or lbfgs")),
     };
     let device = &backend.device;

@@ -58,6 +58,9 @@ pub enum Cmd {
     /// Continue a run from its run directory's checkpoint.
     Resume {
         run_dir: PathBuf,
+        /// Override a setting of the run, e.g. --set iterations=400 to run longer.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
         #[arg(long)]
         backend: Option<BackendChoice>,
         #[command(flatten)]

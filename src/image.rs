@@ -71,22 +71,23 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
             MAX_FILE_BYTES / 1_000_000
         );
     }
-    let reader = ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?;
-    if reader.format().is_none() {
-        bail!(
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    // The content decides the format, not the file name.
+    let format = image::guess_format(&bytes).map_err(|_| {
+        anyhow::anyhow!(
             "{} is not an image easel can read (PNG, JPEG, GIF, BMP, TIFF, WebP); convert it to PNG or JPEG",
-            path.display()
-        );
-    }
-    let (w, h) = reader.into_dimensions().with_context(|| {
-        format!(
-            "image {} is damaged or truncated: its header cannot be read; re-export it",
             path.display()
         )
     })?;
+    let damaged = || {
+        format!(
+            "image {} is damaged or truncated and cannot be decoded; re-export it",
+            path.display()
+        )
+    };
+    let mut reader = ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+    let (w, h) = reader.into_dimensions().with_context(damaged)?;
     if w as u64 * h as u64 > MAX_DECODED_PIXELS {
         bail!(
             "image {} is {w}x{h} pixels, more than the {} megapixels easel decodes; scale it down first",
@@ -94,14 +95,9 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
             MAX_DECODED_PIXELS / 1_000_000
         );
     }
-    let mut reader = ImageReader::open(path)?.with_guessed_format()?;
+    reader = ImageReader::with_format(std::io::Cursor::new(&bytes), format);
     reader.no_limits();
-    let img = reader.decode().with_context(|| {
-        format!(
-            "image {} is damaged or truncated and cannot be decoded; re-export it",
-            path.display()
-        )
-    })?;
+    let img = reader.decode().with_context(damaged)?;
     Ok(img.to_rgb8())
 }
 

@@ -48,9 +48,10 @@ fn real_main() -> Result<ExitCode> {
         }) => run(&preset, &set, out.as_deref(), backend, &args),
         Some(Cmd::Resume {
             run_dir,
+            set,
             backend,
             args,
-        }) => resume(&run_dir, backend, &args),
+        }) => resume(&run_dir, &set, backend, &args),
         Some(Cmd::Weights { action }) => {
             let dir = weights::default_dir();
             match action {
@@ -114,7 +115,12 @@ fn run(
     )
 }
 
-fn resume(dir: &Path, backend: Option<BackendChoice>, args: &RunArgs) -> Result<ExitCode> {
+fn resume(
+    dir: &Path,
+    set: &[String],
+    backend: Option<BackendChoice>,
+    args: &RunArgs,
+) -> Result<ExitCode> {
     let preset_path = dir.join(run_dir::PRESET);
     if !dir.join(run_dir::CHECKPOINT).is_file() {
         bail!(
@@ -123,7 +129,7 @@ fn resume(dir: &Path, backend: Option<BackendChoice>, args: &RunArgs) -> Result<
             run_dir::CHECKPOINT
         );
     }
-    let mut preset = Preset::load(&preset_path, &[])
+    let mut preset = Preset::load(&preset_path, set)
         .with_context(|| format!("cannot resume {}", dir.display()))?;
     if let Some(b) = backend {
         preset.backend = b;

@@ -384,50 +384,67 @@ fn strong_wolfe(
     Ok((best.f, best.g, best.t))
 }
 
-/// The optimiser a preset asks for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum OptimizerSpec {
-    Adam {
-        #[serde(default = "default_adam_lr")]
-        lr: f64,
-    },
-    Lbfgs {
-        #[serde(default = "default_lbfgs_lr")]
-        lr: f64,
-        #[serde(default = "default_history")]
-        history: usize,
-    },
+/// Which optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    #[default]
+    Adam,
+    Lbfgs,
 }
 
-fn default_adam_lr() -> f64 {
-    2.0
+/// The optimiser a preset asks for: `{kind: adam, lr: 2.0}` or `{kind: lbfgs, history: 100}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSpec {
+    #[serde(default)]
+    pub kind: OptimizerKind,
+    /// The learning rate (L-BFGS: the line search's initial step); the kind's default
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// L-BFGS history length (memory: history x 2 x pixels x 3 floats).
+    #[serde(default = "default_history")]
+    pub history: usize,
 }
-fn default_lbfgs_lr() -> f64 {
-    1.0
-}
+
 fn default_history() -> usize {
     100
 }
 
 impl Default for OptimizerSpec {
     fn default() -> Self {
-        OptimizerSpec::Adam {
-            lr: default_adam_lr(),
+        OptimizerSpec {
+            kind: OptimizerKind::Adam,
+            lr: None,
+            history: default_history(),
         }
     }
 }
 
 impl OptimizerSpec {
-    pub fn lr(&self) -> f64 {
-        match self {
-            OptimizerSpec::Adam { lr } | OptimizerSpec::Lbfgs { lr, .. } => *lr,
+    pub fn adam(lr: f64) -> Self {
+        OptimizerSpec {
+            kind: OptimizerKind::Adam,
+            lr: Some(lr),
+            history: default_history(),
         }
     }
-    pub fn set_lr(&mut self, value: f64) {
-        match self {
-            OptimizerSpec::Adam { lr } | OptimizerSpec::Lbfgs { lr, .. } => *lr = value,
+    pub fn lbfgs(lr: f64, history: usize) -> Self {
+        OptimizerSpec {
+            kind: OptimizerKind::Lbfgs,
+            lr: Some(lr),
+            history,
         }
+    }
+    pub fn lr(&self) -> f64 {
+        self.lr.unwrap_or(match self.kind {
+            OptimizerKind::Adam => 2.0,
+            OptimizerKind::Lbfgs => 1.0,
+        })
+    }
+    pub fn set_lr(&mut self, value: f64) {
+        self.lr = Some(value);
     }
 }
 
@@ -440,9 +457,9 @@ pub enum Optimizer {
 
 impl Optimizer {
     pub fn new(spec: &OptimizerSpec) -> Self {
-        match spec {
-            OptimizerSpec::Adam { .. } => Optimizer::Adam(Adam::default()),
-            OptimizerSpec::Lbfgs { history, .. } => Optimizer::Lbfgs(Lbfgs::new(*history)),
+        match spec.kind {
+            OptimizerKind::Adam => Optimizer::Adam(Adam::default()),
+            OptimizerKind::Lbfgs => Optimizer::Lbfgs(Lbfgs::new(spec.history)),
         }
     }
 

@@ -190,8 +190,10 @@ impl Preset {
             set_override(&mut doc, o)?;
         }
         let mut preset = Self::from_value(doc, path)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        preset.resolve_paths(base);
+        // Absolute, so the copy in a run directory still points at the images.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let base = std::path::absolute(parent.unwrap_or(Path::new(".")))?;
+        preset.resolve_paths(&base);
         preset.validate(path)?;
         Ok(preset)
     }
@@ -313,9 +315,7 @@ impl Preset {
                 format!("{lr} is not allowed; give a learning rate > 0 (Adam: 2.0)"),
             ));
         }
-        if let OptimizerSpec::Lbfgs { history, .. } = self.optimizer
-            && history == 0
-        {
+        if self.optimizer.history == 0 {
             return Err(err(
                 "optimizer.history",
                 "must be at least 1 (100 is usual)".into(),

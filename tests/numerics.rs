@@ -105,7 +105,7 @@ fn check_case(case: &str) {
         js.push(eval(&x).expect("evaluate").0.total);
         js
     };
-    let adam = trajectory(OptimizerSpec::Adam { lr: 2.0 }, 5);
+    let adam = trajectory(OptimizerSpec::adam(2.0), 5);
     for (k, (got, want)) in adam.iter().zip(fx.list("adam_J")).enumerate() {
         assert!(
             rel(*got, want) <= 1e-3,
@@ -126,13 +126,7 @@ fn check_case(case: &str) {
     } else {
         (1e-3, 3)
     };
-    let lbfgs = trajectory(
-        OptimizerSpec::Lbfgs {
-            lr: 1.0,
-            history: 100,
-        },
-        iterations,
-    );
+    let lbfgs = trajectory(OptimizerSpec::lbfgs(1.0, 100), iterations);
     for (k, (got, want)) in lbfgs.iter().zip(fx.list("lbfgs_maxeval26_J")).enumerate() {
         assert!(
             rel(*got, want) <= tolerance,
