@@ -3,7 +3,7 @@
 //! The pipeline, one module per stage:
 //! [`image`] (pixels in and out) -> [`vgg`] (VGG-19 features) -> [`loss`] (content,
 //! Gram, style, TV) -> [`optim`] (Adam, L-BFGS on the image) -> [`engine`] (the run as
-//! a state machine in a worker thread) -> front ends ([`frontend`]).
+//! a state machine in a worker thread) -> front ends ([`tui`], [`frontend`]).
 //! [`preset`], [`weights`], [`run_dir`] and [`cli`] hold the files and the command line.
 
 pub mod atomic;
@@ -17,5 +17,6 @@ pub mod loss;
 pub mod optim;
 pub mod preset;
 pub mod run_dir;
+pub mod tui;
 pub mod vgg;
 pub mod weights;

@@ -158,6 +158,10 @@ fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
     let handle = engine::spawn(spec);
     let outcome = match ui {
         Ui::Jsonl => frontend::drive(handle, Mode::Jsonl)?,
+        Ui::Tui => {
+            let protocol = args.image_protocol.as_deref().map(easel::tui::parse_protocol).transpose()?;
+            easel::tui::run(handle, protocol, PathBuf::from("presets"))?
+        }
         _ => frontend::drive(handle, Mode::Plain)?,
     };
     if let Some(f) = &outcome.final_image {

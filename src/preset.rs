@@ -218,20 +218,35 @@ impl Preset {
         })
     }
 
+    /// Makes the image paths relative to `base` where they lie under it (for a preset
+    /// saved into `presets/`, so it moves with the folder).
+    pub fn relativize_paths(&mut self, base: &Path) {
+        let rel = |p: &mut PathBuf| {
+            if let Ok(r) = p.strip_prefix(base) {
+                *p = r.to_path_buf();
+            }
+        };
+        self.for_each_path(rel);
+    }
+
+    fn for_each_path(&mut self, mut f: impl FnMut(&mut PathBuf)) {
+        f(&mut self.content);
+        match &mut self.style {
+            StyleSpec::One(p) => f(p),
+            StyleSpec::Blend(v) => v.iter_mut().for_each(|s| f(&mut s.image)),
+        }
+        if let Init::File { path } = &mut self.init {
+            f(path);
+        }
+    }
+
     fn resolve_paths(&mut self, base: &Path) {
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         };
-        abs(&mut self.content);
-        match &mut self.style {
-            StyleSpec::One(p) => abs(p),
-            StyleSpec::Blend(v) => v.iter_mut().for_each(|s| abs(&mut s.image)),
-        }
-        if let Init::File { path } = &mut self.init {
-            abs(path);
-        }
+        self.for_each_path(abs);
     }
 
     /// Checks every value; the error names the file, the key and the fix.

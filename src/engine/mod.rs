@@ -56,6 +56,9 @@ pub enum Command {
     Preview,
     /// Moves the run to another backend between two iterations.
     SwitchBackend(BackendChoice),
+    /// Writes the current settings as a preset file named `name` (replacing the file
+    /// if it exists: the front end asks first).
+    SavePreset { path: PathBuf, name: String },
     /// Stops cleanly: final image, losses and checkpoint written.
     Stop,
 }
@@ -106,7 +109,10 @@ pub enum Event {
     Changed {
         iter: u64,
         key: String,
-        value: f64,
+        /// The new value as YAML text.
+        value: String,
+        /// All settings as they now are.
+        settings: Box<Preset>,
     },
     BackendChanged {
         iter: u64,

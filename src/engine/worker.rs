@@ -252,6 +252,11 @@ impl Worker {
                 Ok(b) => self.switch_backend(b),
                 Err(e) => self.emit(Event::Notice(format!("cannot switch backend: {e:#}"))),
             },
+            Command::SavePreset { path, name } => {
+                if let Err(e) = self.save_preset(&path, &name) {
+                    self.emit(Event::Notice(format!("cannot save preset {}: {e:#}", path.display())));
+                }
+            }
             Command::Stop => self.stop = true,
         }
     }
@@ -289,15 +294,12 @@ impl Worker {
             self.optimizer.cost_changed();
             self.best_j = f64::INFINITY;
         }
-        self.record_change(key, serde_yaml_ng::Value::from(value), value)
+        self.record_change(key, serde_yaml_ng::Value::from(value))
     }
 
-    fn record_change(
-        &mut self,
-        key: String,
-        value: serde_yaml_ng::Value,
-        shown: f64,
-    ) -> Result<()> {
+    /// Records a change in `preset.yaml` and tells the front ends.
+    fn record_change(&mut self, key: String, value: serde_yaml_ng::Value) -> Result<()> {
+        let text = serde_yaml_ng::to_string(&value).unwrap_or_default().trim().to_string();
         self.preset.changes.push(Change {
             iter: self.iter,
             key: key.clone(),
@@ -307,8 +309,23 @@ impl Worker {
         self.emit(Event::Changed {
             iter: self.iter,
             key,
-            value: shown,
+            value: text,
+            settings: Box::new(self.preset.clone()),
         });
+        Ok(())
+    }
+
+    /// Writes the current settings as a new preset (without the run's change history).
+    fn save_preset(&mut self, path: &std::path::Path, name: &str) -> Result<()> {
+        let mut preset = self.preset.clone();
+        preset.name = name.to_string();
+        preset.changes.clear();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+            preset.relativize_paths(&std::path::absolute(dir)?);
+        }
+        preset.save(path)?;
+        self.emit(Event::Saved(path.to_path_buf()));
         Ok(())
     }
 
@@ -321,7 +338,7 @@ impl Worker {
         self.optimizer.cost_changed();
         self.best_j = f64::INFINITY;
         let value = serde_yaml_ng::Value::String(layer.name().into());
-        if let Err(e) = self.record_change("content_layer".into(), value, layer.0 as f64) {
+        if let Err(e) = self.record_change("content_layer".into(), value) {
             self.emit(Event::Notice(format!("{e:#}")));
         }
     }
@@ -416,7 +433,7 @@ impl Worker {
         let lr = self.preset.optimizer.lr() / 2.0;
         self.preset.optimizer.set_lr(lr);
         self.run_dir.truncate_records(iter)?;
-        self.record_change("optimizer.lr".into(), serde_yaml_ng::Value::from(lr), lr)?;
+        self.record_change("optimizer.lr".into(), serde_yaml_ng::Value::from(lr))?;
         self.emit(Event::Notice(format!(
             "diverged at iteration {at} ({reason}): rolled back to iteration {iter} and halved the learning rate to {lr}"
         )));

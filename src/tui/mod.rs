@@ -1,0 +1,137 @@
+//! The workbench: a ratatui dashboard to watch and steer a run.
+//!
+//! Three sources feed one loop: the engine's events, the keyboard (a reader thread)
+//! and signals (SIGHUP when the SSH session drops, SIGTERM). The screen is redrawn only
+//! when something changed, at most ten times a second, inside a synchronized update, and
+//! the preview image is re-encoded only when a new one arrives. The terminal is restored
+//! on every exit path, panics included (ratatui's panic hook).
+
+pub mod app;
+pub mod view;
+
+use crate::engine::{EngineHandle, Event, RunState};
+use crate::frontend::{Outcome, signals};
+use anyhow::{Result, bail};
+use app::{Action, App};
+use ratatui::crossterm::event::{self, Event as TermEvent, KeyEventKind};
+use ratatui::crossterm::execute;
+use ratatui::crossterm::terminal::{BeginSynchronizedUpdate, EndSynchronizedUpdate};
+use ratatui_image::picker::{Picker, ProtocolType};
+use ratatui_image::protocol::StatefulProtocol;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+/// Parses `--image-protocol`.
+pub fn parse_protocol(name: &str) -> Result<ProtocolType> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "kitty" => ProtocolType::Kitty,
+        "sixel" => ProtocolType::Sixel,
+        "iterm2" => ProtocolType::Iterm2,
+        "halfblocks" | "blocks" => ProtocolType::Halfblocks,
+        other => bail!("--image-protocol {other}: use kitty, sixel, iterm2 or halfblocks"),
+    })
+}
+
+const FRAME: Duration = Duration::from_millis(100);
+
+fn spawn_input(stop: Arc<AtomicBool>) -> Receiver<TermEvent> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if event::poll(Duration::from_millis(50)).unwrap_or(false) {
+                match event::read() {
+                    Ok(e) => {
+                        if tx.send(e).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Runs the workbench until the run ends and the user quits.
+pub fn run(mut engine: EngineHandle, protocol: Option<ProtocolType>, presets_dir: PathBuf) -> Result<Outcome> {
+    let signal = signals::install()?;
+    let mut terminal = ratatui::init();
+    // Probe the terminal (kitty, sixel, iTerm2) before the key reader starts, so the
+    // reader cannot swallow the answers; a forced protocol skips the probe.
+    let picker = match protocol {
+        Some(p) => {
+            let mut picker = Picker::halfblocks();
+            picker.set_protocol_type(p);
+            picker
+        }
+        None => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
+    };
+    let stop_input = Arc::new(AtomicBool::new(false));
+    let keys = spawn_input(Arc::clone(&stop_input));
+    let mut app = App::new(presets_dir);
+    let mut preview: Option<StatefulProtocol> = None;
+    let mut outcome = Outcome { state: RunState::Preparing, run_dir: None, final_image: None };
+    let mut last_draw = Instant::now() - FRAME;
+    let mut stop_sent = false;
+    let result: Result<()> = (|| {
+        loop {
+            if !stop_sent && signals::requested(&signal) {
+                engine.send(crate::engine::Command::Stop);
+                app.quit = true;
+                stop_sent = true;
+            }
+            while let Ok(ev) = engine.events.try_recv() {
+                match &ev {
+                    Event::Preview { image, .. } => {
+                        preview = Some(picker.new_resize_protocol(image::DynamicImage::ImageRgb8(image.clone())));
+                    }
+                    Event::Started { run_dir, .. } => outcome.run_dir = Some(run_dir.clone()),
+                    Event::Finished { final_image, state } => {
+                        outcome.final_image = Some(final_image.clone());
+                        outcome.state = *state;
+                    }
+                    Event::State(s) => outcome.state = *s,
+                    _ => {}
+                }
+                app.on_event(ev);
+            }
+            while let Ok(ev) = keys.try_recv() {
+                match ev {
+                    TermEvent::Key(k) if k.kind == KeyEventKind::Press => {
+                        for action in app.on_key(k) {
+                            match action {
+                                Action::Send(c) => engine.send(c),
+                                Action::Quit => app.quit = true,
+                            }
+                        }
+                    }
+                    TermEvent::Resize(..) => app.dirty = true,
+                    _ => {}
+                }
+            }
+            if app.quit && app.finished {
+                return Ok(());
+            }
+            if app.dirty && last_draw.elapsed() >= FRAME {
+                let _ = execute!(std::io::stdout(), BeginSynchronizedUpdate);
+                terminal.draw(|f| view::draw(f, &app, preview.as_mut()))?;
+                let _ = execute!(std::io::stdout(), EndSynchronizedUpdate);
+                app.dirty = false;
+                last_draw = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })();
+    stop_input.store(true, Ordering::Relaxed);
+    ratatui::restore();
+    engine.join();
+    result?;
+    if outcome.state == RunState::Failed {
+        bail!("{}", app.notice.unwrap_or_else(|| "the run failed".into()));
+    }
+    Ok(outcome)
+}
