@@ -159,7 +159,11 @@ fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
     let outcome = match ui {
         Ui::Jsonl => frontend::drive(handle, Mode::Jsonl)?,
         Ui::Tui => {
-            let protocol = args.image_protocol.as_deref().map(easel::tui::parse_protocol).transpose()?;
+            let protocol = args
+                .image_protocol
+                .as_deref()
+                .map(easel::tui::parse_protocol)
+                .transpose()?;
             easel::tui::run(handle, protocol, PathBuf::from("presets"))?
         }
         _ => frontend::drive(handle, Mode::Plain)?,

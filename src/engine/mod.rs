@@ -58,7 +58,10 @@ pub enum Command {
     SwitchBackend(BackendChoice),
     /// Writes the current settings as a preset file named `name` (replacing the file
     /// if it exists: the front end asks first).
-    SavePreset { path: PathBuf, name: String },
+    SavePreset {
+        path: PathBuf,
+        name: String,
+    },
     /// Stops cleanly: final image, losses and checkpoint written.
     Stop,
 }

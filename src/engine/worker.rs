@@ -254,7 +254,10 @@ impl Worker {
             },
             Command::SavePreset { path, name } => {
                 if let Err(e) = self.save_preset(&path, &name) {
-                    self.emit(Event::Notice(format!("cannot save preset {}: {e:#}", path.display())));
+                    self.emit(Event::Notice(format!(
+                        "cannot save preset {}: {e:#}",
+                        path.display()
+                    )));
                 }
             }
             Command::Stop => self.stop = true,
@@ -299,7 +302,10 @@ impl Worker {
 
     /// Records a change in `preset.yaml` and tells the front ends.
     fn record_change(&mut self, key: String, value: serde_yaml_ng::Value) -> Result<()> {
-        let text = serde_yaml_ng::to_string(&value).unwrap_or_default().trim().to_string();
+        let text = serde_yaml_ng::to_string(&value)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         self.preset.changes.push(Change {
             iter: self.iter,
             key: key.clone(),

@@ -101,9 +101,7 @@ pub fn drive(mut engine: EngineHandle, mode: Mode) -> Result<Outcome> {
             Event::Notice(text) => bar.println(format!("note: {text}")),
             Event::Changed {
                 iter, key, value, ..
-            } => {
-                bar.println(format!("iteration {iter}: {key} = {value}"))
-            }
+            } => bar.println(format!("iteration {iter}: {key} = {value}")),
             Event::BackendChanged { iter, backend } => {
                 bar.println(format!("iteration {iter}: now on {backend}"))
             }

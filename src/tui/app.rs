@@ -160,7 +160,11 @@ impl App {
 
     fn set_settings(&mut self, preset: Preset) {
         let mut rows = vec![Row::Alpha, Row::Beta];
-        let mut layers: Vec<Layer> = preset.style_layers.keys().filter_map(|n| Layer::parse(n)).collect();
+        let mut layers: Vec<Layer> = preset
+            .style_layers
+            .keys()
+            .filter_map(|n| Layer::parse(n))
+            .collect();
         layers.sort();
         rows.extend(layers.into_iter().map(Row::Lambda));
         rows.extend([Row::ContentLayer, Row::LearningRate, Row::TvWeight]);
@@ -171,7 +175,9 @@ impl App {
 
     /// The value a row shows.
     pub fn value(&self, row: &Row) -> String {
-        let Some(p) = &self.settings else { return String::new() };
+        let Some(p) = &self.settings else {
+            return String::new();
+        };
         match row {
             Row::Alpha => fmt_num(p.alpha),
             Row::Beta => fmt_num(p.beta),
@@ -204,19 +210,31 @@ impl App {
     }
 
     pub fn running(&self) -> bool {
-        matches!(self.state, RunState::Preparing | RunState::Running | RunState::Paused)
+        matches!(
+            self.state,
+            RunState::Preparing | RunState::Running | RunState::Paused
+        )
     }
 
     pub fn on_event(&mut self, event: Event) {
         self.dirty = true;
         match event {
-            Event::Started { run_dir, backend, width, height, preset, history, .. } => {
+            Event::Started {
+                run_dir,
+                backend,
+                width,
+                height,
+                preset,
+                history,
+                ..
+            } => {
                 self.run_dir = Some(run_dir);
                 self.backend = backend;
                 (self.width, self.height) = (width, height);
                 for c in &preset.changes {
                     let v = serde_yaml_ng::to_string(&c.value).unwrap_or_default();
-                    self.changes.push((c.iter, format!("{} = {}", c.key, v.trim())));
+                    self.changes
+                        .push((c.iter, format!("{} = {}", c.key, v.trim())));
                 }
                 self.set_settings(*preset);
                 history.into_iter().for_each(|r| self.history.push(r));
@@ -224,7 +242,13 @@ impl App {
             Event::Iteration(record) => self.history.push(record),
             Event::Preview { iter, .. } => self.preview_iter = Some(iter),
             Event::State(state) => self.state = state,
-            Event::Changed { iter, key, value, settings } => {
+            Event::Changed {
+                iter,
+                key,
+                value,
+                settings,
+            } => {
+                self.notice = Some(format!("iteration {iter}: {key} = {value}"));
                 self.changes.push((iter, format!("{key} = {value}")));
                 self.set_settings(*settings);
             }
@@ -253,10 +277,14 @@ impl App {
     /// Handles one key press.
     pub fn on_key(&mut self, key: KeyEvent) -> Vec<Action> {
         self.dirty = true;
-        let ctrl_c = key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+        let ctrl_c =
+            key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
         match std::mem::replace(&mut self.mode, Mode::Normal) {
             Mode::Help => {
-                if !matches!(key.code, KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q')) {
+                if !matches!(
+                    key.code,
+                    KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q')
+                ) {
                     self.mode = Mode::Help;
                 }
                 Vec::new()
@@ -274,7 +302,9 @@ impl App {
                     self.mode = Mode::Editing(buf);
                     Vec::new()
                 }
-                KeyCode::Char(c) if c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+') => {
+                KeyCode::Char(c)
+                    if c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+') =>
+                {
                     buf.push(c);
                     self.mode = Mode::Editing(buf);
                     Vec::new()
@@ -316,7 +346,10 @@ impl App {
             Mode::ConfirmOverwrite(name) => match key.code {
                 KeyCode::Char('y') | KeyCode::Char('Y') => self.save_preset(name),
                 _ => {
-                    self.notice = Some(format!("{} kept as it was", self.preset_path(&name).display()));
+                    self.notice = Some(format!(
+                        "{} kept as it was",
+                        self.preset_path(&name).display()
+                    ));
                     Vec::new()
                 }
             },
@@ -327,7 +360,8 @@ impl App {
     fn quit_now(&mut self) -> Vec<Action> {
         self.quit = true;
         if self.running() {
-            self.notice = Some("stopping: writing the final image, the losses and the checkpoint".into());
+            self.notice =
+                Some("stopping: writing the final image, the losses and the checkpoint".into());
             vec![Action::Send(Command::Stop)]
         } else {
             vec![Action::Quit]
@@ -371,12 +405,20 @@ impl App {
             KeyCode::Char('s') => vec![Action::Send(Command::Snapshot)],
             KeyCode::Char('r') => vec![Action::Send(Command::Preview)],
             KeyCode::Char('p') => {
-                let base = self.settings.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+                let base = self
+                    .settings
+                    .as_ref()
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
                 self.mode = Mode::PresetName(base);
                 Vec::new()
             }
             KeyCode::Char('b') => {
-                let to = if self.backend.starts_with("cpu") { BackendChoice::Gpu } else { BackendChoice::Cpu };
+                let to = if self.backend.starts_with("cpu") {
+                    BackendChoice::Gpu
+                } else {
+                    BackendChoice::Cpu
+                };
                 vec![Action::Send(Command::SwitchBackend(to))]
             }
             _ => Vec::new(),
@@ -394,13 +436,25 @@ impl App {
 
     /// Left/Right: weights change multiplicatively, the content layer moves by one.
     fn step(&mut self, up: bool, big: bool) -> Vec<Action> {
-        let Some(row) = self.rows.get(self.selected).cloned() else { return Vec::new() };
+        let Some(row) = self.rows.get(self.selected).cloned() else {
+            return Vec::new();
+        };
         if row == Row::ContentLayer {
-            let current = self.settings.as_ref().and_then(|p| Layer::parse(&p.content_layer)).unwrap_or(Layer(9));
-            let next = if up { (current.0 + 1).min(LAYER_NAMES.len() - 1) } else { current.0.saturating_sub(1) };
+            let current = self
+                .settings
+                .as_ref()
+                .and_then(|p| Layer::parse(&p.content_layer))
+                .unwrap_or(Layer(9));
+            let next = if up {
+                (current.0 + 1).min(LAYER_NAMES.len() - 1)
+            } else {
+                current.0.saturating_sub(1)
+            };
             return vec![Action::Send(Command::SetContentLayer(Layer(next)))];
         }
-        let (Some(setting), Some(value)) = (row.setting(), self.numeric(&row)) else { return Vec::new() };
+        let (Some(setting), Some(value)) = (row.setting(), self.numeric(&row)) else {
+            return Vec::new();
+        };
         let factor = if big { 10.0 } else { STEP };
         let next = match (value == 0.0, up) {
             // A weight at 0 cannot grow by a factor: start it small.
@@ -413,7 +467,9 @@ impl App {
     }
 
     fn apply_typed(&mut self, text: &str) -> Vec<Action> {
-        let Some(setting) = self.rows.get(self.selected).and_then(Row::setting) else { return Vec::new() };
+        let Some(setting) = self.rows.get(self.selected).and_then(Row::setting) else {
+            return Vec::new();
+        };
         match text.trim().parse::<f64>() {
             Ok(v) if v.is_finite() && v >= 0.0 => vec![Action::Send(Command::Set(setting, v))],
             _ => {
@@ -428,7 +484,10 @@ impl App {
     }
 
     fn save_preset(&mut self, name: String) -> Vec<Action> {
-        vec![Action::Send(Command::SavePreset { path: self.preset_path(&name), name })]
+        vec![Action::Send(Command::SavePreset {
+            path: self.preset_path(&name),
+            name,
+        })]
     }
 }
 

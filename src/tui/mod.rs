@@ -57,7 +57,11 @@ fn spawn_input(stop: Arc<AtomicBool>) -> Receiver<TermEvent> {
 }
 
 /// Runs the workbench until the run ends and the user quits.
-pub fn run(mut engine: EngineHandle, protocol: Option<ProtocolType>, presets_dir: PathBuf) -> Result<Outcome> {
+pub fn run(
+    mut engine: EngineHandle,
+    protocol: Option<ProtocolType>,
+    presets_dir: PathBuf,
+) -> Result<Outcome> {
     let signal = signals::install()?;
     let mut terminal = ratatui::init();
     // Probe the terminal (kitty, sixel, iTerm2) before the key reader starts, so the
@@ -74,7 +78,11 @@ pub fn run(mut engine: EngineHandle, protocol: Option<ProtocolType>, presets_dir
     let keys = spawn_input(Arc::clone(&stop_input));
     let mut app = App::new(presets_dir);
     let mut preview: Option<StatefulProtocol> = None;
-    let mut outcome = Outcome { state: RunState::Preparing, run_dir: None, final_image: None };
+    let mut outcome = Outcome {
+        state: RunState::Preparing,
+        run_dir: None,
+        final_image: None,
+    };
     let mut last_draw = Instant::now() - FRAME;
     let mut stop_sent = false;
     let result: Result<()> = (|| {
@@ -87,7 +95,10 @@ pub fn run(mut engine: EngineHandle, protocol: Option<ProtocolType>, presets_dir
             while let Ok(ev) = engine.events.try_recv() {
                 match &ev {
                     Event::Preview { image, .. } => {
-                        preview = Some(picker.new_resize_protocol(image::DynamicImage::ImageRgb8(image.clone())));
+                        preview = Some(
+                            picker
+                                .new_resize_protocol(image::DynamicImage::ImageRgb8(image.clone())),
+                        );
                     }
                     Event::Started { run_dir, .. } => outcome.run_dir = Some(run_dir.clone()),
                     Event::Finished { final_image, state } => {

@@ -8,17 +8,26 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Block, Borders, Chart, Clear, Dataset, GraphType, Paragraph, Wrap};
-use ratatui_image::{Resize, StatefulImage};
 use ratatui_image::protocol::StatefulProtocol;
+use ratatui_image::{Resize, StatefulImage};
 
 /// Stable colours: J, J_content, J_style, then one per style layer.
 const COST_COLOURS: [Color; 3] = [Color::White, Color::Cyan, Color::Magenta];
-const LAYER_COLOURS: [Color; 8] =
-    [Color::Red, Color::Yellow, Color::Green, Color::Blue, Color::LightMagenta, Color::LightCyan, Color::LightRed, Color::LightGreen];
+const LAYER_COLOURS: [Color; 8] = [
+    Color::Red,
+    Color::Yellow,
+    Color::Green,
+    Color::Blue,
+    Color::LightMagenta,
+    Color::LightCyan,
+    Color::LightRed,
+    Color::LightGreen,
+];
 
 pub const FOOTER: &str = "Space pause · ↑↓ select · ←→ change · Enter type · s snapshot · p preset · b backend · ? help · q quit";
 /// The footer for terminals narrower than [`FOOTER`].
-pub const FOOTER_SHORT: &str = "Spc pause ↑↓ select ←→ change ⏎ type s snap p preset b backend ? help q quit";
+pub const FOOTER_SHORT: &str =
+    "Spc pause ↑↓ select ←→ change ⏎ type s snap p preset b backend ? help q quit";
 
 pub fn draw(frame: &mut Frame, app: &App, preview: Option<&mut StatefulProtocol>) {
     let area = frame.area();
@@ -30,33 +39,75 @@ pub fn draw(frame: &mut Frame, app: &App, preview: Option<&mut StatefulProtocol>
     ])
     .areas(area);
     frame.render_widget(Paragraph::new(header_line(app)), header);
-    let [left, right] = Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
-    let [costs, layers] = Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(left);
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
+    let [costs, layers] =
+        Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(left);
     draw_costs(frame, app, costs);
     draw_layers(frame, app, layers);
     let settings_height = (app.rows.len() as u16 + 2).min(right.height.saturating_sub(4));
-    let [settings, image] = Layout::vertical([Constraint::Length(settings_height), Constraint::Min(3)]).areas(right);
+    let [settings, image] =
+        Layout::vertical([Constraint::Length(settings_height), Constraint::Min(3)]).areas(right);
     draw_settings(frame, app, settings);
     draw_preview(frame, app, image, preview);
     let status_text = app
         .notice
         .clone()
-        .or_else(|| app.run_dir.as_ref().map(|d| format!("run: {}", d.display())))
+        .or_else(|| {
+            app.run_dir
+                .as_ref()
+                .map(|d| format!("run: {}", d.display()))
+        })
         .unwrap_or_default();
-    frame.render_widget(Paragraph::new(status_text).style(Style::new().fg(Color::Yellow)), status);
-    let keys = if (footer.width as usize) < FOOTER.chars().count() { FOOTER_SHORT } else { FOOTER };
-    frame.render_widget(Paragraph::new(keys).style(Style::new().fg(Color::DarkGray)), footer);
+    frame.render_widget(
+        Paragraph::new(status_text).style(Style::new().fg(Color::Yellow)),
+        status,
+    );
+    let keys = if (footer.width as usize) < FOOTER.chars().count() {
+        FOOTER_SHORT
+    } else {
+        FOOTER
+    };
+    frame.render_widget(
+        Paragraph::new(keys).style(Style::new().fg(Color::DarkGray)),
+        footer,
+    );
     match &app.mode {
         Mode::Help => draw_help(frame, area),
-        Mode::ConfirmQuit => popup(frame, area, "Quit", "Stop the run? The final image, the losses and a checkpoint are written (easel resume continues it).\n\ny: stop and quit    any other key: keep running"),
-        Mode::PresetName(buf) => popup(frame, area, "Save preset", &format!("Name (written to {}):\n\n{buf}█\n\nEnter save · Esc cancel", app.presets_dir.display())),
-        Mode::ConfirmOverwrite(name) => popup(frame, area, "Save preset", &format!("{} exists. Replace it?\n\ny: replace    any other key: keep it", app.preset_path(name).display())),
+        Mode::ConfirmQuit => popup(
+            frame,
+            area,
+            "Quit",
+            "Stop the run? The final image, the losses and a checkpoint are written (easel resume continues it).\n\ny: stop and quit    any other key: keep running",
+        ),
+        Mode::PresetName(buf) => popup(
+            frame,
+            area,
+            "Save preset",
+            &format!(
+                "Name (written to {}):\n\n{buf}█\n\nEnter save · Esc cancel",
+                app.presets_dir.display()
+            ),
+        ),
+        Mode::ConfirmOverwrite(name) => popup(
+            frame,
+            area,
+            "Save preset",
+            &format!(
+                "{} exists. Replace it?\n\ny: replace    any other key: keep it",
+                app.preset_path(name).display()
+            ),
+        ),
         Mode::Normal | Mode::Editing(_) => {}
     }
 }
 
 fn header_line(app: &App) -> Line<'static> {
-    let name = app.settings.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+    let name = app
+        .settings
+        .as_ref()
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
     let state_style = match app.state {
         RunState::Running => Style::new().fg(Color::Green),
         RunState::Paused => Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
@@ -67,7 +118,9 @@ fn header_line(app: &App) -> Line<'static> {
     let iter = app.iter().min(total.max(app.iter()));
     let rate = app.history.rate();
     let eta = match rate {
-        Some(r) if r > 0.0 && app.state == RunState::Running => fmt_duration(total.saturating_sub(iter) as f64 / r),
+        Some(r) if r > 0.0 && app.state == RunState::Running => {
+            fmt_duration(total.saturating_sub(iter) as f64 / r)
+        }
         _ => "-".into(),
     };
     Line::from(vec![
@@ -75,9 +128,10 @@ fn header_line(app: &App) -> Line<'static> {
         Span::raw(format!("{name} ")),
         Span::styled(app.state.label().to_uppercase(), state_style),
         Span::raw(format!(
-            " · iter {iter}/{total} · {} it/s · ETA {eta} · {} · {}x{}",
-            rate.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
-            app.backend,
+            " · {iter}/{total} · {} it/s · ETA {eta} · {} · {}x{}",
+            rate.map(|r| format!("{r:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            app.backend.split(" (").next().unwrap_or_default(),
             app.width,
             app.height
         )),
@@ -101,7 +155,14 @@ fn log10(v: f64) -> Option<f64> {
 }
 
 /// Draws series of (iteration, log10 value) with decade labels.
-fn log_chart(frame: &mut Frame, app: &App, area: Rect, title: &str, series: Vec<(String, Color, Vec<(f64, f64)>)>) {
+fn log_chart(
+    frame: &mut Frame,
+    app: &App,
+    area: Rect,
+    title: Line<'static>,
+    legend: bool,
+    series: Vec<(String, Color, Vec<(f64, f64)>)>,
+) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for (_, _, pts) in &series {
         for (_, y) in pts {
@@ -115,8 +176,11 @@ fn log_chart(frame: &mut Frame, app: &App, area: Rect, title: &str, series: Vec<
     let (lo, hi) = (lo.floor(), hi.ceil().max(lo.floor() + 1.0));
     let x_max = (app.total().max(app.iter()) as f64).max(1.0);
     // Marks of settings changes: short vertical strokes at the top of the plot.
-    let marks: Vec<Vec<(f64, f64)>> =
-        app.changes.iter().map(|(i, _)| vec![(*i as f64, hi), (*i as f64, hi - (hi - lo) * 0.08)]).collect();
+    let marks: Vec<Vec<(f64, f64)>> = app
+        .changes
+        .iter()
+        .map(|(i, _)| vec![(*i as f64, hi), (*i as f64, hi - (hi - lo) * 0.08)])
+        .collect();
     let mut datasets: Vec<Dataset> = series
         .iter()
         .map(|(name, colour, pts)| {
@@ -129,48 +193,112 @@ fn log_chart(frame: &mut Frame, app: &App, area: Rect, title: &str, series: Vec<
         })
         .collect();
     for m in &marks {
-        datasets.push(Dataset::default().marker(Marker::Braille).graph_type(GraphType::Line).style(Style::new().fg(Color::Yellow)).data(m));
+        datasets.push(
+            Dataset::default()
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(Color::Yellow))
+                .data(m),
+        );
     }
     let decades = (hi - lo) as usize;
     let step = decades.div_ceil(4).max(1);
-    let y_labels: Vec<Span> = (0..=decades).step_by(step).map(|k| Span::raw(format!("1e{}", lo as i64 + k as i64))).collect();
+    let y_labels: Vec<Span> = (0..=decades)
+        .step_by(step)
+        .map(|k| Span::raw(format!("1e{}", lo as i64 + k as i64)))
+        .collect();
     let x_labels = vec![Span::raw("0"), Span::raw(format!("{}", x_max as u64))];
     let chart = Chart::new(datasets)
-        .block(Block::new().borders(Borders::ALL).title(title.to_string()))
-        .x_axis(Axis::default().bounds([0.0, x_max]).labels(x_labels).style(Style::new().fg(Color::DarkGray)))
-        .y_axis(Axis::default().bounds([lo, lo + (y_labels.len().saturating_sub(1) * step).max(1) as f64]).labels(y_labels).style(Style::new().fg(Color::DarkGray)))
-        .legend_position(Some(ratatui::widgets::LegendPosition::TopRight))
-        .hidden_legend_constraints((Constraint::Percentage(60), Constraint::Percentage(60)));
+        .block(Block::new().borders(Borders::ALL).title(title))
+        .x_axis(
+            Axis::default()
+                .bounds([0.0, x_max])
+                .labels(x_labels)
+                .style(Style::new().fg(Color::DarkGray)),
+        )
+        .y_axis(
+            Axis::default()
+                .bounds([
+                    lo,
+                    lo + (y_labels.len().saturating_sub(1) * step).max(1) as f64,
+                ])
+                .labels(y_labels)
+                .style(Style::new().fg(Color::DarkGray)),
+        )
+        .legend_position(legend.then_some(ratatui::widgets::LegendPosition::TopRight))
+        .hidden_legend_constraints((Constraint::Percentage(60), Constraint::Percentage(80)));
     frame.render_widget(chart, area);
 }
 
 fn points(app: &App, f: impl Fn(&crate::run_dir::Record) -> f64) -> Vec<(f64, f64)> {
-    app.history.records.iter().filter_map(|r| log10(f(r)).map(|y| (r.iter as f64, y))).collect()
+    app.history
+        .records
+        .iter()
+        .filter_map(|r| log10(f(r)).map(|y| (r.iter as f64, y)))
+        .collect()
 }
 
 fn draw_costs(frame: &mut Frame, app: &App, area: Rect) {
     let last = app.history.last();
-    let label = |name: &str, v: Option<f64>| format!("{name} {}", v.map(|v| format!("{v:.2e}")).unwrap_or_default());
-    let series = vec![
-        (label("J", last.map(|r| r.j)), COST_COLOURS[0], points(app, |r| r.j)),
-        (label("J_content", last.map(|r| r.j_content)), COST_COLOURS[1], points(app, |r| r.j_content)),
-        (label("J_style", last.map(|r| r.j_style)), COST_COLOURS[2], points(app, |r| r.j_style)),
+    let value = |v: Option<f64>| v.map(|v| format!("{v:.2e}")).unwrap_or_else(|| "-".into());
+    // The current values sit in the title, in the series' colours: legible at any size.
+    let names = ["J", "J_content", "J_style"];
+    let values = [
+        last.map(|r| r.j),
+        last.map(|r| r.j_content),
+        last.map(|r| r.j_style),
     ];
-    log_chart(frame, app, area, "Cost (log10)", series);
+    let mut title = vec![Span::raw("Cost ")];
+    for (i, name) in names.iter().enumerate() {
+        title.push(Span::styled(
+            format!("{name} {} ", value(values[i])),
+            Style::new().fg(COST_COLOURS[i]),
+        ));
+    }
+    let series = vec![
+        (names[0].to_string(), COST_COLOURS[0], points(app, |r| r.j)),
+        (
+            names[1].to_string(),
+            COST_COLOURS[1],
+            points(app, |r| r.j_content),
+        ),
+        (
+            names[2].to_string(),
+            COST_COLOURS[2],
+            points(app, |r| r.j_style),
+        ),
+    ];
+    log_chart(frame, app, area, Line::from(title), false, series);
 }
 
 fn draw_layers(frame: &mut Frame, app: &App, area: Rect) {
-    let layers: Vec<String> = app.history.last().map(|r| r.style.keys().cloned().collect()).unwrap_or_default();
+    let layers: Vec<String> = app
+        .history
+        .last()
+        .map(|r| r.style.keys().cloned().collect())
+        .unwrap_or_default();
     let last = app.history.last();
     let series = layers
         .iter()
         .enumerate()
         .map(|(i, l)| {
             let v = last.and_then(|r| r.style.get(l)).copied().unwrap_or(0.0);
-            (format!("{l} {v:.2e}"), LAYER_COLOURS[i % LAYER_COLOURS.len()], points(app, |r| r.style.get(l).copied().unwrap_or(0.0)))
+            (
+                format!("{l} {v:.2e}"),
+                LAYER_COLOURS[i % LAYER_COLOURS.len()],
+                points(app, |r| r.style.get(l).copied().unwrap_or(0.0)),
+            )
         })
         .collect();
-    log_chart(frame, app, area, "J_style per layer (log10)", series);
+    // Colour key in the title for narrow screens, where the legend does not fit.
+    let mut title = vec![Span::raw("J_style per layer ")];
+    for (i, l) in layers.iter().enumerate() {
+        title.push(Span::styled(
+            format!("■{} ", l.trim_start_matches("conv")),
+            Style::new().fg(LAYER_COLOURS[i % LAYER_COLOURS.len()]),
+        ));
+    }
+    log_chart(frame, app, area, Line::from(title), true, series);
 }
 
 fn draw_settings(frame: &mut Frame, app: &App, area: Rect) {
@@ -187,12 +315,23 @@ fn draw_settings(frame: &mut Frame, app: &App, area: Rect) {
             };
             let label = row.label();
             let pad = width.saturating_sub(label.chars().count() + value.chars().count() + 2);
-            let text = format!("{} {label}{}{value}", if selected { "›" } else { " " }, " ".repeat(pad));
-            let style = if selected { Style::new().fg(Color::Black).bg(Color::Cyan) } else { Style::new() };
+            let text = format!(
+                "{} {label}{}{value}",
+                if selected { "›" } else { " " },
+                " ".repeat(pad)
+            );
+            let style = if selected {
+                Style::new().fg(Color::Black).bg(Color::Cyan)
+            } else {
+                Style::new()
+            };
             Line::styled(text, style)
         })
         .collect();
-    frame.render_widget(Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title("Settings")), area);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title("Settings")),
+        area,
+    );
 }
 
 fn draw_preview(frame: &mut Frame, app: &App, area: Rect, preview: Option<&mut StatefulProtocol>) {
@@ -204,22 +343,36 @@ fn draw_preview(frame: &mut Frame, app: &App, area: Rect, preview: Option<&mut S
     let inner = block.inner(area);
     frame.render_widget(block, area);
     match preview {
-        Some(p) => frame.render_stateful_widget(StatefulImage::default().resize(Resize::Scale(None)), inner, p),
-        None => frame.render_widget(Paragraph::new("waiting for the first image…").alignment(Alignment::Center), inner),
+        Some(p) => frame.render_stateful_widget(
+            StatefulImage::default().resize(Resize::Scale(None)),
+            inner,
+            p,
+        ),
+        None => frame.render_widget(
+            Paragraph::new("waiting for the first image…").alignment(Alignment::Center),
+            inner,
+        ),
     }
 }
 
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let w = width.min(area.width);
     let h = height.min(area.height);
-    Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h }
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
 }
 
 fn popup(frame: &mut Frame, area: Rect, title: &str, text: &str) {
     let rect = centered(area, 64, 9);
     frame.render_widget(Clear, rect);
     frame.render_widget(
-        Paragraph::new(text.to_string()).wrap(Wrap { trim: false }).block(Block::new().borders(Borders::ALL).title(title.to_string())),
+        Paragraph::new(text.to_string())
+            .wrap(Wrap { trim: false })
+            .block(Block::new().borders(Borders::ALL).title(title.to_string())),
         rect,
     );
 }
@@ -227,7 +380,10 @@ fn popup(frame: &mut Frame, area: Rect, title: &str, text: &str) {
 pub const HELP: &[(&str, &str)] = &[
     ("Space", "pause / resume (nothing is computed while paused)"),
     ("↑ ↓  k j", "select a setting"),
-    ("← →  - +", "change it by x1.25 (content layer: previous/next)"),
+    (
+        "← →  - +",
+        "change it by x1.25 (content layer: previous/next)",
+    ),
     ("Shift ← →", "change it by x10"),
     ("Enter", "type an exact value (Enter applies, Esc cancels)"),
     ("s", "save a snapshot and a checkpoint now"),
@@ -240,10 +396,22 @@ pub const HELP: &[(&str, &str)] = &[
 
 fn draw_help(frame: &mut Frame, area: Rect) {
     let rect = centered(area, 72, HELP.len() as u16 + 4);
-    let mut lines: Vec<Line> = HELP.iter().map(|(k, v)| Line::from(vec![Span::styled(format!(" {k:<11}"), Style::new().bold()), Span::raw(*v)])).collect();
+    let mut lines: Vec<Line> = HELP
+        .iter()
+        .map(|(k, v)| {
+            Line::from(vec![
+                Span::styled(format!(" {k:<11}"), Style::new().bold()),
+                Span::raw(*v),
+            ])
+        })
+        .collect();
     lines.push(Line::raw(""));
-    lines.push(Line::raw(" Changes apply from the next iteration and are recorded in preset.yaml."));
+    lines.push(Line::raw(
+        " Changes apply from the next iteration and are recorded in preset.yaml.",
+    ));
     frame.render_widget(Clear, rect);
-    frame.render_widget(Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title("Keys")), rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title("Keys")),
+        rect,
+    );
 }
-

@@ -1,0 +1,145 @@
+//! The real `easel` binary in a real terminal (tmux) on a tiny preset with the real
+//! weights: it starts, plots, takes Space, `+` on beta, `p` with a name and `q`; then
+//! the saved preset, the change recorded in the run directory and final.png are checked.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux is installed (.ci/run installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "e2e"])
+    }
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "e2e"];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+    /// Waits until the screen shows `text`.
+    fn wait_for(&self, text: &str, secs: u64) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "the screen never showed {text:?}; it shows:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn workbench_in_tmux_pauses_changes_saves_and_quits() {
+    let weights = common::real_weights();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in ["chelsea.png", "starry_night.jpg"] {
+        std::fs::copy(root.join("presets/images").join(f), dir.path().join(f)).expect("copy");
+    }
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "name: e2e\ncontent: chelsea.png\nstyle: starry_night.jpg\nsize: {width: 32, height: 24}\niterations: 100000\nsave_every: 0\nbackend: cpu\n",
+    )
+    .expect("preset");
+    let tmux = Tmux {
+        socket: format!("easel-e2e-{}", std::process::id()),
+    };
+    let command = format!(
+        "env EASEL_WEIGHTS_DIR={} {} run p.yaml --ui tui --image-protocol halfblocks --out out; echo EXITED $?; sleep 60",
+        weights.parent().expect("weights folder").display(),
+        env!("CARGO_BIN_EXE_easel")
+    );
+    let cwd = dir.path().to_string_lossy().into_owned();
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "e2e",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        "-c",
+        &cwd,
+        &command,
+    ]);
+
+    let screen = tmux.wait_for("RUNNING", 60);
+    assert!(
+        screen.contains("Cost") && screen.contains("Settings"),
+        "{screen}"
+    );
+    tmux.wait_for("1e", 30); // the plot has an axis with decades once records arrive
+    tmux.keys(&["Space"]);
+    tmux.wait_for("PAUSED", 10);
+    tmux.keys(&["Down", "+"]);
+    tmux.wait_for("beta = 50", 10);
+    tmux.keys(&["p"]);
+    tmux.wait_for("Save preset", 10);
+    for _ in 0..10 {
+        tmux.keys(&["BSpace"]);
+    }
+    tmux.keys(&["-l", "mine"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("saved", 10);
+    tmux.keys(&["q"]);
+    tmux.wait_for("Stop the run?", 10);
+    tmux.keys(&["y"]);
+    let screen = tmux.wait_for("EXITED", 60);
+    assert!(
+        screen.contains("EXITED 130"),
+        "a stopped run exits with 130:\n{screen}"
+    );
+
+    let saved = easel::preset::Preset::load(&dir.path().join("presets/mine.yaml"), &[])
+        .expect("the saved preset loads");
+    assert_eq!(saved.name, "mine");
+    assert_eq!(saved.beta, 50.0);
+    assert!(saved.changes.is_empty());
+    let runs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("out"))
+        .expect("out")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let run = easel::preset::Preset::load(&runs[0].join("preset.yaml"), &[]).expect("run preset");
+    assert_eq!(run.beta, 50.0);
+    let change = run
+        .changes
+        .iter()
+        .find(|c| c.key == "beta")
+        .expect("the change is recorded");
+    assert_eq!(change.value.as_f64(), Some(50.0));
+    assert!(runs[0].join("final.png").is_file());
+    assert!(
+        std::fs::read_to_string(runs[0].join("losses.jsonl"))
+            .expect("losses")
+            .lines()
+            .count()
+            > 0
+    );
+}
