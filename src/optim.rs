@@ -72,7 +72,7 @@ impl Adam {
         Ok((next, costs))
     }
 
-    fn to_device(&mut self, device: &Device) {
+    fn move_to(&mut self, device: &Device) {
         self.m = self.m.take().map(|t| t.to_device(device));
         self.v = self.v.take().map(|t| t.to_device(device));
     }
@@ -168,9 +168,9 @@ impl Lbfgs {
                 q = q - st.old_dirs[i].clone() * al[i];
             }
             let mut r = q * st.h_diag;
-            for i in 0..k {
+            for (i, a) in al.iter().enumerate() {
                 let be_i = dot(&st.old_dirs[i], &r) * st.ro[i];
-                r = r + st.old_stps[i].clone() * (al[i] - be_i);
+                r = r + st.old_stps[i].clone() * (a - be_i);
             }
             r
         };
@@ -201,7 +201,7 @@ impl Lbfgs {
         Ok((next, costs))
     }
 
-    fn to_device(&mut self, device: &Device) {
+    fn move_to(&mut self, device: &Device) {
         let st = &mut self.state;
         let mv = |v: &mut Vec<Tensor<1>>| {
             for t in v.iter_mut() {
@@ -484,10 +484,10 @@ impl Optimizer {
         }
     }
 
-    pub fn to_device(&mut self, device: &Device) {
+    pub fn move_to(&mut self, device: &Device) {
         match self {
-            Optimizer::Adam(a) => a.to_device(device),
-            Optimizer::Lbfgs(l) => l.to_device(device),
+            Optimizer::Adam(a) => a.move_to(device),
+            Optimizer::Lbfgs(l) => l.move_to(device),
         }
     }
 }

@@ -364,7 +364,7 @@ impl Worker {
                 .collect(),
         };
         self.x = self.x.clone().to_device(device);
-        self.optimizer.to_device(device);
+        self.optimizer.move_to(device);
         self.good = None;
         self.emit(Event::BackendChanged {
             iter: self.iter,
@@ -413,7 +413,7 @@ impl Worker {
         self.emit(Event::Iteration(record));
         self.x = next;
         self.iter += 1;
-        if self.preset.save_every > 0 && self.iter % self.preset.save_every == 0 {
+        if self.preset.save_every > 0 && self.iter.is_multiple_of(self.preset.save_every) {
             self.save_snapshot()?;
         } else if self.preview_every_s > 0.0
             && self.last_preview.elapsed().as_secs_f64() >= self.preview_every_s

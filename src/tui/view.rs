@@ -149,6 +149,9 @@ pub fn fmt_duration(s: f64) -> String {
     }
 }
 
+/// A plotted series: legend name, colour, (iteration, log10 value) points.
+type Series = (String, Color, Vec<(f64, f64)>);
+
 /// log10, with zeros and negatives kept off the plot.
 fn log10(v: f64) -> Option<f64> {
     (v > 0.0 && v.is_finite()).then(|| v.log10())
@@ -161,7 +164,7 @@ fn log_chart(
     area: Rect,
     title: Line<'static>,
     legend: bool,
-    series: Vec<(String, Color, Vec<(f64, f64)>)>,
+    series: Vec<Series>,
 ) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for (_, _, pts) in &series {
