@@ -73,8 +73,13 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     }
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    decode_rgb(&bytes, path)
+}
+
+/// Decodes image bytes (read from `path`, which names them in errors) as RGB.
+pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     // The content decides the format, not the file name.
-    let format = image::guess_format(&bytes).map_err(|_| {
+    let format = image::guess_format(bytes).map_err(|_| {
         anyhow::anyhow!(
             "{} is not an image easel can read (PNG, JPEG, GIF, BMP, TIFF, WebP); convert it to PNG or JPEG",
             path.display()
@@ -86,7 +91,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
             path.display()
         )
     };
-    let mut reader = ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+    let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let (w, h) = reader.into_dimensions().with_context(damaged)?;
     if w as u64 * h as u64 > MAX_DECODED_PIXELS {
         bail!(
@@ -95,7 +100,7 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
             MAX_DECODED_PIXELS / 1_000_000
         );
     }
-    reader = ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+    reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
     reader.no_limits();
     let img = reader.decode().with_context(damaged)?;
     Ok(img.to_rgb8())

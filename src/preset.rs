@@ -178,7 +178,13 @@ impl Preset {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Preset> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read preset {}: check the path", path.display()))?;
-        let mut doc: Value = serde_yaml_ng::from_str(&text)
+        Self::parse(&text, path, overrides)
+    }
+
+    /// Parses preset text as if read from `path` (which names it in errors and anchors
+    /// its relative paths), applies overrides and validates.
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Preset> {
+        let mut doc: Value = serde_yaml_ng::from_str(text)
             .map_err(|e| anyhow!("preset {} is not valid YAML: {e}", path.display()))?;
         if doc.is_null() {
             bail!(
