@@ -69,3 +69,43 @@ impl Backend {
         )
     }
 }
+
+/// Bytes a run of `pixels` output pixels needs, measured on burn-flex: the network and
+/// runtime (~400 MB), ~3 KB per pixel for the activations the backward pass keeps, and
+/// the optimiser's state (L-BFGS: `history` pairs of image-sized vectors).
+pub fn memory_estimate(pixels: u64, optimizer: &crate::optim::OptimizerSpec) -> u64 {
+    let image = pixels * 3 * 4;
+    let state = match optimizer.kind {
+        crate::optim::OptimizerKind::Adam => 3 * image,
+        crate::optim::OptimizerKind::Lbfgs => (2 * optimizer.history as u64 + 4) * image,
+    };
+    400 * 1024 * 1024 + pixels * 3000 + state
+}
+
+/// Memory the system can give this process now (Linux: MemAvailable), if known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses a run that cannot fit in memory, saying how much it would need.
+pub fn check_memory(
+    width: usize,
+    height: usize,
+    optimizer: &crate::optim::OptimizerSpec,
+) -> Result<()> {
+    let need = memory_estimate((width * height) as u64, optimizer);
+    if let Some(have) = available_memory()
+        && need > have
+    {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        bail!(
+            "a {width}x{height} run with this optimiser needs about {:.1} GiB of memory, and {:.1} GiB is available; lower `size` (or L-BFGS's `history`)",
+            gib(need),
+            gib(have)
+        );
+    }
+    Ok(())
+}

@@ -359,3 +359,12 @@ fn resume_refuses_a_folder_that_is_not_a_run() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_run_too_big_for_memory_is_refused_with_what_it_needs() {
+    assert_refused(
+        "",
+        &["--set", "size={width: 8192, height: 8192}"],
+        &["8192x8192", "GiB", "lower `size`"],
+    );
+}

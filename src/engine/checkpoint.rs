@@ -16,7 +16,8 @@ use std::path::Path;
 struct Scalars {
     iter: u64,
     elapsed_s: f64,
-    best_j: f64,
+    /// None while no J has been seen (JSON has no infinity).
+    best_j: Option<f64>,
     optimizer: OptimizerScalars,
 }
 
@@ -107,7 +108,7 @@ impl Checkpoint {
         let scalars = Scalars {
             iter: self.iter,
             elapsed_s: self.elapsed_s,
-            best_j: self.best_j,
+            best_j: self.best_j.is_finite().then_some(self.best_j),
             optimizer,
         };
         weights::write_safetensors_with(
@@ -183,7 +184,7 @@ impl Checkpoint {
         Ok(Checkpoint {
             iter: scalars.iter,
             elapsed_s: scalars.elapsed_s,
-            best_j: scalars.best_j,
+            best_j: scalars.best_j.unwrap_or(f64::INFINITY),
             x,
             optimizer,
         })

@@ -54,6 +54,9 @@ struct Worker {
     /// The last state whose cost was sound: where a divergence rolls back to.
     good: Option<(u64, Tensor<4>, Optimizer)>,
     rollbacks_in_a_row: u32,
+    /// The iteration of the last divergence: the streak of rollbacks ends only once
+    /// the run gets past it.
+    diverged_at: u64,
     last_preview: Instant,
     preview_every_s: f64,
 }
@@ -67,6 +70,7 @@ fn load_inputs(
     let (w, h) = preset
         .size
         .resolve(content_rgb.width(), content_rgb.height());
+    crate::backend::check_memory(w as usize, h as usize, &preset.optimizer)?;
     let content_rgb = img::resize(&content_rgb, w, h);
     let device = &backend.device;
     let mut styles = Vec::new();
@@ -156,6 +160,17 @@ impl Worker {
             )
         };
         run_dir.write_preset(&preset)?;
+        if iter == 0 {
+            // A checkpoint from the start, so any run directory can be resumed.
+            Checkpoint {
+                iter,
+                elapsed_s,
+                best_j,
+                x: x.clone(),
+                optimizer: optimizer.clone(),
+            }
+            .save(&run_dir.file(run_dir::CHECKPOINT))?;
+        }
         let _ = tx.send(Event::Started {
             run_dir: run_dir.path.clone(),
             backend: backend.description.clone(),
@@ -183,6 +198,7 @@ impl Worker {
             tx,
             good: None,
             rollbacks_in_a_row: 0,
+            diverged_at: 0,
             last_preview: Instant::now(),
             preview_every_s,
         })
@@ -394,7 +410,9 @@ impl Worker {
             Err(e) => return self.roll_back(&format!("{e:#}")),
         };
         self.good = Some(candidate);
-        self.rollbacks_in_a_row = 0;
+        if self.iter > self.diverged_at {
+            self.rollbacks_in_a_row = 0;
+        }
         self.best_j = self.best_j.min(costs.total);
         let record = Record {
             iter: self.iter,
@@ -432,6 +450,7 @@ impl Worker {
             );
         };
         self.rollbacks_in_a_row += 1;
+        self.diverged_at = at;
         self.iter = iter;
         self.x = x;
         self.optimizer = optimizer;

@@ -105,7 +105,16 @@ pub fn drive(mut engine: EngineHandle, mode: Mode) -> Result<Outcome> {
             Event::BackendChanged { iter, backend } => {
                 bar.println(format!("iteration {iter}: now on {backend}"))
             }
-            Event::State(state) => outcome.state = state,
+            Event::State(state) => {
+                outcome.state = state;
+                // Only the engine pauses a run here (after repeated divergence), and
+                // without a keyboard nobody can resume it: stop with a checkpoint.
+                if state == RunState::Paused && !stop_sent {
+                    bar.println("stopping the paused run; change its settings and continue with `easel resume RUN_DIR --set KEY=VALUE`");
+                    engine.send(crate::engine::Command::Stop);
+                    stop_sent = true;
+                }
+            }
             Event::Finished { final_image, state } => {
                 outcome.state = state;
                 outcome.final_image = Some(final_image);

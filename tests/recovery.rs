@@ -1,0 +1,139 @@
+//! Never lose a run: kill `easel run` with SIGKILL and SIGHUP at random points, check
+//! that no file in the run directory is torn, resume, and compare the trajectory with
+//! a run that was never interrupted.
+
+mod common;
+
+use rand::{RngExt, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const PRESET: &str = "name: kill\ncontent: chelsea.png\nstyle: starry_night.jpg\nsize: {width: 64, height: 48}\niterations: 80\nsave_every: 5\nbackend: cpu\n";
+
+fn easel(dir: &Path, args: &[&str]) -> Child {
+    let weights = common::real_weights();
+    Command::new(env!("CARGO_BIN_EXE_easel"))
+        .args(args)
+        .current_dir(dir)
+        .env("EASEL_WEIGHTS_DIR", weights.parent().expect("folder"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("easel starts")
+}
+
+fn records(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("losses.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("torn line in losses.jsonl: {l:?}: {e}"))
+        })
+        .collect()
+}
+
+/// Every file of the run directory is whole: it parses, decodes or loads.
+fn assert_whole(run: &Path) {
+    records(run);
+    easel::preset::Preset::load(&run.join("preset.yaml"), &[]).expect("preset.yaml is whole");
+    easel::engine::Checkpoint::load(
+        &run.join("checkpoint.safetensors"),
+        &burn::tensor::Device::flex(),
+    )
+    .expect("checkpoint is whole");
+    for entry in std::fs::read_dir(run.join("snapshots")).expect("snapshots") {
+        let p = entry.expect("entry").path();
+        if p.extension().is_some_and(|e| e == "png") {
+            image::open(&p).unwrap_or_else(|e| panic!("{} is torn: {e}", p.display()));
+        }
+    }
+    if run.join("final.png").exists() {
+        image::open(run.join("final.png")).expect("final.png is whole");
+    }
+}
+
+fn only_run(out: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(out)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .next()
+}
+
+#[test]
+fn killed_runs_resume_to_the_same_trajectory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in ["chelsea.png", "starry_night.jpg"] {
+        std::fs::copy(root.join("presets/images").join(f), dir.path().join(f)).expect("copy");
+    }
+    std::fs::write(dir.path().join("p.yaml"), PRESET).expect("preset");
+    let status = easel(
+        dir.path(),
+        &["run", "p.yaml", "--ui", "plain", "--out", "straight"],
+    )
+    .wait()
+    .expect("wait");
+    assert!(status.success());
+    let reference = records(&only_run(&dir.path().join("straight")).expect("reference run"));
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let out = dir.path().join("killed");
+    let mut finished = false;
+    let mut kills = 0;
+    for round in 0..12 {
+        let mut child = match only_run(&out) {
+            None => easel(
+                dir.path(),
+                &["run", "p.yaml", "--ui", "plain", "--out", "killed"],
+            ),
+            Some(run) => easel(
+                dir.path(),
+                &["resume", run.to_str().expect("utf-8"), "--ui", "plain"],
+            ),
+        };
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..2500)));
+        if child.try_wait().expect("poll").is_some_and(|s| s.success()) {
+            finished = true;
+            break;
+        }
+        let signal = if round % 2 == 0 { "-KILL" } else { "-HUP" };
+        Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        let status = child.wait().expect("wait");
+        kills += 1;
+        if status.success() {
+            finished = true;
+            break;
+        }
+        if let Some(run) = only_run(&out) {
+            assert_whole(&run);
+        }
+    }
+    if !finished {
+        let run = only_run(&out).expect("run dir");
+        let status = easel(
+            dir.path(),
+            &["resume", run.to_str().expect("utf-8"), "--ui", "plain"],
+        )
+        .wait()
+        .expect("wait");
+        assert!(status.success(), "the last resume completes");
+    }
+    assert!(kills >= 3, "the run was interrupted only {kills} times");
+    let run = only_run(&out).expect("run dir");
+    assert_whole(&run);
+    let resumed = records(&run);
+    assert_eq!(resumed.len(), reference.len(), "every iteration once");
+    for (a, b) in reference.iter().zip(&resumed) {
+        assert_eq!(a["iter"], b["iter"]);
+        let (ja, jb) = (a["J"].as_f64().expect("J"), b["J"].as_f64().expect("J"));
+        assert!(
+            (ja - jb).abs() <= 1e-5 * ja,
+            "iteration {}: {ja} vs {jb} after kills and resumes",
+            a["iter"]
+        );
+    }
+}
