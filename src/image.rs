@@ -169,3 +169,14 @@ pub fn uniform_noise(seed: u64, w: usize, h: usize, device: &Device) -> Tensor<4
         .collect();
     Tensor::from_data(TensorData::new(data, [1, 3, h, w]), device)
 }
+
+/// Clamps a pixel-space image to the valid range: 0..255 once the means are added back.
+pub fn clamp_pixels(x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    let lo: Vec<f32> = MEANS.iter().map(|m| -m).collect();
+    let hi: Vec<f32> = MEANS.iter().map(|m| 255.0 - m).collect();
+    let lo = Tensor::<1>::from_data(TensorData::new(lo, [3]), &device).reshape([1, 3, 1, 1]);
+    let hi = Tensor::<1>::from_data(TensorData::new(hi, [3]), &device).reshape([1, 3, 1, 1]);
+    let dims = x.dims();
+    x.max_pair(lo.expand(dims)).min_pair(hi.expand(dims))
+}

@@ -10,6 +10,7 @@ pub mod atomic;
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod color;
 pub mod engine;
 pub mod frontend;
 pub mod image;

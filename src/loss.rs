@@ -88,6 +88,7 @@ impl Targets {
         styles: &[(Tensor<4>, f64)],
         weights: &CostWeights,
     ) -> Targets {
+        let [_, _, hc, wc] = content.dims();
         let content_act = vgg
             .forward(content, weights.content_layer)
             .swap_remove(weights.content_layer.0);
@@ -100,6 +101,10 @@ impl Targets {
         let total: f64 = styles.iter().map(|(_, w)| w).sum();
         let mut grams: Vec<(Layer, Tensor<2>)> = Vec::new();
         for (image, blend) in styles {
+            // A style image of another size than the output (style_scale) sums its
+            // Gram over more or fewer pixels: bring it to the output's pixel count.
+            let [_, _, hs, ws] = image.dims();
+            let blend = blend * (hc * wc) as f64 / (hs * ws) as f64;
             let taps = vgg.forward(image.clone(), deepest_style);
             for (k, (layer, _)) in weights.style_layers.iter().enumerate() {
                 let g = gram(taps[layer.0].clone()) * (blend / total);

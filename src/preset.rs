@@ -5,6 +5,8 @@
 
 use crate::atomic;
 use crate::backend::BackendChoice;
+use crate::color::PreserveColors;
+use crate::engine::schedule::Scales;
 use crate::image::Size;
 use crate::loss::CostWeights;
 use crate::optim::OptimizerSpec;
@@ -107,9 +109,30 @@ pub struct Preset {
     pub save_every: u64,
     #[serde(default)]
     pub backend: BackendChoice,
+    /// Coarse to fine: `{min_side: 128, steps: 5}` (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scales: Option<Scales>,
+    /// Decay of an exponential moving average of the image, used for previews and
+    /// output (bias-corrected); 0 turns it off. 0.99 is usual.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ema: f64,
+    /// The style image's long side relative to the output's (keeping its aspect); when
+    /// absent the style is resized to the output size, as in the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style_scale: Option<f64>,
+    /// Colour preservation: none, luminance or histogram.
+    #[serde(default)]
+    pub preserve_colors: PreserveColors,
+    /// Clamp the pixels to the valid range after every step.
+    #[serde(default)]
+    pub clamp: bool,
     /// Settings changed during a run (written into a run directory's `preset.yaml`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<Change>,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn default_size() -> Size {
@@ -335,6 +358,40 @@ impl Preset {
                 "optimizer.lr",
                 format!("{lr} is not allowed; give a learning rate > 0 (Adam: 2.0)"),
             ));
+        }
+        if !(0.0..1.0).contains(&self.ema) {
+            return Err(err(
+                "ema",
+                format!(
+                    "{} is out of range; give a decay in 0..1 (0.99 is usual, 0 turns it off)",
+                    self.ema
+                ),
+            ));
+        }
+        if let Some(s) = self.style_scale
+            && !(s.is_finite() && (0.05..=20.0).contains(&s))
+        {
+            return Err(err(
+                "style_scale",
+                format!("{s} is out of range; give a factor in 0.05..20 (1 is the output's size)"),
+            ));
+        }
+        if let Some(s) = &self.scales {
+            if s.min_side < 16 {
+                return Err(err(
+                    "scales.min_side",
+                    format!(
+                        "{} is too small; give at least 16 pixels (128 is usual)",
+                        s.min_side
+                    ),
+                ));
+            }
+            if s.steps == 0 || s.steps > 20 {
+                return Err(err(
+                    "scales.steps",
+                    format!("{} is out of range; give 1..20 scales", s.steps),
+                ));
+            }
         }
         if self.optimizer.history == 0 {
             return Err(err(

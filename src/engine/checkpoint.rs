@@ -15,6 +15,8 @@ use std::path::Path;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Scalars {
     iter: u64,
+    #[serde(default)]
+    ema_count: Option<u64>,
     elapsed_s: f64,
     /// None while no J has been seen (JSON has no infinity).
     best_j: Option<f64>,
@@ -41,16 +43,51 @@ enum OptimizerScalars {
     },
 }
 
-/// The state of a run between two iterations.
+/// An exponential moving average of the image (crowsonkb's iterate averaging).
 #[derive(Debug, Clone)]
-pub struct Checkpoint {
+pub struct Ema {
+    pub avg: Tensor<4>,
+    /// Updates so far, for the bias correction.
+    pub count: u64,
+}
+
+impl Ema {
+    pub fn start(x: &Tensor<4>) -> Ema {
+        Ema {
+            avg: x.zeros_like(),
+            count: 0,
+        }
+    }
+
+    pub fn update(&mut self, x: &Tensor<4>, decay: f64) {
+        self.avg = self.avg.clone() * decay + x.clone() * (1.0 - decay);
+        self.count += 1;
+    }
+
+    /// The bias-corrected average: `avg / (1 - decay^count)`.
+    pub fn value(&self, decay: f64) -> Option<Tensor<4>> {
+        (self.count > 0)
+            .then(|| self.avg.clone() / (1.0 - decay.powi(self.count.min(i32::MAX as u64) as i32)))
+    }
+}
+
+/// Where a run is between two iterations: what a rollback or a resume restores.
+#[derive(Debug, Clone)]
+pub struct Point {
     /// The next iteration to run.
     pub iter: u64,
+    pub x: Tensor<4>,
+    pub optimizer: Optimizer,
+    pub ema: Option<Ema>,
+}
+
+/// The state of a run between two iterations, as written to disk.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub point: Point,
     pub elapsed_s: f64,
     /// The lowest J seen so far (for divergence detection).
     pub best_j: f64,
-    pub x: Tensor<4>,
-    pub optimizer: Optimizer,
 }
 
 fn host<const D: usize>(t: &Tensor<D>) -> HostTensor {
@@ -68,8 +105,12 @@ fn device_tensor<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
 impl Checkpoint {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut tensors: HashMap<String, HostTensor> = HashMap::new();
-        tensors.insert("x".into(), host(&self.x));
-        let optimizer = match &self.optimizer {
+        let point = &self.point;
+        tensors.insert("x".into(), host(&point.x));
+        if let Some(ema) = &point.ema {
+            tensors.insert("ema".into(), host(&ema.avg));
+        }
+        let optimizer = match &point.optimizer {
             Optimizer::Adam(a) => {
                 if let (Some(m), Some(v)) = (&a.m, &a.v) {
                     tensors.insert("adam.m".into(), host(m));
@@ -106,7 +147,8 @@ impl Checkpoint {
             }
         };
         let scalars = Scalars {
-            iter: self.iter,
+            iter: point.iter,
+            ema_count: point.ema.as_ref().map(|e| e.count),
             elapsed_s: self.elapsed_s,
             best_j: self.best_j.is_finite().then_some(self.best_j),
             optimizer,
@@ -181,12 +223,22 @@ impl Checkpoint {
                 Optimizer::Lbfgs(l)
             }
         };
+        let ema = match (scalars.ema_count, tensors.get("ema")) {
+            (Some(count), Some(avg)) => Some(Ema {
+                avg: device_tensor(avg, device),
+                count,
+            }),
+            _ => None,
+        };
         Ok(Checkpoint {
-            iter: scalars.iter,
+            point: Point {
+                iter: scalars.iter,
+                x,
+                optimizer,
+                ema,
+            },
             elapsed_s: scalars.elapsed_s,
             best_j: scalars.best_j.unwrap_or(f64::INFINITY),
-            x,
-            optimizer,
         })
     }
 }

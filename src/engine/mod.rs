@@ -6,6 +6,8 @@
 //! backend moves the network, the image and the optimiser state between iterations.
 
 pub mod checkpoint;
+mod inputs;
+pub mod schedule;
 mod worker;
 
 use crate::backend::{Backend, BackendChoice};
@@ -17,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, Ema, Point};
 
 /// A setting that can change mid-run.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,17 +1,21 @@
 //! The engine's worker thread: prepares a run, then alternates between taking commands
 //! and taking optimiser steps until the run finishes or is stopped.
 
-use super::{Checkpoint, Command, Destination, Event, RunSpec, RunState, Setting};
+use super::inputs::{Inputs, Sources};
+use super::schedule::{self, Stage};
+use super::{Checkpoint, Command, Destination, Ema, Event, Point, RunSpec, RunState, Setting};
 use crate::backend::Backend;
 use crate::image as img;
 use crate::loss::{self, CostWeights, Targets};
 use crate::optim::Optimizer;
-use crate::preset::{Change, Init, Preset};
+use crate::preset::{Change, Preset};
 use crate::run_dir::{self, Record, RunDir};
 use crate::vgg::{Layer, Vgg19};
 use crate::weights;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
@@ -29,30 +33,26 @@ pub(super) fn run(spec: RunSpec, rx: Receiver<Command>, tx: Sender<Event>) {
     }
 }
 
-/// The inputs of a run on one device: the images in pixel space.
-struct Inputs {
-    content: Tensor<4>,
-    styles: Vec<(Tensor<4>, f64)>,
-}
-
 struct Worker {
     preset: Preset,
     weights: CostWeights,
     run_dir: RunDir,
     backend: Backend,
     vgg: Vgg19,
+    sources: Sources,
+    /// The scales of the run (one without coarse to fine) and the current one.
+    stages: Vec<Stage>,
+    stage: usize,
     inputs: Inputs,
     targets: Targets,
-    x: Tensor<4>,
-    optimizer: Optimizer,
-    iter: u64,
+    point: Point,
     elapsed_s: f64,
     best_j: f64,
     state: RunState,
     stop: bool,
     tx: Sender<Event>,
     /// The last state whose cost was sound: where a divergence rolls back to.
-    good: Option<(u64, Tensor<4>, Optimizer)>,
+    good: Option<Point>,
     rollbacks_in_a_row: u32,
     /// The iteration of the last divergence: the streak of rollbacks ends only once
     /// the run gets past it.
@@ -61,51 +61,17 @@ struct Worker {
     preview_every_s: f64,
 }
 
-/// Loads and resizes the content and style images; returns them with the output size.
-fn load_inputs(
-    preset: &Preset,
-    backend: &Backend,
-) -> Result<(Inputs, image::RgbImage, usize, usize)> {
-    let content_rgb = img::load_rgb(&preset.content)?;
-    let (w, h) = preset
-        .size
-        .resolve(content_rgb.width(), content_rgb.height());
-    crate::backend::check_memory(w as usize, h as usize, &preset.optimizer)?;
-    let content_rgb = img::resize(&content_rgb, w, h);
-    let device = &backend.device;
-    let mut styles = Vec::new();
-    for (path, blend) in preset.style.images() {
-        let s = img::resize(&img::load_rgb(&path)?, w, h);
-        styles.push((img::to_pixel_space(&s, device), blend));
+/// Bilinear resize of a `[1, C, H, W]` tensor.
+fn resize_tensor(t: Tensor<4>, w: u32, h: u32) -> Tensor<4> {
+    let [_, _, th, tw] = t.dims();
+    if (tw, th) == (w as usize, h as usize) {
+        return t;
     }
-    let content = img::to_pixel_space(&content_rgb, device);
-    Ok((
-        Inputs { content, styles },
-        content_rgb,
-        w as usize,
-        h as usize,
-    ))
-}
-
-fn initial_image(
-    preset: &Preset,
-    inputs: &Inputs,
-    backend: &Backend,
-    w: usize,
-    h: usize,
-) -> Result<Tensor<4>> {
-    Ok(match &preset.init {
-        Init::Noise { noise_ratio } => {
-            img::uniform_noise(preset.seed, w, h, &backend.device) * *noise_ratio
-                + inputs.content.clone() * (1.0 - noise_ratio)
-        }
-        Init::Content => inputs.content.clone(),
-        Init::Style => inputs.styles[0].0.clone(),
-        Init::File { path } => {
-            let f = img::resize(&img::load_rgb(path)?, w as u32, h as u32);
-            img::to_pixel_space(&f, &backend.device)
-        }
-    })
+    interpolate(
+        t,
+        InterpolateOptions::new(InterpolateMode::Bilinear)
+            .with_output_size([h as usize, w as usize]),
+    )
 }
 
 impl Worker {
@@ -117,66 +83,66 @@ impl Worker {
             backend,
             preview_every_s,
         } = spec;
+        let sources = Sources::load(&preset)?;
+        let (w, h) = sources.output_size(&preset);
+        crate::backend::check_memory(w as usize, h as usize, &preset.optimizer)?;
+        let stages = schedule::stages(preset.scales.as_ref(), w, h, preset.iterations);
         let vgg = weights::load(&weights_path, &backend.device)?.with_pooling(preset.pooling);
-        let (inputs, _, w, h) = load_inputs(&preset, &backend)?;
         let cost_weights = preset.cost_weights();
-        let targets = Targets::compute(&vgg, inputs.content.clone(), &inputs.styles, &cost_weights);
-        let (run_dir, x, optimizer, iter, elapsed_s, best_j, history) = if let Destination::Resume(
-            run_dir,
-        ) = destination
-        {
-            let cp = Checkpoint::load(&run_dir.file(run_dir::CHECKPOINT), &backend.device)?;
-            let [_, _, ch, cw] = cp.x.dims();
-            if (cw, ch) != (w, h) {
-                bail!(
-                    "checkpoint in {} is {cw}x{ch} but the preset asks for {w}x{h}; keep `size` as it was",
-                    run_dir.path.display()
-                );
+        let (run_dir, point, elapsed_s, best_j, history) = match destination {
+            Destination::Resume(run_dir) => {
+                let cp = Checkpoint::load(&run_dir.file(run_dir::CHECKPOINT), &backend.device)?;
+                let history = run_dir.truncate_records(cp.point.iter)?;
+                (run_dir, cp.point, cp.elapsed_s, cp.best_j, history)
             }
-            let history = run_dir.truncate_records(cp.iter)?;
-            (
-                run_dir,
-                cp.x,
-                cp.optimizer,
-                cp.iter,
-                cp.elapsed_s,
-                cp.best_j,
-                history,
-            )
-        } else {
-            let x = initial_image(&preset, &inputs, &backend, w, h)?;
-            let Destination::New(base) = destination else {
-                unreachable!("resume is handled above")
-            };
-            let run_dir = RunDir::create(&base, &preset.name)?;
-            (
-                run_dir,
-                x,
-                Optimizer::new(&preset.optimizer),
-                0,
-                0.0,
-                f64::INFINITY,
-                Vec::new(),
-            )
+            Destination::New(base) => {
+                let first = stages[0];
+                let inputs = sources.at(first.width, first.height, &backend.device);
+                let x = inputs.initial(&preset, &backend.device)?;
+                let ema = (preset.ema > 0.0).then(|| Ema::start(&x));
+                let point = Point {
+                    iter: 0,
+                    x,
+                    optimizer: Optimizer::new(&preset.optimizer),
+                    ema,
+                };
+                (
+                    RunDir::create(&base, &preset.name)?,
+                    point,
+                    0.0,
+                    f64::INFINITY,
+                    Vec::new(),
+                )
+            }
         };
+        let stage = schedule::stage_of(&stages, point.iter);
+        let Stage { width, height, .. } = stages[stage];
+        let [_, _, ch, cw] = point.x.dims();
+        if (cw, ch) != (width as usize, height as usize) {
+            bail!(
+                "checkpoint in {} is {cw}x{ch} but the settings ask for {width}x{height} at iteration {}; keep `size` and `scales` as they were",
+                run_dir.path.display(),
+                point.iter
+            );
+        }
+        let inputs = sources.at(width, height, &backend.device);
+        let targets = Targets::compute(&vgg, inputs.content.clone(), &inputs.styles, &cost_weights);
         run_dir.write_preset(&preset)?;
-        if iter == 0 {
+        if point.iter == 0 {
             // A checkpoint from the start, so any run directory can be resumed.
             Checkpoint {
-                iter,
+                point: point.clone(),
                 elapsed_s,
                 best_j,
-                x: x.clone(),
-                optimizer: optimizer.clone(),
             }
             .save(&run_dir.file(run_dir::CHECKPOINT))?;
         }
         let _ = tx.send(Event::Started {
             run_dir: run_dir.path.clone(),
             backend: backend.description.clone(),
-            width: w,
-            height: h,
-            start_iter: iter,
+            width: w as usize,
+            height: h as usize,
+            start_iter: point.iter,
             preset: Box::new(preset.clone()),
             history,
         });
@@ -186,11 +152,12 @@ impl Worker {
             run_dir,
             backend,
             vgg,
+            sources,
+            stages,
+            stage,
             inputs,
             targets,
-            x,
-            optimizer,
-            iter,
+            point,
             elapsed_s,
             best_j,
             state: RunState::Running,
@@ -236,7 +203,7 @@ impl Worker {
             if self.stop {
                 break RunState::Stopped;
             }
-            if self.iter >= self.preset.iterations {
+            if self.point.iter >= self.preset.iterations {
                 break RunState::Finished;
             }
             self.step()?;
@@ -310,7 +277,7 @@ impl Worker {
         self.weights = self.preset.cost_weights();
         if setting != Setting::LearningRate {
             // The cost itself changed: old curvature pairs and the best J no longer apply.
-            self.optimizer.cost_changed();
+            self.point.optimizer.cost_changed();
             self.best_j = f64::INFINITY;
         }
         self.record_change(key, serde_yaml_ng::Value::from(value))
@@ -323,13 +290,13 @@ impl Worker {
             .trim()
             .to_string();
         self.preset.changes.push(Change {
-            iter: self.iter,
+            iter: self.point.iter,
             key: key.clone(),
             value,
         });
         self.run_dir.write_preset(&self.preset)?;
         self.emit(Event::Changed {
-            iter: self.iter,
+            iter: self.point.iter,
             key,
             value: text,
             settings: Box::new(self.preset.clone()),
@@ -357,7 +324,7 @@ impl Worker {
         let taps = self.vgg.forward(self.inputs.content.clone(), layer);
         self.targets.content_layer = layer;
         self.targets.content = taps[layer.0].clone();
-        self.optimizer.cost_changed();
+        self.point.optimizer.cost_changed();
         self.best_j = f64::INFINITY;
         let value = serde_yaml_ng::Value::String(layer.name().into());
         if let Err(e) = self.record_change("content_layer".into(), value) {
@@ -370,33 +337,33 @@ impl Worker {
         let device = &backend.device;
         self.vgg = self.vgg.to_device(device);
         self.targets = self.targets.to_device(device);
-        self.inputs = Inputs {
-            content: self.inputs.content.clone().to_device(device),
-            styles: self
-                .inputs
-                .styles
-                .iter()
-                .map(|(t, w)| (t.clone().to_device(device), *w))
-                .collect(),
-        };
-        self.x = self.x.clone().to_device(device);
-        self.optimizer.move_to(device);
+        self.inputs = self.inputs.to_device(device);
+        self.point.x = self.point.x.clone().to_device(device);
+        self.point.optimizer.move_to(device);
+        if let Some(ema) = &mut self.point.ema {
+            ema.avg = ema.avg.clone().to_device(device);
+        }
         self.good = None;
         self.emit(Event::BackendChanged {
-            iter: self.iter,
+            iter: self.point.iter,
             backend: backend.description.clone(),
         });
         self.backend = backend;
     }
 
     fn step(&mut self) -> Result<()> {
+        if self.point.iter >= self.stages[self.stage].end && self.stage + 1 < self.stages.len() {
+            self.next_stage();
+        }
         let started = Instant::now();
-        let candidate = (self.iter, self.x.clone(), self.optimizer.clone());
+        let candidate = self.point.clone();
         let lr = self.preset.optimizer.lr();
         let result = {
             let (vgg, targets, weights) = (&self.vgg, &self.targets, &self.weights);
             let mut eval = |x: &Tensor<4>| loss::evaluate(vgg, x, targets, weights);
-            self.optimizer.step(lr, self.x.clone(), &mut eval)
+            self.point
+                .optimizer
+                .step(lr, self.point.x.clone(), &mut eval)
         };
         let elapsed_before = self.elapsed_s;
         self.elapsed_s += started.elapsed().as_secs_f64();
@@ -410,12 +377,12 @@ impl Worker {
             Err(e) => return self.roll_back(&format!("{e:#}")),
         };
         self.good = Some(candidate);
-        if self.iter > self.diverged_at {
+        if self.point.iter > self.diverged_at {
             self.rollbacks_in_a_row = 0;
         }
         self.best_j = self.best_j.min(costs.total);
         let record = Record {
-            iter: self.iter,
+            iter: self.point.iter,
             j: costs.total,
             j_content: costs.content,
             j_style: costs.style,
@@ -429,9 +396,16 @@ impl Worker {
         };
         self.run_dir.append_record(&record)?;
         self.emit(Event::Iteration(record));
-        self.x = next;
-        self.iter += 1;
-        if self.preset.save_every > 0 && self.iter.is_multiple_of(self.preset.save_every) {
+        self.point.x = if self.preset.clamp {
+            img::clamp_pixels(next)
+        } else {
+            next
+        };
+        if let Some(ema) = &mut self.point.ema {
+            ema.update(&self.point.x, self.preset.ema);
+        }
+        self.point.iter += 1;
+        if self.preset.save_every > 0 && self.point.iter.is_multiple_of(self.preset.save_every) {
             self.save_snapshot()?;
         } else if self.preview_every_s > 0.0
             && self.last_preview.elapsed().as_secs_f64() >= self.preview_every_s
@@ -443,18 +417,17 @@ impl Worker {
 
     /// Goes back to the last sound state with half the learning rate.
     fn roll_back(&mut self, reason: &str) -> Result<()> {
-        let at = self.iter;
-        let Some((iter, x, optimizer)) = self.good.clone() else {
+        let at = self.point.iter;
+        let Some(good) = self.good.clone() else {
             bail!(
                 "the run diverged at iteration {at} ({reason}) with no earlier sound state to return to; lower the learning rate or the weights"
             );
         };
         self.rollbacks_in_a_row += 1;
         self.diverged_at = at;
-        self.iter = iter;
-        self.x = x;
-        self.optimizer = optimizer;
-        self.optimizer.cost_changed();
+        let iter = good.iter;
+        self.point = good;
+        self.point.optimizer.cost_changed();
         let lr = self.preset.optimizer.lr() / 2.0;
         self.preset.optimizer.set_lr(lr);
         self.run_dir.truncate_records(iter)?;
@@ -473,24 +446,66 @@ impl Worker {
 
     fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
-            iter: self.iter,
+            point: self.point.clone(),
             elapsed_s: self.elapsed_s,
             best_j: self.best_j,
-            x: self.x.clone(),
-            optimizer: self.optimizer.clone(),
         }
     }
 
+    /// Moves to the next scale: the image, Adam's moments and the average are
+    /// upsampled; L-BFGS starts a new history; the targets are computed at the new size.
+    fn next_stage(&mut self) {
+        self.stage += 1;
+        let Stage { width, height, .. } = self.stages[self.stage];
+        self.point.x = resize_tensor(self.point.x.clone(), width, height);
+        if let Some(ema) = &mut self.point.ema {
+            ema.avg = resize_tensor(ema.avg.clone(), width, height);
+        }
+        match &mut self.point.optimizer {
+            Optimizer::Adam(adam) => {
+                adam.m = adam.m.take().map(|m| resize_tensor(m, width, height));
+                adam.v = adam.v.take().map(|v| resize_tensor(v, width, height));
+            }
+            Optimizer::Lbfgs(l) => l.reset(),
+        }
+        self.inputs = self.sources.at(width, height, &self.backend.device);
+        self.targets = Targets::compute(
+            &self.vgg,
+            self.inputs.content.clone(),
+            &self.inputs.styles,
+            &self.weights,
+        );
+        self.best_j = f64::INFINITY;
+        self.good = None;
+        self.emit(Event::Notice(format!(
+            "scale {}/{}: {width}x{height} from iteration {}",
+            self.stage + 1,
+            self.stages.len(),
+            self.point.iter
+        )));
+    }
+
+    /// The picture of the run as it stands: the averaged image where `ema` is on.
+    fn picture(&self) -> Result<image::RgbImage> {
+        let averaged = self
+            .point
+            .ema
+            .as_ref()
+            .and_then(|e| e.value(self.preset.ema));
+        self.inputs
+            .render(averaged.as_ref().unwrap_or(&self.point.x))
+    }
+
     fn save_snapshot(&mut self) -> Result<()> {
-        let image = img::tensor_to_rgb(&self.x)?;
-        let path = self.run_dir.snapshot_path(self.iter);
+        let image = self.picture()?;
+        let path = self.run_dir.snapshot_path(self.point.iter);
         img::save(&image, &path)?;
         self.checkpoint()
             .save(&self.run_dir.file(run_dir::CHECKPOINT))?;
         self.emit(Event::Saved(path));
         self.last_preview = Instant::now();
         self.emit(Event::Preview {
-            iter: self.iter,
+            iter: self.point.iter,
             image,
         });
         Ok(())
@@ -498,9 +513,9 @@ impl Worker {
 
     fn send_preview(&mut self) {
         self.last_preview = Instant::now();
-        match img::tensor_to_rgb(&self.x) {
+        match self.picture() {
             Ok(image) => self.emit(Event::Preview {
-                iter: self.iter,
+                iter: self.point.iter,
                 image,
             }),
             Err(e) => self.emit(Event::Notice(format!("cannot make a preview: {e:#}"))),
@@ -509,14 +524,14 @@ impl Worker {
 
     /// Writes the final image, the checkpoint and the settings.
     fn finish(mut self, end: RunState) -> Result<()> {
-        let image = img::tensor_to_rgb(&self.x)?;
+        let image = self.picture()?;
         let final_image = self.run_dir.file(run_dir::FINAL);
         img::save(&image, &final_image)?;
         self.checkpoint()
             .save(&self.run_dir.file(run_dir::CHECKPOINT))?;
         self.run_dir.write_preset(&self.preset)?;
         self.emit(Event::Preview {
-            iter: self.iter,
+            iter: self.point.iter,
             image,
         });
         self.state = end;
