@@ -28,10 +28,11 @@ pub fn rgb_to_yiq([r, g, b]: [f32; 3]) -> [f32; 3] {
 
 /// YIQ to RGB (0..255, not clipped).
 pub fn yiq_to_rgb([y, i, q]: [f32; 3]) -> [f32; 3] {
+    // The exact inverse of the matrix of `rgb_to_yiq`.
     [
-        y + 0.956_3 * i + 0.621_0 * q,
-        y - 0.272_1 * i - 0.647_4 * q,
-        y - 1.106_9 * i + 1.704_6 * q,
+        y + 0.956_295_7 * i + 0.621_024_4 * q,
+        y - 0.272_122_1 * i - 0.647_380_6 * q,
+        y - 1.106_989 * i + 1.704_615 * q,
     ]
 }
 

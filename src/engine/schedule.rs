@@ -16,7 +16,8 @@ pub struct Scales {
     #[serde(default = "default_steps")]
     pub steps: u32,
     /// Iterations at each scale but the last, which runs to `iterations`; by default
-    /// the iterations are shared equally.
+    /// the iterations are shared equally. Give it to extend a run later with `resume
+    /// --set iterations=N`: the shared split moves with the total.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iterations: Option<u64>,
 }
@@ -59,10 +60,9 @@ pub fn stages(scales: Option<&Scales>, width: u32, height: u32, total: u64) -> V
         .collect();
     sizes.dedup();
     let n = sizes.len() as u64;
-    let per = s
-        .iterations
-        .filter(|p| p * (n - 1) < total)
-        .unwrap_or(total / n);
+    // Given per-scale iterations fix the boundaries whatever the total (so a resumed run
+    // that goes on longer keeps them); otherwise the total is shared equally.
+    let per = s.iterations.unwrap_or(total / n);
     sizes
         .iter()
         .enumerate()
@@ -70,7 +70,7 @@ pub fn stages(scales: Option<&Scales>, width: u32, height: u32, total: u64) -> V
             width: *w,
             height: *h,
             end: if k as u64 == n - 1 {
-                total
+                total.max(per * k as u64)
             } else {
                 per * (k as u64 + 1)
             },
