@@ -2,6 +2,9 @@
 //! Style Transfer"): transfer on luminance only, or match the style's colours to the
 //! content's before the transfer.
 
+// 3x3 matrix arithmetic reads best with explicit indices.
+#![allow(clippy::needless_range_loop)]
+
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
