@@ -60,7 +60,48 @@ impl Backend {
         }
     }
 
+    /// The GPU backend: the first wgpu adapter that is a real GPU. Software adapters
+    /// (Mesa's lavapipe, WARP) report themselves as CPU-kind and are used only with
+    /// `EASEL_ALLOW_SOFTWARE_GPU=1` (tests and demos on machines without a GPU).
+    #[cfg(feature = "gpu")]
+    pub fn gpu() -> Result<Self> {
+        use burn::tensor::DeviceType;
+        let allow_software = std::env::var("EASEL_ALLOW_SOFTWARE_GPU").is_ok_and(|v| v == "1");
+        let found: Vec<Device> = Device::enumerate(DeviceType::Wgpu).into_iter().collect();
+        let is_software = |d: &Device| format!("{d:?}").contains("Cpu");
+        match found.iter().find(|d| allow_software || !is_software(d)) {
+            Some(device) => Ok(Backend {
+                device: device.clone(),
+                kind: "gpu",
+                description: format!(
+                    "gpu (wgpu, {} adapter{})",
+                    adapter_kind(device),
+                    if is_software(device) {
+                        ", software"
+                    } else {
+                        ""
+                    }
+                ),
+            }),
+            None => {
+                let list: Vec<String> = found
+                    .iter()
+                    .map(|d| format!("{d:?}{}", if is_software(d) { " (software)" } else { "" }))
+                    .collect();
+                bail!(
+                    "no usable GPU: wgpu found {}. Use `--backend cpu` or `auto`; set EASEL_ALLOW_SOFTWARE_GPU=1 to use a software adapter (very slow)",
+                    if list.is_empty() {
+                        "no adapter".to_string()
+                    } else {
+                        list.join(", ")
+                    }
+                )
+            }
+        }
+    }
+
     /// The GPU backend. This build has none compiled in.
+    #[cfg(not(feature = "gpu"))]
     pub fn gpu() -> Result<Self> {
         bail!(
             "no GPU backend: this easel binary was built without GPU support, so \
@@ -68,6 +109,17 @@ impl Backend {
              preset), or `backend: auto` to use a GPU only where one is usable."
         )
     }
+}
+
+/// The adapter kind wgpu reports for a device (DiscreteGpu, IntegratedGpu, Cpu, ...).
+#[cfg(feature = "gpu")]
+fn adapter_kind(device: &Device) -> String {
+    let text = format!("{device:?}");
+    text.split("kind: ")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ', '}', '(']).next())
+        .unwrap_or("unknown")
+        .to_string()
 }
 
 /// Bytes a run of `pixels` output pixels needs, measured on burn-flex: the network and

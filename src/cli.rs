@@ -84,6 +84,15 @@ pub enum Cmd {
         /// Optimiser to time: adam or lbfgs.
         #[arg(long, default_value = "adam")]
         optimizer: String,
+        /// Also time the forward pass alone.
+        #[arg(long)]
+        profile: bool,
+        /// Instead: the wall time for coarse to fine to reach the J a plain run reaches
+        /// after --target-iterations, at the first size.
+        #[arg(long)]
+        time_to_target: bool,
+        #[arg(long, default_value_t = 200)]
+        target_iterations: u64,
         #[arg(long)]
         weights: Option<PathBuf>,
     },

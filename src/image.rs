@@ -101,7 +101,11 @@ pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         );
     }
     reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    reader.no_limits();
+    // Bound every allocation the decoder makes, not just the header's size: a GIF can
+    // declare a frame far larger than its screen (found by fuzzing).
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODED_PIXELS * 8);
+    reader.limits(limits);
     let img = reader.decode().with_context(damaged)?;
     Ok(img.to_rgb8())
 }

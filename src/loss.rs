@@ -11,8 +11,14 @@ use burn::tensor::{FloatDType, Tensor};
 /// Squares and sums in float64. The costs are sums of up to millions of float32 terms;
 /// a float32 total carries ~1e-7 relative noise, which is the size of J's change over the
 /// first tiny L-BFGS step and would steer the line search by chance.
+/// Where the device has no float64 (most GPUs), rows are summed first instead.
 fn sum_squares<const D: usize>(t: Tensor<D>) -> Tensor<1> {
-    t.cast(FloatDType::F64).square().sum()
+    if t.device().supports_dtype(burn::tensor::DType::F64) {
+        t.cast(FloatDType::F64).square().sum()
+    } else {
+        let n = t.dims()[D - 1];
+        t.square().reshape([-1, n as i64]).sum_dim(1).sum()
+    }
 }
 
 /// The weights of the cost, as they may change during a run.

@@ -72,16 +72,26 @@ fn real_main() -> Result<ExitCode> {
             iters,
             backend,
             optimizer,
+            profile,
+            time_to_target,
+            target_iterations,
             weights: w,
         }) => {
             let weights_path = weights::resolve(w.as_deref())?;
-            bench::run(
-                &weights_path,
-                &sizes,
-                iters,
-                Backend::resolve(backend)?,
-                &optimizer,
-            )?;
+            let backend = Backend::resolve(backend)?;
+            if time_to_target {
+                let first = sizes.first().map(String::as_str).unwrap_or("512x512");
+                let (w, h) = bench::parse_size(first)?;
+                bench::time_to_target(&weights_path, backend, w, h, target_iterations)?;
+            } else {
+                let opts = bench::BenchOptions {
+                    sizes: &sizes,
+                    iters,
+                    optimizer: &optimizer,
+                    profile,
+                };
+                bench::run(&weights_path, backend, &opts)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

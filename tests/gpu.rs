@@ -1,0 +1,159 @@
+//! The GPU backend (burn-wgpu) on whatever adapter the machine has; on machines without
+//! a GPU, Mesa's software Vulkan driver (lavapipe, installed by .ci/run). The same
+//! golden numbers as on the CPU at the smallest size, and a run that moves CPU -> GPU
+//! -> CPU between iterations without losing its place.
+#![cfg(feature = "gpu")]
+
+mod common;
+
+use burn::tensor::{Device, Tensor};
+use common::*;
+use easel::backend::{Backend, BackendChoice};
+use easel::engine::{self, Command, Destination, Event, RunSpec};
+use easel::loss::{self, Targets};
+use easel::optim::{Optimizer, OptimizerSpec};
+use easel::preset::Preset;
+use easel::vgg::Layer;
+use std::path::Path;
+use std::sync::Once;
+use std::time::Duration;
+
+static SOFTWARE_OK: Once = Once::new();
+
+/// The GPU backend, software adapters allowed (this is a test). Fails loudly when
+/// there is no adapter at all.
+fn gpu() -> Backend {
+    SOFTWARE_OK.call_once(|| {
+        // SAFETY: set once, before any thread of this test binary reads it, and every
+        // test sets the same value.
+        unsafe { std::env::set_var("EASEL_ALLOW_SOFTWARE_GPU", "1") };
+    });
+    Backend::gpu().expect("a wgpu adapter (on machines without a GPU install mesa-vulkan-drivers)")
+}
+
+#[test]
+fn gpu_matches_pytorch_at_the_smallest_size() {
+    let backend = gpu();
+    let device = &backend.device;
+    let fx = fixture("real");
+    let vgg = easel::weights::load(&real_weights(), device).expect("weights");
+    let preset = Preset::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("presets/quick.yaml"),
+        &[],
+    )
+    .expect("preset");
+    let weights = preset.cost_weights();
+    let x0: Tensor<4> = fx.tensor("x0", device);
+    let taps = vgg.forward(x0.clone(), Layer::parse("conv5_1").expect("layer"));
+    for name in ["conv1_1", "conv3_1", "conv5_1"] {
+        let l = Layer::parse(name).expect("layer");
+        let e = rel_err(&values(&taps[l.0]), &fx.host(&format!("act.{name}")).1);
+        assert!(
+            e <= 1e-4,
+            "gpu activation {name} differs from PyTorch by {e:e}"
+        );
+    }
+    let targets = Targets::compute(
+        &vgg,
+        fx.tensor("content", device),
+        &[(fx.tensor("style", device), 1.0)],
+        &weights,
+    );
+    let (costs, grad) = loss::evaluate(&vgg, &x0, &targets, &weights).expect("evaluate");
+    assert!(
+        rel(costs.total, fx.f64("J")) <= 1e-4,
+        "gpu J {} vs {}",
+        costs.total,
+        fx.f64("J")
+    );
+    let e = rel_err(&values(&grad), &fx.host("grad").1);
+    assert!(e <= 1e-3, "gpu gradient differs from PyTorch by {e:e}");
+    let mut opt = Optimizer::new(&OptimizerSpec::adam(2.0));
+    let mut x = x0;
+    let mut eval = |x: &Tensor<4>| loss::evaluate(&vgg, x, &targets, &weights);
+    for (k, want) in fx.list("adam_J").into_iter().take(4).enumerate() {
+        let (next, c) = opt.step(2.0, x, &mut eval).expect("step");
+        assert!(
+            rel(c.total, want) <= 1e-3,
+            "gpu Adam J at step {k}: {} vs {want}",
+            c.total
+        );
+        x = next;
+    }
+}
+
+fn run_spec(dir: &Path) -> RunSpec {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o: Vec<String> = [
+        "size={width: 32, height: 24}",
+        "save_every=0",
+        "iterations=9",
+        "backend=cpu",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    RunSpec {
+        preset: Preset::load(&root.join("presets/quick.yaml"), &o).expect("preset"),
+        destination: Destination::New(dir.to_path_buf()),
+        weights: real_weights(),
+        backend: Backend::cpu(),
+        preview_every_s: 0.0,
+    }
+}
+
+/// J per iteration with backend switches requested after the given iterations.
+fn trajectory(dir: &Path, switches: &[(u64, BackendChoice)]) -> Vec<(f64, String)> {
+    let mut handle = engine::spawn(run_spec(dir));
+    let mut out = Vec::new();
+    loop {
+        match handle
+            .events
+            .recv_timeout(Duration::from_secs(600))
+            .expect("the engine keeps talking")
+        {
+            Event::Iteration(r) => {
+                if let Some((_, to)) = switches.iter().find(|(after, _)| *after == r.iter) {
+                    handle.send(Command::SwitchBackend(*to));
+                }
+                out.push((r.j, r.backend));
+            }
+            Event::Notice(n) if n.contains("cannot switch") => panic!("{n}"),
+            Event::Failed(e) => panic!("{e}"),
+            Event::Finished { .. } => break,
+            _ => {}
+        }
+    }
+    handle.join();
+    out
+}
+
+#[test]
+fn a_run_switches_cpu_gpu_cpu_between_iterations() {
+    gpu();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = trajectory(dir.path(), &[]);
+    // The switch takes effect between iterations: asked during iteration 2, it moves
+    // before iteration 3 or 4 (commands are read before each step).
+    let switched = trajectory(
+        dir.path(),
+        &[(2, BackendChoice::Gpu), (5, BackendChoice::Cpu)],
+    );
+    assert_eq!(plain.len(), switched.len());
+    assert!(
+        switched.iter().any(|(_, b)| b == "gpu"),
+        "some iterations ran on the GPU: {switched:?}"
+    );
+    assert_eq!(
+        switched.last().map(|(_, b)| b.as_str()),
+        Some("cpu"),
+        "and the run came back"
+    );
+    for (k, ((a, _), (b, backend))) in plain.iter().zip(&switched).enumerate() {
+        assert!(
+            rel(*b, *a) <= 1e-3,
+            "iteration {k} on {backend}: J {b} vs {a} on the CPU alone"
+        );
+    }
+    let _ = Device::flex();
+}
