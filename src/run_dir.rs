@@ -44,9 +44,23 @@ pub struct RunDir {
 
 impl RunDir {
     /// Creates `base/<UTC time>-<name>/`, never reusing an existing directory.
-    pub fn create(base: &Path, name: &str) -> Result<RunDir> {
+    pub fn create(
+        base: &Path,
+        name: &str,
+        fill: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<RunDir> {
         fs::create_dir_all(base)
             .with_context(|| format!("cannot create the runs folder {}", base.display()))?;
+        // The directory is filled under a staging name and renamed into place, so a
+        // run directory, once it exists, always holds what `resume` needs.
+        let staging = base.join(format!(".staging-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(staging.join("snapshots"))
+            .with_context(|| format!("cannot create {}", staging.display()))?;
+        if let Err(e) = fill(&staging) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
         for n in 0..1000 {
             let dir = if n == 0 {
@@ -54,15 +68,21 @@ impl RunDir {
             } else {
                 base.join(format!("{stamp}-{name}-{n}"))
             };
-            match fs::create_dir(&dir) {
+            if dir.exists() {
+                continue;
+            }
+            match fs::rename(&staging, &dir) {
                 Ok(()) => return Self::open(&dir),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                // Another run took the name in the meantime.
+                Err(_) if dir.exists() => continue,
                 Err(e) => {
+                    let _ = fs::remove_dir_all(&staging);
                     return Err(e)
                         .with_context(|| format!("cannot create run directory {}", dir.display()));
                 }
             }
         }
+        let _ = fs::remove_dir_all(&staging);
         bail!(
             "cannot find a free run directory name under {}",
             base.display()

@@ -3,25 +3,9 @@
 
 mod common;
 
+use common::easel;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn easel(args: &[&str], cwd: &Path) -> Output {
-    let weights = common::real_weights();
-    Command::new(env!("CARGO_BIN_EXE_easel"))
-        .args(args)
-        .current_dir(cwd)
-        .env(
-            "EASEL_WEIGHTS_DIR",
-            weights.parent().expect("weights folder"),
-        )
-        .output()
-        .expect("easel runs")
-}
+use std::process::Output;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -29,22 +13,14 @@ fn stderr(o: &Output) -> String {
 
 /// A scratch folder with the demo images and a small valid preset.
 fn scratch(preset_extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    for f in ["chelsea.png", "starry_night.jpg"] {
-        std::fs::copy(root().join("presets/images").join(f), dir.path().join(f))
-            .expect("copy image");
-    }
     let preset = format!(
         "name: tiny\ncontent: chelsea.png\nstyle: starry_night.jpg\nsize: {{width: 32, height: 24}}\niterations: 3\nsave_every: 2\nbackend: cpu\n{preset_extra}"
     );
-    std::fs::write(dir.path().join("p.yaml"), preset).expect("write preset");
-    dir
+    common::scratch(&["chelsea.png", "starry_night.jpg"], &preset)
 }
 
 fn runs_in(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir.join("out"))
-        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default()
+    common::run_dirs(&dir.join("out"))
 }
 
 fn assert_refused(extra: &str, args: &[&str], needles: &[&str]) {

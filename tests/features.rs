@@ -11,7 +11,6 @@ use easel::engine::schedule::{Scales, Stage, stages};
 use easel::loss::{Targets, gram};
 use easel::vgg::Layer;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 #[test]
 fn scales_grow_by_sqrt2_to_the_target() {
@@ -200,35 +199,20 @@ fn clamping_keeps_pixels_in_range() {
     assert_eq!(v, vec![-123.68, 255.0 - 116.779, 0.0]);
 }
 
-fn easel_cmd(args: &[&str], cwd: &Path) -> std::process::Output {
-    let weights = common::real_weights();
-    Command::new(env!("CARGO_BIN_EXE_easel"))
-        .args(args)
-        .current_dir(cwd)
-        .env("EASEL_WEIGHTS_DIR", weights.parent().expect("folder"))
-        .output()
-        .expect("easel runs")
-}
-
 #[test]
 fn a_run_with_every_feature_finishes_and_resumes_across_scales() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in ["chelsea.png", "starry_night.jpg", "coffee.png"] {
-        std::fs::copy(root.join("presets/images").join(f), dir.path().join(f)).expect("copy");
-    }
     let preset = "name: all\ncontent: chelsea.png\nstyle: [{image: starry_night.jpg, weight: 2}, {image: coffee.png, weight: 1}]\n\
         size: {width: 64, height: 48}\niterations: 8\nsave_every: 3\nbackend: cpu\nscales: {min_side: 32, steps: 2, iterations: 4}\n\
         ema: 0.9\nstyle_scale: 1.5\npreserve_colors: luminance\nclamp: true\ntv_weight: 0.01\n";
-    std::fs::write(dir.path().join("p.yaml"), preset).expect("write");
+    let dir = common::scratch(&["chelsea.png", "starry_night.jpg", "coffee.png"], preset);
     let ok = |o: &std::process::Output| {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr))
     };
-    ok(&easel_cmd(
+    ok(&common::easel(
         &["run", "p.yaml", "--ui", "plain", "--out", "a"],
         dir.path(),
     ));
-    ok(&easel_cmd(
+    ok(&common::easel(
         &[
             "run",
             "p.yaml",
@@ -251,7 +235,7 @@ fn a_run_with_every_feature_finishes_and_resumes_across_scales() {
     };
     let (a, b) = (only("a"), only("b"));
     // b stopped at iteration 3, inside the first scale (0..4); resuming crosses to the second.
-    ok(&easel_cmd(
+    ok(&common::easel(
         &[
             "resume",
             b.to_str().expect("utf-8"),

@@ -12,11 +12,8 @@ use std::time::Duration;
 const PRESET: &str = "name: kill\ncontent: chelsea.png\nstyle: starry_night.jpg\nsize: {width: 64, height: 48}\niterations: 80\nsave_every: 5\nbackend: cpu\n";
 
 fn easel(dir: &Path, args: &[&str]) -> Child {
-    let weights = common::real_weights();
-    Command::new(env!("CARGO_BIN_EXE_easel"))
+    common::easel_command(dir)
         .args(args)
-        .current_dir(dir)
-        .env("EASEL_WEIGHTS_DIR", weights.parent().expect("folder"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -54,20 +51,12 @@ fn assert_whole(run: &Path) {
 }
 
 fn only_run(out: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(out)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .next()
+    common::run_dirs(out).into_iter().next()
 }
 
 #[test]
 fn killed_runs_resume_to_the_same_trajectory() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in ["chelsea.png", "starry_night.jpg"] {
-        std::fs::copy(root.join("presets/images").join(f), dir.path().join(f)).expect("copy");
-    }
-    std::fs::write(dir.path().join("p.yaml"), PRESET).expect("preset");
+    let dir = common::scratch(&["chelsea.png", "starry_night.jpg"], PRESET);
     let status = easel(
         dir.path(),
         &["run", "p.yaml", "--ui", "plain", "--out", "straight"],

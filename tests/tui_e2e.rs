@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -56,16 +56,10 @@ impl Drop for Tmux {
 #[test]
 fn workbench_in_tmux_pauses_changes_saves_and_quits() {
     let weights = common::real_weights();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in ["chelsea.png", "starry_night.jpg"] {
-        std::fs::copy(root.join("presets/images").join(f), dir.path().join(f)).expect("copy");
-    }
-    std::fs::write(
-        dir.path().join("p.yaml"),
+    let dir = common::scratch(
+        &["chelsea.png", "starry_night.jpg"],
         "name: e2e\ncontent: chelsea.png\nstyle: starry_night.jpg\nsize: {width: 32, height: 24}\niterations: 100000\nsave_every: 0\nbackend: cpu\n",
-    )
-    .expect("preset");
+    );
     let tmux = Tmux {
         socket: format!("easel-e2e-{}", std::process::id()),
     };

@@ -106,13 +106,16 @@ impl Worker {
                     optimizer: Optimizer::new(&preset.optimizer),
                     ema,
                 };
-                (
-                    RunDir::create(&base, &preset.name)?,
-                    point,
-                    0.0,
-                    f64::INFINITY,
-                    Vec::new(),
-                )
+                let start = Checkpoint {
+                    point: point.clone(),
+                    elapsed_s: 0.0,
+                    best_j: f64::INFINITY,
+                };
+                let run_dir = RunDir::create(&base, &preset.name, |dir| {
+                    preset.save(&dir.join(run_dir::PRESET))?;
+                    start.save(&dir.join(run_dir::CHECKPOINT))
+                })?;
+                (run_dir, point, 0.0, f64::INFINITY, Vec::new())
             }
         };
         let stage = schedule::stage_of(&stages, point.iter);
@@ -128,15 +131,6 @@ impl Worker {
         let inputs = sources.at(width, height, &backend.device);
         let targets = Targets::compute(&vgg, inputs.content.clone(), &inputs.styles, &cost_weights);
         run_dir.write_preset(&preset)?;
-        if point.iter == 0 {
-            // A checkpoint from the start, so any run directory can be resumed.
-            Checkpoint {
-                point: point.clone(),
-                elapsed_s,
-                best_j,
-            }
-            .save(&run_dir.file(run_dir::CHECKPOINT))?;
-        }
         let _ = tx.send(Event::Started {
             run_dir: run_dir.path.clone(),
             backend: backend.description.clone(),

@@ -116,3 +116,45 @@ pub fn random_network_tensors() -> HashMap<String, HostTensor> {
     out.insert("input.shift".into(), (vec![3], vec![0.0; 3]));
     out
 }
+
+/// `easel` (the binary under test) run in `cwd` with the real weights.
+pub fn easel_command(cwd: &Path) -> std::process::Command {
+    let weights = real_weights();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_easel"));
+    command.current_dir(cwd).env(
+        "EASEL_WEIGHTS_DIR",
+        weights.parent().expect("weights folder"),
+    );
+    command
+}
+
+/// Runs `easel ARGS` in `cwd` to the end.
+pub fn easel(args: &[&str], cwd: &Path) -> std::process::Output {
+    easel_command(cwd).args(args).output().expect("easel runs")
+}
+
+/// A scratch folder holding the named demo images and `p.yaml` with `preset`.
+pub fn scratch(images: &[&str], preset: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("presets/images");
+    for f in images {
+        std::fs::copy(from.join(f), dir.path().join(f)).expect("copy a demo image");
+    }
+    std::fs::write(dir.path().join("p.yaml"), preset).expect("write the preset");
+    dir
+}
+
+/// The run directories under `out` (not the hidden staging folders of runs that were
+/// killed while they were being created).
+pub fn run_dirs(out: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(out)
+        .map(|r| {
+            r.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
