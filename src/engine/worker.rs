@@ -451,14 +451,23 @@ impl Worker {
     fn next_stage(&mut self) {
         self.stage += 1;
         let Stage { width, height, .. } = self.stages[self.stage];
+        let [_, _, old_h, old_w] = self.point.x.dims();
+        let pixels_before = old_w * old_h;
         self.point.x = resize_tensor(self.point.x.clone(), width, height);
         if let Some(ema) = &mut self.point.ema {
             ema.avg = resize_tensor(ema.avg.clone(), width, height);
         }
         match &mut self.point.optimizer {
             Optimizer::Adam(adam) => {
-                adam.m = adam.m.take().map(|m| resize_tensor(m, width, height));
-                adam.v = adam.v.take().map(|v| resize_tensor(v, width, height));
+                // The costs are normalised per pixel, so each pixel's gradient shrinks
+                // with the pixel count: scale the moments with it, or the carried second
+                // moment would damp the first ~1/(1-beta2) steps of the finer scale.
+                let r = pixels_before as f64 / (width as f64 * height as f64);
+                adam.m = adam.m.take().map(|m| resize_tensor(m, width, height) * r);
+                adam.v = adam
+                    .v
+                    .take()
+                    .map(|v| resize_tensor(v, width, height) * (r * r));
             }
             Optimizer::Lbfgs(l) => l.reset(),
         }
