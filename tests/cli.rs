@@ -162,14 +162,6 @@ fn wrong_weights_are_refused() {
     );
 }
 
-fn records(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("losses.jsonl"))
-        .expect("losses.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
-        .collect()
-}
-
 #[test]
 fn run_writes_the_run_directory_and_streams_jsonl() {
     let dir = scratch("");
@@ -208,7 +200,7 @@ fn run_writes_the_run_directory_and_streams_jsonl() {
     ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
-    let recs = records(run);
+    let recs = common::records(run);
     assert_eq!(
         recs.iter()
             .map(|r| r["iter"].as_u64().expect("iter"))
@@ -309,18 +301,9 @@ fn resumed_run_matches_an_uninterrupted_one() {
             dir.path(),
         );
         assert!(resumed.status.success(), "{}", stderr(&resumed));
-        let (ra, rb) = (records(&a), records(&b));
+        let (ra, rb) = (common::records(&a), common::records(&b));
         assert_eq!(ra.len(), 6);
-        assert_eq!(rb.len(), 6, "resumed run has every iteration once");
-        for (x, y) in ra.iter().zip(&rb) {
-            assert_eq!(x["iter"], y["iter"]);
-            let (jx, jy) = (x["J"].as_f64().expect("J"), y["J"].as_f64().expect("J"));
-            assert!(
-                (jx - jy).abs() <= 1e-5 * jx,
-                "{optimizer}: iteration {}: {jx} vs resumed {jy}",
-                x["iter"]
-            );
-        }
+        common::assert_same_trajectory(&ra, &rb, optimizer);
     }
 }
 

@@ -248,24 +248,7 @@ fn a_run_with_every_feature_finishes_and_resumes_across_scales() {
     ));
     let img = image::open(a.join("final.png")).expect("final.png");
     assert_eq!((img.width(), img.height()), (64, 48));
-    let records = |run: &Path| -> Vec<f64> {
-        std::fs::read_to_string(run.join("losses.jsonl"))
-            .expect("losses")
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).expect("json")["J"]
-                    .as_f64()
-                    .expect("J")
-            })
-            .collect()
-    };
-    let (ja, jb) = (records(&a), records(&b));
+    let (ja, jb) = (common::records(&a), common::records(&b));
     assert_eq!(ja.len(), 8);
-    assert_eq!(jb.len(), 8);
-    for (k, (x, y)) in ja.iter().zip(&jb).enumerate() {
-        assert!(
-            (x - y).abs() <= 1e-5 * x,
-            "iteration {k}: {x} vs resumed {y}"
-        );
-    }
+    common::assert_same_trajectory(&ja, &jb, "resumed across scales");
 }

@@ -20,19 +20,9 @@ fn easel(dir: &Path, args: &[&str]) -> Child {
         .expect("easel starts")
 }
 
-fn records(run: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(run.join("losses.jsonl")).unwrap_or_default();
-    text.lines()
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("torn line in losses.jsonl: {l:?}: {e}"))
-        })
-        .collect()
-}
-
 /// Every file of the run directory is whole: it parses, decodes or loads.
 fn assert_whole(run: &Path) {
-    records(run);
+    common::records(run);
     easel::preset::Preset::load(&run.join("preset.yaml"), &[]).expect("preset.yaml is whole");
     easel::engine::Checkpoint::load(
         &run.join("checkpoint.safetensors"),
@@ -64,7 +54,8 @@ fn killed_runs_resume_to_the_same_trajectory() {
     .wait()
     .expect("wait");
     assert!(status.success());
-    let reference = records(&only_run(&dir.path().join("straight")).expect("reference run"));
+    let reference =
+        common::records(&only_run(&dir.path().join("straight")).expect("reference run"));
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let out = dir.path().join("killed");
@@ -114,15 +105,6 @@ fn killed_runs_resume_to_the_same_trajectory() {
     assert!(kills >= 3, "the run was interrupted only {kills} times");
     let run = only_run(&out).expect("run dir");
     assert_whole(&run);
-    let resumed = records(&run);
-    assert_eq!(resumed.len(), reference.len(), "every iteration once");
-    for (a, b) in reference.iter().zip(&resumed) {
-        assert_eq!(a["iter"], b["iter"]);
-        let (ja, jb) = (a["J"].as_f64().expect("J"), b["J"].as_f64().expect("J"));
-        assert!(
-            (ja - jb).abs() <= 1e-5 * ja,
-            "iteration {}: {ja} vs {jb} after kills and resumes",
-            a["iter"]
-        );
-    }
+    let resumed = common::records(&run);
+    common::assert_same_trajectory(&reference, &resumed, "after kills and resumes");
 }

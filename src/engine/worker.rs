@@ -93,6 +93,8 @@ impl Worker {
             Destination::Resume(run_dir) => {
                 let cp = Checkpoint::load(&run_dir.file(run_dir::CHECKPOINT), &backend.device)?;
                 let history = run_dir.truncate_records(cp.point.iter)?;
+                // Overrides given to `resume` (e.g. more iterations) are the run's now.
+                run_dir.write_preset(&preset)?;
                 (run_dir, cp.point, cp.elapsed_s, cp.best_j, history)
             }
             Destination::New(base) => {
@@ -130,7 +132,6 @@ impl Worker {
         }
         let inputs = sources.at(width, height, &backend.device);
         let targets = Targets::compute(&vgg, inputs.content.clone(), &inputs.styles, &cost_weights);
-        run_dir.write_preset(&preset)?;
         let _ = tx.send(Event::Started {
             run_dir: run_dir.path.clone(),
             backend: backend.description.clone(),

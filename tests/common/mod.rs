@@ -158,3 +158,29 @@ pub fn run_dirs(out: &Path) -> Vec<PathBuf> {
         })
         .unwrap_or_default()
 }
+
+/// The records of a run's `losses.jsonl` (none when it does not exist yet); a line that
+/// is not JSON (torn) fails the test.
+pub fn records(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("losses.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("torn line in losses.jsonl: {l:?}: {e}"))
+        })
+        .collect()
+}
+
+/// Two runs' records have the same iterations and the same J to 1e-5 relative.
+pub fn assert_same_trajectory(a: &[serde_json::Value], b: &[serde_json::Value], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: every iteration once");
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["iter"], y["iter"]);
+        let (jx, jy) = (x["J"].as_f64().expect("J"), y["J"].as_f64().expect("J"));
+        assert!(
+            (jx - jy).abs() <= 1e-5 * jx,
+            "{what}: iteration {}: {jx} vs {jy}",
+            x["iter"]
+        );
+    }
+}
