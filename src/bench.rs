@@ -7,7 +7,8 @@ use crate::image as img;
 use crate::loss::{self, Targets};
 use crate::optim::{Optimizer, OptimizerSpec};
 use crate::preset::Preset;
-use crate::vgg::Layer;
+use crate::vgg::cpu::{CpuVgg, pool, unpool};
+use crate::vgg::{Layer, Pooling, Vgg19};
 use crate::weights;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
@@ -48,6 +49,8 @@ pub struct BenchOptions<'a> {
     pub optimizer: &'a str,
     /// Also time the forward pass alone (the rest is the backward pass and the costs).
     pub profile: bool,
+    /// `winograd`, `direct` or `both`.
+    pub conv: &'a str,
 }
 
 /// Times `iters` iterations (after one warm-up) at each size with the default preset's
@@ -61,6 +64,15 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
     };
     let device = &backend.device;
     let vgg = weights::load(weights_path, device)?.with_pooling(preset.pooling);
+    let variants: Vec<(&str, Vgg19)> = match opts.conv {
+        "winograd" => vec![("winograd", vgg)],
+        "direct" => vec![("direct", vgg.with_winograd(false)?)],
+        "both" => vec![
+            ("winograd", vgg.clone()),
+            ("direct", vgg.with_winograd(false)?),
+        ],
+        other => bail!("unknown convolution `{other}`: use winograd, direct or both"),
+    };
     let content = img::load_rgb(&preset.content)?;
     let style = img::load_rgb(&preset.style.images()[0].0)?;
     let cost = preset.cost_weights();
@@ -69,8 +81,8 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
         opts.optimizer, backend.description, opts.iters
     );
     print!(
-        "{:>10} {:>12} {:>14}",
-        "size", "s/iteration", "peak RSS MiB"
+        "{:>10} {:>9} {:>12} {:>14}",
+        "size", "conv", "s/iteration", "peak RSS MiB"
     );
     if backend.kind == "gpu" {
         print!(" {:>14}", "GPU MiB");
@@ -81,48 +93,149 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
     println!();
     for s in opts.sizes {
         let (w, h) = parse_size(s)?;
-        let c = img::to_pixel_space(&img::resize(&content, w, h), device);
-        let st = img::to_pixel_space(&img::resize(&style, w, h), device);
-        let targets = Targets::compute(&vgg, c.clone(), &[(st, 1.0)], &cost);
-        let mut x = img::uniform_noise(0, w as usize, h as usize, device) * 0.6 + c * 0.4;
-        let mut opt = Optimizer::new(&spec);
-        let mut eval = |x: &Tensor<4>| loss::evaluate(&vgg, x, &targets, &cost);
-        let mut timed = 0.0;
-        for i in 0..=opts.iters {
-            let t = Instant::now();
-            let (next, _) = opt.step(spec.lr(), x, &mut eval)?;
-            sync(&next);
-            x = next;
-            if i > 0 {
-                timed += t.elapsed().as_secs_f64();
+        let mut first = None;
+        for (conv, vgg) in &variants {
+            // A direct run on the GPU is the same as a Winograd one: only flex differs.
+            let conv = if vgg.winograd().is_some() || backend.kind == "cpu" {
+                *conv
+            } else {
+                "burn"
+            };
+            let per = time_iterations(vgg, &content, &style, &cost, &spec, w, h, opts.iters)?;
+            print!("{s:>10} {conv:>9} {per:>12.3} {:>14}", mib(peak_rss_mib()));
+            if backend.kind == "gpu" {
+                print!(" {:>14}", mib(device_mib(&backend)));
             }
-        }
-        let per = timed / opts.iters.max(1) as f64;
-        let rss = peak_rss_mib()
-            .map(|m| format!("{m:.0}"))
-            .unwrap_or_else(|| "n/a".into());
-        print!("{s:>10} {per:>12.3} {rss:>14}");
-        if backend.kind == "gpu" {
-            print!(
-                " {:>14}",
-                device_mib(&backend)
-                    .map(|m| format!("{m:.0}"))
-                    .unwrap_or_else(|| "n/a".into())
-            );
-        }
-        if opts.profile {
-            let deepest = Layer::parse("conv5_1").unwrap_or(Layer(12));
-            let t = Instant::now();
-            for _ in 0..opts.iters {
-                let taps = vgg.forward(x.clone(), deepest);
-                sync(&taps[deepest.0]);
+            if opts.profile {
+                let c = img::to_pixel_space(&img::resize(&content, w, h), device);
+                let deepest = Layer::parse("conv5_1").unwrap_or(Layer(12));
+                let t = Instant::now();
+                for _ in 0..opts.iters {
+                    let taps = vgg.forward(c.clone(), deepest);
+                    sync(&taps[deepest.0]);
+                }
+                let fwd = t.elapsed().as_secs_f64() / opts.iters.max(1) as f64;
+                print!(" {fwd:>12.3} {:>12.3}", per - fwd);
             }
-            let fwd = t.elapsed().as_secs_f64() / opts.iters.max(1) as f64;
-            print!(" {fwd:>12.3} {:>12.3}", per - fwd);
+            if opts.profile
+                && let Some(cpu) = vgg.winograd()
+            {
+                println!();
+                profile_layers(cpu, w as usize, h as usize, preset.pooling, opts.iters);
+            }
+            match first {
+                None => first = Some(per),
+                Some(f) => print!("  ({:.2}x the first)", per / f),
+            }
+            println!();
         }
-        println!();
     }
     Ok(())
+}
+
+/// Where the Winograd path's time goes: each convolution forward and backward (to its
+/// input), and the pooling, at `w` x `h`, as far as conv5_1.
+fn profile_layers(cpu: &CpuVgg, w: usize, h: usize, pooling: Pooling, iters: usize) {
+    use crate::vgg::winograd::{Epilogue, conv3x3};
+    let time = |f: &mut dyn FnMut()| {
+        f();
+        let t = Instant::now();
+        for _ in 0..iters.max(1) {
+            f();
+        }
+        t.elapsed().as_secs_f64() / iters.max(1) as f64
+    };
+    println!(
+        "    {:>8} {:>16} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "layer", "C->K at HxW", "GFLOP", "fwd ms", "bwd ms", "fwd GF/s", "pool ms"
+    );
+    let (mut hh, mut ww) = (h, w);
+    let (mut total_f, mut total_b, mut total_p) = (0.0, 0.0, 0.0);
+    for i in 0..=12 {
+        let (fwd, bwd, bias) = cpu.layer(Layer(i));
+        let (c, k) = (fwd.c, fwd.k);
+        let x: Vec<f32> = (0..c * hh * ww).map(|j| (j % 7) as f32 - 3.0).collect();
+        let g: Vec<f32> = (0..k * hh * ww).map(|j| (j % 5) as f32 - 2.0).collect();
+        let on = Epilogue {
+            bias: Some(bias),
+            relu: true,
+        };
+        let off = Epilogue {
+            bias: None,
+            relu: false,
+        };
+        let y = conv3x3(&x, None, hh, ww, fwd, on);
+        let tf = time(&mut || drop(conv3x3(&x, None, hh, ww, fwd, on)));
+        let tb = time(&mut || drop(conv3x3(&g, Some(&y), hh, ww, bwd, off)));
+        let gflop = 2.0 * (c * k * 9 * hh * ww) as f64 / 1e9;
+        let mut tp = 0.0;
+        if [1, 3, 7, 11].contains(&i) {
+            let p = pool(&y, k, hh, ww, pooling);
+            tp = time(&mut || drop(pool(&y, k, hh, ww, pooling)))
+                + time(&mut || drop(unpool(&p, &y, k, hh, ww, pooling)));
+        }
+        println!(
+            "    {:>8} {:>16} {gflop:>8.2} {:>10.1} {:>10.1} {:>10.0} {:>10.1}",
+            Layer(i).name(),
+            format!("{c}->{k} {hh}x{ww}"),
+            tf * 1e3,
+            tb * 1e3,
+            gflop / tf,
+            tp * 1e3
+        );
+        total_f += tf;
+        total_b += tb;
+        total_p += tp;
+        if [1, 3, 7, 11].contains(&i) {
+            (hh, ww) = (hh / 2, ww / 2);
+        }
+    }
+    println!(
+        "    {:>8} {:>16} {:>8} {:>10.1} {:>10.1} {:>10} {:>10.1}",
+        "total",
+        "",
+        "",
+        total_f * 1e3,
+        total_b * 1e3,
+        "",
+        total_p * 1e3
+    );
+}
+
+fn mib(m: Option<f64>) -> String {
+    m.map(|m| format!("{m:.0}")).unwrap_or_else(|| "n/a".into())
+}
+
+/// Seconds per optimiser step at `w` x `h`, over `iters` steps after one warm-up.
+#[allow(clippy::too_many_arguments)]
+fn time_iterations(
+    vgg: &Vgg19,
+    content: &image::RgbImage,
+    style: &image::RgbImage,
+    cost: &crate::loss::CostWeights,
+    spec: &OptimizerSpec,
+    w: u32,
+    h: u32,
+    iters: usize,
+) -> Result<f64> {
+    let device = &vgg.device();
+    let c = img::to_pixel_space(&img::resize(content, w, h), device);
+    let st = img::to_pixel_space(&img::resize(style, w, h), device);
+    let targets = Targets::compute(vgg, c.clone(), &[(st, 1.0)], cost);
+    let mut x = img::uniform_noise(0, w as usize, h as usize, device) * 0.6 + c * 0.4;
+    let mut opt = Optimizer::new(spec);
+    let mut eval = |x: &Tensor<4>| loss::evaluate(vgg, x, &targets, cost);
+    let mut timed = 0.0;
+    for i in 0..=iters {
+        let t = Instant::now();
+        let (next, _) = opt.step(spec.lr(), x, &mut eval)?;
+        sync(&next);
+        x = next;
+        if i > 0 {
+            timed += t.elapsed().as_secs_f64();
+        }
+    }
+    Ok(timed / iters.max(1) as f64)
 }
 
 /// (iteration, J, elapsed seconds) of one record.

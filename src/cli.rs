@@ -87,6 +87,10 @@ pub enum Cmd {
         /// Also time the forward pass alone.
         #[arg(long)]
         profile: bool,
+        /// The CPU's convolution: winograd (easel's), direct (burn's im2col), or both,
+        /// timed one after the other at each size.
+        #[arg(long, default_value = "winograd")]
+        conv: String,
         /// Instead: the wall time for coarse to fine to reach the J a plain run reaches
         /// after --target-iterations, at the first size.
         #[arg(long)]

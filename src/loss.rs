@@ -5,7 +5,8 @@
 //! - style of a layer: `sum((G_S - G_G)^2) / (4 nC^2 (nH nW)^2)`;
 //! - style: `sum_l lambda_l J_style[l]`; total: `alpha J_content + beta J_style + tv_weight TV`.
 
-use crate::vgg::{Layer, Vgg19};
+use crate::vgg::cpu::CpuVgg;
+use crate::vgg::{Layer, Pooling, Vgg19};
 use burn::tensor::{FloatDType, Tensor};
 
 /// Squares and sums in float64. The costs are sums of up to millions of float32 terms;
@@ -174,15 +175,32 @@ pub fn cost_terms(
     targets: &Targets,
     weights: &CostWeights,
 ) -> CostTerms {
-    let taps = vgg.forward(x.clone(), weights.deepest());
-    let content = content_cost(
-        targets.content.clone(),
-        taps[weights.content_layer.0].clone(),
-    );
+    let taps: Vec<Option<Tensor<4>>> = vgg
+        .forward(x.clone(), weights.deepest())
+        .into_iter()
+        .map(Some)
+        .collect();
+    terms_from_taps(&taps, x, targets, weights)
+}
+
+/// The cost from the activations at the layers it reads (`taps[i]` for layer `i`; the
+/// others may be `None`); `x` is used only for total variation.
+fn terms_from_taps(
+    taps: &[Option<Tensor<4>>],
+    x: Tensor<4>,
+    targets: &Targets,
+    weights: &CostWeights,
+) -> CostTerms {
+    let tap = |l: Layer| {
+        taps[l.0]
+            .clone()
+            .expect("every layer the cost reads has its activation")
+    };
+    let content = content_cost(targets.content.clone(), tap(weights.content_layer));
     let style: Vec<Tensor<1>> = targets
         .grams
         .iter()
-        .map(|(layer, g_s)| layer_style_cost(g_s.clone(), taps[layer.0].clone()))
+        .map(|(layer, g_s)| layer_style_cost(g_s.clone(), tap(*layer)))
         .collect();
     let mut style_total = content.zeros_like();
     for ((_, lambda), j) in weights.style_layers.iter().zip(&style) {
@@ -244,6 +262,9 @@ pub fn evaluate(
     targets: &Targets,
     weights: &CostWeights,
 ) -> anyhow::Result<(Costs, Tensor<4>)> {
+    if let Some(cpu) = vgg.winograd() {
+        return evaluate_winograd(cpu, vgg.pooling, x, targets, weights);
+    }
     let xa = x.clone().inner().autodiff().require_grad();
     let terms = cost_terms(vgg, xa.clone(), targets, weights);
     let costs = terms.read(weights);
@@ -251,5 +272,57 @@ pub fn evaluate(
     let g = xa
         .grad(&grads)
         .ok_or_else(|| anyhow::anyhow!("the backward pass produced no gradient for the image"))?;
+    Ok((costs, g))
+}
+
+/// [`evaluate`] on the Winograd path: the network runs forward and backward outside the
+/// autodiff tape, which covers only the costs from the taps (and TV from the image).
+fn evaluate_winograd(
+    cpu: &CpuVgg,
+    pooling: Pooling,
+    x: &Tensor<4>,
+    targets: &Targets,
+    weights: &CostWeights,
+) -> anyhow::Result<(Costs, Tensor<4>)> {
+    let plain = x.clone().inner();
+    let device = plain.device();
+    let [_, _, h, w] = plain.dims();
+    let pixels = plain
+        .to_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading the image back: {e:?}"))?;
+    let acts = cpu.forward(&pixels, h, w, weights.deepest(), pooling);
+    let mut read = vec![false; acts.layers.len()];
+    read[weights.content_layer.0] = true;
+    for (l, _) in &weights.style_layers {
+        read[l.0] = true;
+    }
+    let taps: Vec<Option<Tensor<4>>> = acts
+        .layers
+        .iter()
+        .zip(&read)
+        .map(|(a, r)| r.then(|| a.to_tensor(&device).autodiff().require_grad()))
+        .collect();
+    let xa = plain.autodiff().require_grad();
+    let terms = terms_from_taps(&taps, xa.clone(), targets, weights);
+    let costs = terms.read(weights);
+    let grads = terms.total.backward();
+    let mut tap_grads = Vec::with_capacity(taps.len());
+    for t in &taps {
+        let g = match t.as_ref().and_then(|t| t.grad(&grads)) {
+            Some(g) => Some(
+                g.into_data()
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| anyhow::anyhow!("reading a tap's gradient: {e:?}"))?,
+            ),
+            None => None,
+        };
+        tap_grads.push(g);
+    }
+    let g = cpu.backward(&acts, tap_grads, pooling);
+    let mut g = Tensor::<4>::from_data(burn::tensor::TensorData::new(g, [1, 3, h, w]), &device);
+    if let Some(tv) = xa.grad(&grads) {
+        g = g + tv;
+    }
     Ok((costs, g))
 }

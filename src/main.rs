@@ -73,6 +73,7 @@ fn real_main() -> Result<ExitCode> {
             backend,
             optimizer,
             profile,
+            conv,
             time_to_target,
             target_iterations,
             weights: w,
@@ -89,6 +90,7 @@ fn real_main() -> Result<ExitCode> {
                     iters,
                     optimizer: &optimizer,
                     profile,
+                    conv: &conv,
                 };
                 bench::run(&weights_path, backend, &opts)?;
             }

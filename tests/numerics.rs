@@ -92,11 +92,11 @@ fn check_case(case: &str) {
     assert!(e <= 1e-3, "{case}: gradient differs from PyTorch by {e:e}");
 
     // Trajectories to 1e-3.
-    let trajectory = |spec: OptimizerSpec, steps: usize| -> Vec<f64> {
+    let trajectory = |vgg: &Vgg19, spec: OptimizerSpec, steps: usize| -> Vec<f64> {
         let mut opt = Optimizer::new(&spec);
         let mut x = x0.clone();
         let mut js = Vec::new();
-        let mut eval = |x: &Tensor<4>| loss::evaluate(&vgg, x, &targets, &weights);
+        let mut eval = |x: &Tensor<4>| loss::evaluate(vgg, x, &targets, &weights);
         for _ in 0..steps {
             let (next, c) = opt.step(spec.lr(), x, &mut eval).expect("step");
             js.push(c.total);
@@ -105,7 +105,7 @@ fn check_case(case: &str) {
         js.push(eval(&x).expect("evaluate").0.total);
         js
     };
-    let adam = trajectory(OptimizerSpec::adam(2.0), 5);
+    let adam = trajectory(&vgg, OptimizerSpec::adam(2.0), 5);
     for (k, (got, want)) in adam.iter().zip(fx.list("adam_J")).enumerate() {
         assert!(
             rel(*got, want) <= 1e-3,
@@ -121,8 +121,18 @@ fn check_case(case: &str) {
     // run to run with the thread count) moves the second probe from 1.8e-5 to its 10x
     // bound, so the searches take different branches there (1e-3..1e-2 apart) and only
     // the real network, well-conditioned at that step, is compared.
+    //
+    // The same holds, more mildly, on the real network for the convolution algorithm:
+    // the Winograd path's gradient is 1.2e-6 from PyTorch's (burn's direct convolution:
+    // 2.4e-7), and that moves the first search to another acceptable step (J after the
+    // first iteration 7.899e9 against 7.876e9). So this L-BFGS check runs on burn's direct
+    // convolution; tests/winograd.rs holds the Winograd path to it.
     if case == "real" {
-        let lbfgs = trajectory(OptimizerSpec::lbfgs(1.0, 100), 3);
+        let direct = vgg
+            .clone()
+            .with_winograd(false)
+            .expect("direct convolution");
+        let lbfgs = trajectory(&direct, OptimizerSpec::lbfgs(1.0, 100), 3);
         for (k, (got, want)) in lbfgs.iter().zip(fx.list("lbfgs_maxeval26_J")).enumerate() {
             assert!(
                 rel(*got, want) <= 1e-3,

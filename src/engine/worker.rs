@@ -330,7 +330,16 @@ impl Worker {
     /// Moves everything the run holds to another device, between two iterations.
     fn switch_backend(&mut self, backend: Backend) {
         let device = &backend.device;
-        self.vgg = self.vgg.to_device(device);
+        self.vgg = match self.vgg.to_device(device) {
+            Ok(vgg) => vgg,
+            Err(e) => {
+                self.emit(Event::Notice(format!(
+                    "staying on {}: {e:#}",
+                    self.backend.description
+                )));
+                return;
+            }
+        };
         self.targets = self.targets.to_device(device);
         self.inputs = self.inputs.to_device(device);
         self.point.x = self.point.x.clone().to_device(device);

@@ -5,12 +5,16 @@
 //! (Gatys et al. suggest it) or max; odd sizes round down, as in PyTorch. The network
 //! runs only as deep as the deepest layer asked for.
 
+pub mod cpu;
+pub mod winograd;
+
 use anyhow::{Result, bail};
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// The sixteen layer names in network order.
 pub const LAYER_NAMES: [&str; 16] = [
@@ -24,7 +28,7 @@ pub const CHANNELS: [usize; 16] = [
 ];
 
 /// The layers after which a block ends and the image is pooled.
-const BLOCK_ENDS: [usize; 4] = [1, 3, 7, 11];
+pub(crate) const BLOCK_ENDS: [usize; 4] = [1, 3, 7, 11];
 
 /// A layer of the network, by index into [`LAYER_NAMES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,6 +78,10 @@ pub struct Vgg19 {
     pub input_scale: Tensor<4>,
     pub input_shift: Tensor<4>,
     pub pooling: Pooling,
+    /// The Winograd path, when the tensors are on burn-flex (see [`cpu`]).
+    cpu: Option<Arc<cpu::CpuVgg>>,
+    /// Whether to use the Winograd path when on burn-flex.
+    winograd: bool,
 }
 
 impl Vgg19 {
@@ -100,12 +108,32 @@ impl Vgg19 {
             }
             cin = CHANNELS[i];
         }
-        Ok(Vgg19 {
+        let vgg = Vgg19 {
             convs,
             input_scale,
             input_shift,
             pooling: Pooling::Avg,
-        })
+            cpu: None,
+            winograd: true,
+        };
+        vgg.with_winograd(true)
+    }
+
+    /// Turns the CPU's Winograd path on or off; off, every backend uses burn's own
+    /// convolution. It only takes effect on burn-flex.
+    pub fn with_winograd(mut self, on: bool) -> Result<Self> {
+        self.winograd = on;
+        self.cpu = if on && self.device() == Device::flex() {
+            Some(Arc::new(cpu::CpuVgg::new(&self)?))
+        } else {
+            None
+        };
+        Ok(self)
+    }
+
+    /// The Winograd path, where it is on.
+    pub fn winograd(&self) -> Option<&cpu::CpuVgg> {
+        self.cpu.as_deref()
     }
 
     pub fn with_pooling(mut self, pooling: Pooling) -> Self {
@@ -117,8 +145,8 @@ impl Vgg19 {
         self.input_scale.device()
     }
 
-    /// Moves every tensor to `device`.
-    pub fn to_device(&self, device: &Device) -> Self {
+    /// Moves every tensor to `device`; the Winograd path follows where it was on.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
         Vgg19 {
             convs: self
                 .convs
@@ -131,12 +159,21 @@ impl Vgg19 {
             input_scale: self.input_scale.clone().to_device(device),
             input_shift: self.input_shift.clone().to_device(device),
             pooling: self.pooling,
+            cpu: None,
+            winograd: self.winograd,
         }
+        .with_winograd(self.winograd)
     }
 
     /// Runs the network on `x` (`[N, 3, H, W]`, pixel space) up to and including
     /// `deepest`, and returns every layer's activation from `conv1_1` to `deepest`.
     pub fn forward(&self, x: Tensor<4>, deepest: Layer) -> Vec<Tensor<4>> {
+        if let Some(cpu) = &self.cpu
+            && x.device() == self.device()
+            && let Some(taps) = forward_winograd(cpu, &x, deepest, self.pooling)
+        {
+            return taps;
+        }
         let mut h = x * self.input_scale.clone() + self.input_shift.clone();
         let mut taps = Vec::with_capacity(deepest.0 + 1);
         let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
@@ -163,4 +200,26 @@ impl Vgg19 {
             Pooling::Max => max_pool2d(h, MaxPoolOptions::new([2, 2]).with_stride([2, 2])),
         }
     }
+}
+
+/// The forward pass on the Winograd path, as tensors on `x`'s device; `None` where the
+/// image cannot be read back as float32.
+fn forward_winograd(
+    cpu: &cpu::CpuVgg,
+    x: &Tensor<4>,
+    deepest: Layer,
+    pooling: Pooling,
+) -> Option<Vec<Tensor<4>>> {
+    let [n, _, h, w] = x.dims();
+    if n != 1 {
+        return None;
+    }
+    let pixels = x.to_data().try_into_vec_as::<f32>().ok()?;
+    let acts = cpu.forward(&pixels, h, w, deepest, pooling);
+    Some(
+        acts.layers
+            .into_iter()
+            .map(|a| a.into_tensor(&x.device()))
+            .collect(),
+    )
 }

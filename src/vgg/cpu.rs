@@ -1,0 +1,283 @@
+//! VGG-19 on the CPU without burn's autodiff: Winograd convolutions forward and
+//! backward, with ReLU and pooling done by hand.
+//!
+//! The image is the only thing that needs a gradient, so the backward pass is a chain of
+//! input gradients: ReLU mask, the convolution with the turned kernel, pooling spread
+//! back. That chain is written here once; the losses above the taps still use burn's
+//! autodiff, which hands this pass the gradient at each tap.
+
+use super::winograd::{Epilogue, WinogradKernel, conv3x3};
+use super::{BLOCK_ENDS, CHANNELS, Layer, Pooling, Vgg19};
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// One layer's kernels, made on first use: each holds four times the layer's weights,
+/// so layers a run never reaches cost nothing.
+struct CpuConv {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    c: usize,
+    k: usize,
+    forward: OnceLock<WinogradKernel>,
+    input_gradient: OnceLock<WinogradKernel>,
+}
+
+impl CpuConv {
+    fn forward(&self) -> &WinogradKernel {
+        self.forward
+            .get_or_init(|| WinogradKernel::new(&self.weight, self.k, self.c))
+    }
+    fn input_gradient(&self) -> &WinogradKernel {
+        self.input_gradient
+            .get_or_init(|| WinogradKernel::input_gradient(&self.weight, self.k, self.c))
+    }
+}
+
+/// The network's weights as plain floats.
+pub struct CpuVgg {
+    convs: Vec<CpuConv>,
+    input_scale: [f32; 3],
+    input_shift: [f32; 3],
+}
+
+/// Every layer's output after its ReLU, `[C][H][W]`, with its size.
+pub struct Activations {
+    pub layers: Vec<Activation>,
+    /// Size of the input image.
+    pub height: usize,
+    pub width: usize,
+}
+
+pub struct Activation {
+    pub data: Vec<f32>,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+fn floats(t: &burn::tensor::Tensor<1>) -> Result<Vec<f32>> {
+    t.to_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+        .context("reading the network's weights")
+}
+
+impl std::fmt::Debug for CpuVgg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CpuVgg")
+    }
+}
+
+impl CpuVgg {
+    pub fn new(vgg: &Vgg19) -> Result<Self> {
+        let mut convs = Vec::with_capacity(16);
+        let mut c = 3;
+        for (i, conv) in vgg.convs.iter().enumerate() {
+            let k = CHANNELS[i];
+            convs.push(CpuConv {
+                weight: floats(&conv.weight.clone().reshape([-1]))?,
+                bias: floats(&conv.bias)?,
+                c,
+                k,
+                forward: OnceLock::new(),
+                input_gradient: OnceLock::new(),
+            });
+            c = k;
+        }
+        let three = |t: &burn::tensor::Tensor<4>| -> Result<[f32; 3]> {
+            let v = floats(&t.clone().reshape([-1]))?;
+            v.try_into()
+                .map_err(|_| anyhow::anyhow!("the input normalisation is not per channel"))
+        };
+        Ok(CpuVgg {
+            convs,
+            input_scale: three(&vgg.input_scale)?,
+            input_shift: three(&vgg.input_shift)?,
+        })
+    }
+
+    /// Layer `i`'s forward kernel, its input-gradient kernel and its bias (for profiling).
+    pub fn layer(&self, i: Layer) -> (&WinogradKernel, &WinogradKernel, &[f32]) {
+        let conv = &self.convs[i.0];
+        (conv.forward(), conv.input_gradient(), &conv.bias)
+    }
+
+    /// Runs the network on a pixel-space image `[3][H][W]` up to `deepest`.
+    pub fn forward(
+        &self,
+        image: &[f32],
+        height: usize,
+        width: usize,
+        deepest: Layer,
+        pooling: Pooling,
+    ) -> Activations {
+        let plane = height * width;
+        let normalised: Vec<f32> = image
+            .par_chunks(plane)
+            .enumerate()
+            .flat_map_iter(|(ch, p)| {
+                let (s, t) = (self.input_scale[ch], self.input_shift[ch]);
+                p.iter().map(move |v| v * s + t)
+            })
+            .collect();
+        let (mut hh, mut ww) = (height, width);
+        let mut layers: Vec<Activation> = Vec::with_capacity(deepest.0 + 1);
+        for i in 0..=deepest.0 {
+            let pooled;
+            let input: &[f32] = match layers.last() {
+                None => &normalised,
+                Some(prev) if BLOCK_ENDS.contains(&(i - 1)) => {
+                    pooled = pool(&prev.data, prev.channels, hh, ww, pooling);
+                    (hh, ww) = (hh / 2, ww / 2);
+                    &pooled
+                }
+                Some(prev) => &prev.data,
+            };
+            let conv = &self.convs[i];
+            let epilogue = Epilogue {
+                bias: Some(&conv.bias),
+                relu: true,
+            };
+            let out = conv3x3(input, None, hh, ww, conv.forward(), epilogue);
+            layers.push(Activation {
+                data: out,
+                channels: conv.k,
+                height: hh,
+                width: ww,
+            });
+        }
+        Activations {
+            layers,
+            height,
+            width,
+        }
+    }
+
+    /// The gradient with respect to the pixel-space image, given the gradient at some
+    /// taps (`tap_grads[i]` for layer `i`, each `[C][H][W]`).
+    pub fn backward(
+        &self,
+        acts: &Activations,
+        mut tap_grads: Vec<Option<Vec<f32>>>,
+        pooling: Pooling,
+    ) -> Vec<f32> {
+        let depth = acts.layers.len();
+        tap_grads.resize_with(depth, || None);
+        let mut g: Option<Vec<f32>> = None;
+        for i in (0..depth).rev() {
+            g = match (g, tap_grads[i].take()) {
+                (Some(mut a), Some(b)) => {
+                    a.par_iter_mut()
+                        .zip(b.par_iter())
+                        .for_each(|(x, y)| *x += y);
+                    Some(a)
+                }
+                (a, b) => a.or(b),
+            };
+            let Some(grad) = g.take() else { continue };
+            let act = &acts.layers[i];
+            let conv = &self.convs[i];
+            let none = Epilogue {
+                bias: None,
+                relu: false,
+            };
+            let mut gin = conv3x3(
+                &grad,
+                Some(&act.data),
+                act.height,
+                act.width,
+                conv.input_gradient(),
+                none,
+            );
+            if i > 0 && BLOCK_ENDS.contains(&(i - 1)) {
+                let prev = &acts.layers[i - 1];
+                gin = unpool(
+                    &gin,
+                    &prev.data,
+                    prev.channels,
+                    prev.height,
+                    prev.width,
+                    pooling,
+                );
+            }
+            g = Some(gin);
+        }
+        let plane = acts.height * acts.width;
+        let mut g = g.unwrap_or_else(|| vec![0.0; 3 * plane]);
+        g.par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(ch, p)| p.iter_mut().for_each(|v| *v *= self.input_scale[ch]));
+        g
+    }
+}
+
+/// 2x2 stride-2 pooling of `[C][H][W]`; odd sizes drop the last row or column.
+pub fn pool(x: &[f32], c: usize, h: usize, w: usize, pooling: Pooling) -> Vec<f32> {
+    let (ho, wo) = (h / 2, w / 2);
+    let mut out = vec![0f32; c * ho * wo];
+    out.par_chunks_mut(ho * wo).enumerate().for_each(|(ch, o)| {
+        let p = &x[ch * h * w..][..h * w];
+        for y in 0..ho {
+            for xx in 0..wo {
+                let (a, b) = (p[2 * y * w + 2 * xx], p[2 * y * w + 2 * xx + 1]);
+                let (cc, d) = (p[(2 * y + 1) * w + 2 * xx], p[(2 * y + 1) * w + 2 * xx + 1]);
+                o[y * wo + xx] = match pooling {
+                    Pooling::Avg => (a + b + cc + d) * 0.25,
+                    Pooling::Max => a.max(b).max(cc).max(d),
+                };
+            }
+        }
+    });
+    out
+}
+
+/// The gradient of [`pool`]: average spreads a quarter to each of the four inputs, max
+/// sends it all to the first largest (PyTorch's choice on ties).
+pub fn unpool(g: &[f32], x: &[f32], c: usize, h: usize, w: usize, pooling: Pooling) -> Vec<f32> {
+    let (ho, wo) = (h / 2, w / 2);
+    let mut out = vec![0f32; c * h * w];
+    out.par_chunks_mut(h * w).enumerate().for_each(|(ch, o)| {
+        let gp = &g[ch * ho * wo..][..ho * wo];
+        let p = &x[ch * h * w..][..h * w];
+        for y in 0..ho {
+            for xx in 0..wo {
+                let gv = gp[y * wo + xx];
+                let idx = [
+                    2 * y * w + 2 * xx,
+                    2 * y * w + 2 * xx + 1,
+                    (2 * y + 1) * w + 2 * xx,
+                    (2 * y + 1) * w + 2 * xx + 1,
+                ];
+                match pooling {
+                    Pooling::Avg => idx.iter().for_each(|&i| o[i] = gv * 0.25),
+                    Pooling::Max => {
+                        let best = idx
+                            .iter()
+                            .copied()
+                            .reduce(|a, b| if p[b] > p[a] { b } else { a })
+                            .unwrap_or(idx[0]);
+                        o[best] = gv;
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+impl Activation {
+    /// As a `[1, C, H, W]` tensor.
+    pub fn into_tensor(self, device: &burn::tensor::Device) -> burn::tensor::Tensor<4> {
+        let shape = [1, self.channels, self.height, self.width];
+        burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(self.data, shape), device)
+    }
+    /// A copy as a `[1, C, H, W]` tensor.
+    pub fn to_tensor(&self, device: &burn::tensor::Device) -> burn::tensor::Tensor<4> {
+        let shape = [1, self.channels, self.height, self.width];
+        burn::tensor::Tensor::from_data(
+            burn::tensor::TensorData::new(self.data.clone(), shape),
+            device,
+        )
+    }
+}
