@@ -7,7 +7,7 @@
 
 use crate::vgg::cpu::CpuVgg;
 use crate::vgg::{Layer, Pooling, Vgg19};
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 
 /// Squares and sums in float64. The costs are sums of up to millions of float32 terms;
 /// a float32 total carries ~1e-7 relative noise, which is the size of J's change over the
@@ -61,10 +61,15 @@ pub fn content_cost(a_c: Tensor<4>, a_g: Tensor<4>) -> Tensor<1> {
 /// `J_style[l]` from the style Gram and the generated image's activation.
 pub fn layer_style_cost(g_s: Tensor<2>, a_g: Tensor<4>) -> Tensor<1> {
     let [_, c, h, w] = a_g.dims();
+    style_cost_of_gram(g_s, gram(a_g), [c, h, w])
+}
+
+/// `J_style[l]` from the style Gram and the Gram `g` of an activation of size `[C, H, W]`.
+pub fn style_cost_of_gram(g_s: Tensor<2>, g: Tensor<2>, [c, h, w]: [usize; 3]) -> Tensor<1> {
     // Scale before squaring: Gram entries reach 1e9 at conv1_1, their squares would
     // cost float32 precision.
     let norm = 2.0 * (c * h * w) as f64;
-    sum_squares((g_s - gram(a_g)) / norm)
+    sum_squares((g_s - g) / norm)
 }
 
 /// Total variation: the sum of squared differences between neighbouring pixels.
@@ -175,32 +180,41 @@ pub fn cost_terms(
     targets: &Targets,
     weights: &CostWeights,
 ) -> CostTerms {
-    let taps: Vec<Option<Tensor<4>>> = vgg
-        .forward(x.clone(), weights.deepest())
-        .into_iter()
-        .map(Some)
-        .collect();
-    terms_from_taps(&taps, x, targets, weights)
+    let taps = vgg.forward(x.clone(), weights.deepest());
+    let reads = Reads {
+        content: taps[weights.content_layer.0].clone(),
+        grams: weights
+            .style_layers
+            .iter()
+            .map(|(l, _)| {
+                let [_, c, h, w] = taps[l.0].dims();
+                (gram(taps[l.0].clone()), [c, h, w])
+            })
+            .collect(),
+    };
+    terms_from_reads(reads, x, targets, weights)
 }
 
-/// The cost from the activations at the layers it reads (`taps[i]` for layer `i`; the
-/// others may be `None`); `x` is used only for total variation.
-fn terms_from_taps(
-    taps: &[Option<Tensor<4>>],
+/// What the cost reads from the network for one image: the content layer's activation
+/// and, per style layer, its Gram with the activation's size `[C, H, W]`.
+struct Reads {
+    content: Tensor<4>,
+    grams: Vec<(Tensor<2>, [usize; 3])>,
+}
+
+/// The cost from what it reads; `x` is used only for total variation.
+fn terms_from_reads(
+    reads: Reads,
     x: Tensor<4>,
     targets: &Targets,
     weights: &CostWeights,
 ) -> CostTerms {
-    let tap = |l: Layer| {
-        taps[l.0]
-            .clone()
-            .expect("every layer the cost reads has its activation")
-    };
-    let content = content_cost(targets.content.clone(), tap(weights.content_layer));
+    let content = content_cost(targets.content.clone(), reads.content);
     let style: Vec<Tensor<1>> = targets
         .grams
         .iter()
-        .map(|(layer, g_s)| layer_style_cost(g_s.clone(), tap(*layer)))
+        .zip(reads.grams)
+        .map(|((_, g_s), (g, dims))| style_cost_of_gram(g_s.clone(), g, dims))
         .collect();
     let mut style_total = content.zeros_like();
     for ((_, lambda), j) in weights.style_layers.iter().zip(&style) {
@@ -275,8 +289,9 @@ pub fn evaluate(
     Ok((costs, g))
 }
 
-/// [`evaluate`] on the Winograd path: the network runs forward and backward outside the
-/// autodiff tape, which covers only the costs from the taps (and TV from the image).
+/// [`evaluate`] on the Winograd path: the network, and the Grams of the style layers,
+/// run forward and backward outside the autodiff tape, which covers only the costs from
+/// the content activation and the Grams (and TV from the image).
 fn evaluate_winograd(
     cpu: &CpuVgg,
     pooling: Pooling,
@@ -287,42 +302,61 @@ fn evaluate_winograd(
     let plain = x.clone().inner();
     let device = plain.device();
     let [_, _, h, w] = plain.dims();
-    let pixels = plain
-        .to_data()
-        .try_into_vec_as::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading the image back: {e:?}"))?;
+    let pixels = floats(plain.to_data(), "the image")?;
     let acts = cpu.forward(&pixels, h, w, weights.deepest(), pooling);
-    let mut read = vec![false; acts.layers.len()];
-    read[weights.content_layer.0] = true;
-    for (l, _) in &weights.style_layers {
-        read[l.0] = true;
-    }
-    let taps: Vec<Option<Tensor<4>>> = acts
-        .layers
+    let leaf = |data: Vec<f32>, shape: Vec<usize>| {
+        Tensor::<2>::from_data(TensorData::new(data, shape), &device)
+            .autodiff()
+            .require_grad()
+    };
+    let content_act = &acts.layers[weights.content_layer.0];
+    let content = content_act.to_tensor(&device).autodiff().require_grad();
+    let grams: Vec<(Tensor<2>, [usize; 3])> = weights
+        .style_layers
         .iter()
-        .zip(&read)
-        .map(|(a, r)| r.then(|| a.to_tensor(&device).autodiff().require_grad()))
+        .map(|(l, _)| {
+            let a = &acts.layers[l.0];
+            let g = leaf(a.gram(), vec![a.channels, a.channels]);
+            (g, [a.channels, a.height, a.width])
+        })
         .collect();
     let xa = plain.autodiff().require_grad();
-    let terms = terms_from_taps(&taps, xa.clone(), targets, weights);
+    let reads = Reads {
+        content: content.clone(),
+        grams: grams.clone(),
+    };
+    let terms = terms_from_reads(reads, xa.clone(), targets, weights);
     let costs = terms.read(weights);
     let grads = terms.total.backward();
-    let mut tap_grads = Vec::with_capacity(taps.len());
-    for t in &taps {
-        let g = match t.as_ref().and_then(|t| t.grad(&grads)) {
-            Some(g) => Some(
-                g.into_data()
-                    .try_into_vec_as::<f32>()
-                    .map_err(|e| anyhow::anyhow!("reading a tap's gradient: {e:?}"))?,
-            ),
-            None => None,
-        };
-        tap_grads.push(g);
+
+    // The gradient at each layer the cost read: the content's directly, the Grams'
+    // through the Gram's adjoint.
+    let mut tap_grads: Vec<Option<Vec<f32>>> = vec![None; acts.layers.len()];
+    let mut add = |layer: usize, g: Vec<f32>| match &mut tap_grads[layer] {
+        Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+        slot => *slot = Some(g),
+    };
+    if let Some(g) = content.grad(&grads) {
+        add(
+            weights.content_layer.0,
+            floats(g.into_data(), "the content gradient")?,
+        );
+    }
+    for ((l, _), (g, _)) in weights.style_layers.iter().zip(&grams) {
+        if let Some(dg) = g.grad(&grads) {
+            let dg = floats(dg.into_data(), "a Gram's gradient")?;
+            add(l.0, acts.layers[l.0].gram_adjoint(&dg));
+        }
     }
     let g = cpu.backward(&acts, tap_grads, pooling);
-    let mut g = Tensor::<4>::from_data(burn::tensor::TensorData::new(g, [1, 3, h, w]), &device);
+    let mut g = Tensor::<4>::from_data(TensorData::new(g, [1, 3, h, w]), &device);
     if let Some(tv) = xa.grad(&grads) {
         g = g + tv;
     }
     Ok((costs, g))
+}
+
+fn floats(data: TensorData, what: &str) -> anyhow::Result<Vec<f32>> {
+    data.try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading {what} back: {e:?}"))
 }

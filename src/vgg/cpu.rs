@@ -281,3 +281,82 @@ impl Activation {
         )
     }
 }
+
+impl Activation {
+    /// The Gram matrix `A A^T` (`[C][C]`) of this activation unrolled to `[C][H W]`.
+    pub fn gram(&self) -> Vec<f32> {
+        let (c, n) = (self.channels, self.height * self.width);
+        let mut g = vec![0f32; c * c];
+        // SAFETY: `g` is C x C, `data` is C x n, both row-major and of those sizes.
+        unsafe {
+            gemm::gemm(
+                c,
+                c,
+                n,
+                g.as_mut_ptr(),
+                1,
+                c as isize,
+                false,
+                self.data.as_ptr(),
+                1,
+                n as isize,
+                self.data.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+        }
+        g
+    }
+
+    /// The gradient with respect to this activation of a cost whose gradient with respect
+    /// to its Gram is `dg` (`[C][C]`): `(dG + dG^T) A`.
+    pub fn gram_adjoint(&self, dg: &[f32]) -> Vec<f32> {
+        let (c, n) = (self.channels, self.height * self.width);
+        assert_eq!(dg.len(), c * c, "the Gram's gradient is not C x C");
+        let mut s = vec![0f32; c * c];
+        for i in 0..c {
+            for j in 0..c {
+                s[i * c + j] = dg[i * c + j] + dg[j * c + i];
+            }
+        }
+        let mut out = vec![0f32; c * n];
+        // SAFETY: `s` is C x C, `data` and `out` are C x n, all row-major.
+        unsafe {
+            gemm::gemm(
+                c,
+                n,
+                c,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                s.as_ptr(),
+                1,
+                c as isize,
+                self.data.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+        }
+        out
+    }
+}
+
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}

@@ -11,6 +11,7 @@
 //! The tiles are processed in blocks small enough that a block's transformed input and
 //! its products stay in cache; blocks run in parallel on rayon's pool.
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// `G`, the kernel transform (6x3).
@@ -190,24 +191,22 @@ enum Split {
 }
 
 fn split(c: usize, k: usize, t: &Tiling) -> Split {
-    let forced = std::env::var("EASEL_WINOGRAD_SPLIT").ok();
-    let rows_for = |tiles: usize| (tiles / t.tw).clamp(1, t.th);
     // Blocks in cache: the block's transformed input and products, 36 values per tile
-    // and channel each, in about half of a core's L2.
-    let fit = (512 * 1024) / (36 * 4 * (c + k));
-    let per_core = t.tiles().div_ceil(rayon::current_num_threads().max(1));
-    let rows = Split::Rows(rows_for(fit.max(16).min(per_core)));
-    match forced.as_deref() {
-        Some("rows") => return rows,
-        Some("positions") => return Split::Positions,
-        _ => {}
-    }
-    // Reading the weights once per block costs more than the products' traffic when
-    // there are more weights than tiles.
-    if 36 * k * c * t.tiles().div_ceil(fit.max(16)) > 36 * 4 * (c + k) * t.tiles() {
+    // and channel each, in about half of a core's L2; but at least one tile row, and
+    // every thread should get a block.
+    let fit = ((512 * 1024) / (36 * 4 * (c + k))).max(16);
+    let per_thread = t.tiles().div_ceil(rayon::current_num_threads().max(1));
+    let rows = (fit.min(per_thread) / t.tw).clamp(1, t.th);
+    let blocks = t.th.div_ceil(rows);
+    // By rows, every block reads all the weights; by positions, the products go through
+    // memory once (written, then read). Measured on VGG-19's layers, by positions pays
+    // once the weights' traffic exceeds twice the products'.
+    let weights = 36 * k * c * blocks;
+    let products = 2 * 36 * (c + k) * t.tiles();
+    if weights > 2 * products {
         Split::Positions
     } else {
-        rows
+        Split::Rows(rows)
     }
 }
 
@@ -408,41 +407,10 @@ fn by_positions(
 }
 
 /// Transforms tile row `ti` of one channel: writes `dst[ξ * xs + j]` for the row's tiles j.
+/// Every loop runs along the row, so that it vectorises; compiled for AVX-512 and AVX2,
+/// chosen at run time.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 fn input_row(
-    x: &[f32],
-    mask: Option<&[f32]>,
-    t: &Tiling,
-    ti: usize,
-    s: &mut Scratch,
-    dst: &mut [f32],
-    xs: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features this copy was compiled for.
-        unsafe { input_row_avx2(x, mask, t, ti, s, dst, xs) };
-        return;
-    }
-    input_row_any(x, mask, t, ti, s, dst, xs);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn input_row_avx2(
-    x: &[f32],
-    mask: Option<&[f32]>,
-    t: &Tiling,
-    ti: usize,
-    s: &mut Scratch,
-    dst: &mut [f32],
-    xs: usize,
-) {
-    input_row_any(x, mask, t, ti, s, dst, xs);
-}
-
-/// [`input_row`]'s body, written so that every loop runs along the row and vectorises.
-#[inline(always)]
-fn input_row_any(
     x: &[f32],
     mask: Option<&[f32]>,
     t: &Tiling,
@@ -522,45 +490,9 @@ fn input_row_any(
 
 /// Turns the products of tile row `ti` (`src[ξ * xs + j]`) of one output channel into
 /// its `ys` output rows `dst` (`ys` x `w`), adding the bias and applying the ReLU.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
 #[allow(clippy::too_many_arguments)]
 fn output_row(
-    src: &[f32],
-    xs: usize,
-    t: &Tiling,
-    ys: usize,
-    bias: f32,
-    relu: bool,
-    s: &mut Scratch,
-    dst: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features this copy was compiled for.
-        unsafe { output_row_avx2(src, xs, t, ys, bias, relu, s, dst) };
-        return;
-    }
-    output_row_any(src, xs, t, ys, bias, relu, s, dst);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn output_row_avx2(
-    src: &[f32],
-    xs: usize,
-    t: &Tiling,
-    ys: usize,
-    bias: f32,
-    relu: bool,
-    s: &mut Scratch,
-    dst: &mut [f32],
-) {
-    output_row_any(src, xs, t, ys, bias, relu, s, dst);
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn output_row_any(
     src: &[f32],
     xs: usize,
     t: &Tiling,
