@@ -5,6 +5,8 @@
 
 use crate::atomic;
 use anyhow::{Context, Result, bail};
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use image::{ImageReader, RgbImage, imageops::FilterType};
 use rand::{RngExt, SeedableRng};
@@ -175,6 +177,20 @@ pub fn uniform_noise(seed: u64, w: usize, h: usize, device: &Device) -> Tensor<4
 }
 
 /// Clamps a pixel-space image to the valid range: 0..255 once the means are added back.
+/// Resizes a `[N, C, H, W]` tensor to `w` x `h`, bilinearly (images, moments, averages
+/// carried from one scale to the next).
+pub fn resize_tensor(t: Tensor<4>, w: u32, h: u32) -> Tensor<4> {
+    let [_, _, th, tw] = t.dims();
+    if (tw, th) == (w as usize, h as usize) {
+        return t;
+    }
+    interpolate(
+        t,
+        InterpolateOptions::new(InterpolateMode::Bilinear)
+            .with_output_size([h as usize, w as usize]),
+    )
+}
+
 pub fn clamp_pixels(x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
     let lo: Vec<f32> = MEANS.iter().map(|m| -m).collect();

@@ -76,6 +76,24 @@ impl Adam {
         self.m = self.m.take().map(|t| t.to_device(device));
         self.v = self.v.take().map(|t| t.to_device(device));
     }
+
+    /// Carries the moments to the next scale of a coarse-to-fine run, `width` x `height`.
+    ///
+    /// The costs are normalised per pixel, so each pixel's gradient shrinks in proportion
+    /// to the pixel count. The moments are resized and scaled with it (`m` by the ratio
+    /// `r` of the pixel counts, `v` by `r^2`), so that the step `m / sqrt(v)` carries on
+    /// as it was; unscaled, the carried second moment would damp the first
+    /// ~1/(1-beta2) steps of the finer scale.
+    pub fn carry_to(&mut self, width: u32, height: u32) {
+        let Some(m) = self.m.take() else { return };
+        let [_, _, h, w] = m.dims();
+        let r = (w * h) as f64 / (width as f64 * height as f64);
+        self.m = Some(crate::image::resize_tensor(m, width, height) * r);
+        self.v = self
+            .v
+            .take()
+            .map(|v| crate::image::resize_tensor(v, width, height) * (r * r));
+    }
 }
 
 /// L-BFGS as in PyTorch's `torch.optim.LBFGS` with `line_search_fn="strong_wolfe"`; one

@@ -73,6 +73,85 @@ fn scales_grow_by_sqrt2_to_the_target() {
     );
 }
 
+/// Coarse to fine carries Adam's moments to the finer scale scaled by the pixel ratio r
+/// (m by r, v by r^2). The per-pixel gradient at the finer scale is r times the coarse
+/// one, so the first step there must be the step Adam would have taken at the coarse
+/// scale: the same size, not damped by a second moment from larger gradients.
+#[test]
+fn adam_moments_carry_to_a_finer_scale_scaled_by_the_pixel_ratio() {
+    use easel::optim::Adam;
+    let device = Device::flex();
+    let field = |w: usize, h: usize, scale: f32| {
+        // A smooth field, so that resizing it bilinearly changes nothing but its size.
+        let v: Vec<f32> = (0..3 * w * h)
+            .map(|i| {
+                let (x, y) = ((i % w) as f32 / w as f32, ((i / w) % h) as f32 / h as f32);
+                scale * (1.0 + 0.5 * x + 0.25 * y)
+            })
+            .collect();
+        Tensor::<4>::from_data(TensorData::new(v, [1, 3, h, w]), &device)
+    };
+    let step = |adam: &mut Adam, x: Tensor<4>, g: Tensor<4>| {
+        let mut eval = |_: &Tensor<4>| {
+            let costs = easel::loss::Costs {
+                total: 1.0,
+                content: 0.0,
+                style: 0.0,
+                style_layers: vec![],
+                tv: 0.0,
+            };
+            Ok((costs, g.clone()))
+        };
+        let (next, _) = adam.step(1.0, x.clone(), &mut eval).expect("step");
+        common::values(&(x - next))
+    };
+    let (w, h) = (32, 24);
+    let mut coarse = Adam::default();
+    for _ in 0..20 {
+        step(&mut coarse, field(w, h, 0.0), field(w, h, 1.0));
+    }
+    let mut fine = coarse.clone();
+    // What Adam does at the coarse scale on the same gradient once more...
+    let want = step(&mut coarse.clone(), field(w, h, 0.0), field(w, h, 1.0));
+    // ...is what it does at twice the size, where the gradient per pixel is a quarter.
+    fine.carry_to(2 * w as u32, 2 * h as u32);
+    let m = fine.m.as_ref().expect("first moment");
+    assert_eq!(
+        m.dims(),
+        [1, 3, 2 * h, 2 * w],
+        "moments resized to the new scale"
+    );
+    let got = step(
+        &mut fine,
+        field(2 * w, 2 * h, 0.0),
+        field(2 * w, 2 * h, 0.25),
+    );
+    let mean = |v: &[f32]| v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64;
+    let (got, want) = (mean(&got), mean(&want));
+    assert!(
+        (got - want).abs() <= 1e-3 * want.abs(),
+        "first step at the finer scale {got} differs from the coarse scale's {want}"
+    );
+    // Without the scaling, the step shrinks (to 0.94 here, and further over the next
+    // steps as the new, smaller gradients enter v's average): the test can tell.
+    let mut unscaled = coarse.clone();
+    unscaled.m = unscaled
+        .m
+        .map(|m| easel::image::resize_tensor(m, 2 * w as u32, 2 * h as u32));
+    unscaled.v = unscaled
+        .v
+        .map(|v| easel::image::resize_tensor(v, 2 * w as u32, 2 * h as u32));
+    let damped = mean(&step(
+        &mut unscaled,
+        field(2 * w, 2 * h, 0.0),
+        field(2 * w, 2 * h, 0.25),
+    ));
+    assert!(
+        damped < 0.95 * want,
+        "unscaled moments give {damped}, not smaller than {want}"
+    );
+}
+
 #[test]
 fn ema_is_bias_corrected() {
     let device = Device::flex();

@@ -14,8 +14,6 @@ use crate::vgg::{Layer, Vgg19};
 use crate::weights;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
@@ -59,19 +57,6 @@ struct Worker {
     diverged_at: u64,
     last_preview: Instant,
     preview_every_s: f64,
-}
-
-/// Bilinear resize of a `[1, C, H, W]` tensor.
-fn resize_tensor(t: Tensor<4>, w: u32, h: u32) -> Tensor<4> {
-    let [_, _, th, tw] = t.dims();
-    if (tw, th) == (w as usize, h as usize) {
-        return t;
-    }
-    interpolate(
-        t,
-        InterpolateOptions::new(InterpolateMode::Bilinear)
-            .with_output_size([h as usize, w as usize]),
-    )
 }
 
 impl Worker {
@@ -461,24 +446,12 @@ impl Worker {
     fn next_stage(&mut self) {
         self.stage += 1;
         let Stage { width, height, .. } = self.stages[self.stage];
-        let [_, _, old_h, old_w] = self.point.x.dims();
-        let pixels_before = old_w * old_h;
-        self.point.x = resize_tensor(self.point.x.clone(), width, height);
+        self.point.x = img::resize_tensor(self.point.x.clone(), width, height);
         if let Some(ema) = &mut self.point.ema {
-            ema.avg = resize_tensor(ema.avg.clone(), width, height);
+            ema.avg = img::resize_tensor(ema.avg.clone(), width, height);
         }
         match &mut self.point.optimizer {
-            Optimizer::Adam(adam) => {
-                // The costs are normalised per pixel, so each pixel's gradient shrinks
-                // with the pixel count: scale the moments with it, or the carried second
-                // moment would damp the first ~1/(1-beta2) steps of the finer scale.
-                let r = pixels_before as f64 / (width as f64 * height as f64);
-                adam.m = adam.m.take().map(|m| resize_tensor(m, width, height) * r);
-                adam.v = adam
-                    .v
-                    .take()
-                    .map(|v| resize_tensor(v, width, height) * (r * r));
-            }
+            Optimizer::Adam(adam) => adam.carry_to(width, height),
             Optimizer::Lbfgs(l) => l.reset(),
         }
         self.inputs = self.sources.at(width, height, &self.backend.device);
