@@ -349,6 +349,7 @@ fn evaluate_winograd(
         }
     }
     let g = cpu.backward(&acts, tap_grads, pooling);
+    acts.recycle();
     let mut g = Tensor::<4>::from_data(TensorData::new(g, [1, 3, h, w]), &device);
     if let Some(tv) = xa.grad(&grads) {
         g = g + tv;

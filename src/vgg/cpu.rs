@@ -7,7 +7,7 @@
 //! autodiff, which hands this pass the gradient at each tap.
 
 use super::winograd::{Epilogue, WinogradKernel, conv3x3};
-use super::{BLOCK_ENDS, CHANNELS, Layer, Pooling, Vgg19};
+use super::{BLOCK_ENDS, CHANNELS, Layer, Pooling, Vgg19, buffers};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -113,26 +113,30 @@ impl CpuVgg {
         pooling: Pooling,
     ) -> Activations {
         let plane = height * width;
-        let normalised: Vec<f32> = image
-            .par_chunks(plane)
+        let mut normalised = buffers::zeroed(3 * plane);
+        for (ch, (o, p)) in normalised
+            .chunks_mut(plane)
+            .zip(image.chunks(plane))
             .enumerate()
-            .flat_map_iter(|(ch, p)| {
-                let (s, t) = (self.input_scale[ch], self.input_shift[ch]);
-                p.iter().map(move |v| v * s + t)
-            })
-            .collect();
+        {
+            let (s, t) = (self.input_scale[ch], self.input_shift[ch]);
+            o.iter_mut().zip(p).for_each(|(o, v)| *o = v * s + t);
+        }
         let (mut hh, mut ww) = (height, width);
         let mut layers: Vec<Activation> = Vec::with_capacity(deepest.0 + 1);
         for i in 0..=deepest.0 {
-            let pooled;
-            let input: &[f32] = match layers.last() {
-                None => &normalised,
+            let pooled = match layers.last() {
                 Some(prev) if BLOCK_ENDS.contains(&(i - 1)) => {
-                    pooled = pool(&prev.data, prev.channels, hh, ww, pooling);
+                    let p = pool(&prev.data, prev.channels, hh, ww, pooling);
                     (hh, ww) = (hh / 2, ww / 2);
-                    &pooled
+                    Some(p)
                 }
-                Some(prev) => &prev.data,
+                _ => None,
+            };
+            let input: &[f32] = match (&pooled, layers.last()) {
+                (Some(p), _) => p,
+                (None, Some(prev)) => &prev.data,
+                (None, None) => &normalised,
             };
             let conv = &self.convs[i];
             let epilogue = Epilogue {
@@ -140,6 +144,9 @@ impl CpuVgg {
                 relu: true,
             };
             let out = conv3x3(input, None, hh, ww, conv.forward(), epilogue);
+            if let Some(p) = pooled {
+                buffers::give(p);
+            }
             layers.push(Activation {
                 data: out,
                 channels: conv.k,
@@ -147,6 +154,7 @@ impl CpuVgg {
                 width: ww,
             });
         }
+        buffers::give(normalised);
         Activations {
             layers,
             height,
@@ -171,6 +179,7 @@ impl CpuVgg {
                     a.par_iter_mut()
                         .zip(b.par_iter())
                         .for_each(|(x, y)| *x += y);
+                    buffers::give(b);
                     Some(a)
                 }
                 (a, b) => a.or(b),
@@ -190,16 +199,19 @@ impl CpuVgg {
                 conv.input_gradient(),
                 none,
             );
+            buffers::give(grad);
             if i > 0 && BLOCK_ENDS.contains(&(i - 1)) {
                 let prev = &acts.layers[i - 1];
+                let pooled = gin;
                 gin = unpool(
-                    &gin,
+                    &pooled,
                     &prev.data,
                     prev.channels,
                     prev.height,
                     prev.width,
                     pooling,
                 );
+                buffers::give(pooled);
             }
             g = Some(gin);
         }
@@ -215,7 +227,7 @@ impl CpuVgg {
 /// 2x2 stride-2 pooling of `[C][H][W]`; odd sizes drop the last row or column.
 pub fn pool(x: &[f32], c: usize, h: usize, w: usize, pooling: Pooling) -> Vec<f32> {
     let (ho, wo) = (h / 2, w / 2);
-    let mut out = vec![0f32; c * ho * wo];
+    let mut out = buffers::zeroed(c * ho * wo);
     out.par_chunks_mut(ho * wo).enumerate().for_each(|(ch, o)| {
         let p = &x[ch * h * w..][..h * w];
         for y in 0..ho {
@@ -236,7 +248,7 @@ pub fn pool(x: &[f32], c: usize, h: usize, w: usize, pooling: Pooling) -> Vec<f3
 /// sends it all to the first largest (PyTorch's choice on ties).
 pub fn unpool(g: &[f32], x: &[f32], c: usize, h: usize, w: usize, pooling: Pooling) -> Vec<f32> {
     let (ho, wo) = (h / 2, w / 2);
-    let mut out = vec![0f32; c * h * w];
+    let mut out = buffers::zeroed(c * h * w);
     out.par_chunks_mut(h * w).enumerate().for_each(|(ch, o)| {
         let gp = &g[ch * ho * wo..][..ho * wo];
         let p = &x[ch * h * w..][..h * w];
@@ -264,6 +276,13 @@ pub fn unpool(g: &[f32], x: &[f32], c: usize, h: usize, w: usize, pooling: Pooli
         }
     });
     out
+}
+
+impl Activations {
+    /// Gives the buffers back for the next iteration.
+    pub fn recycle(self) {
+        self.layers.into_iter().for_each(|a| buffers::give(a.data));
+    }
 }
 
 impl Activation {
@@ -325,7 +344,7 @@ impl Activation {
                 s[i * c + j] = dg[i * c + j] + dg[j * c + i];
             }
         }
-        let mut out = vec![0f32; c * n];
+        let mut out = buffers::zeroed(c * n);
         // SAFETY: `s` is C x C, `data` and `out` are C x n, all row-major.
         unsafe {
             gemm::gemm(

@@ -5,6 +5,7 @@
 //! (Gatys et al. suggest it) or max; odd sizes round down, as in PyTorch. The network
 //! runs only as deep as the deepest layer asked for.
 
+pub mod buffers;
 pub mod cpu;
 pub mod winograd;
 

@@ -11,6 +11,7 @@
 //! The tiles are processed in blocks small enough that a block's transformed input and
 //! its products stay in cache; blocks run in parallel on rayon's pool.
 
+use super::buffers;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
@@ -231,7 +232,7 @@ pub fn conv3x3(
         assert_eq!(b.len(), k, "bias is not [K]");
     }
     let t = Tiling::new(h, w);
-    let mut out = vec![0f32; k * h * w];
+    let mut out = buffers::zeroed(k * h * w);
     if h == 0 || w == 0 {
         return out;
     }
@@ -354,7 +355,7 @@ fn by_positions(
     let n = t.tiles();
     let plane = t.h * t.w;
     // Layout: [channel][ξ][tile], so that each channel's part is one chunk.
-    let mut v = vec![0f32; c * 36 * n];
+    let mut v = buffers::zeroed(c * 36 * n);
     v.par_chunks_mut(36 * n).enumerate().for_each_init(
         || Scratch::new(t),
         |s, (ch, vc)| {
@@ -365,7 +366,7 @@ fn by_positions(
             }
         },
     );
-    let mut m = vec![0f32; k * 36 * n];
+    let mut m = buffers::zeroed(k * 36 * n);
     let mp = Output(m.as_mut_ptr());
     let threads = rayon::current_num_threads().clamp(1, 36);
     (0..threads).into_par_iter().for_each(|i| {
@@ -404,6 +405,8 @@ fn by_positions(
             }
         },
     );
+    buffers::give(v);
+    buffers::give(m);
 }
 
 /// Transforms tile row `ti` of one channel: writes `dst[ξ * xs + j]` for the row's tiles j.

@@ -1,0 +1,48 @@
+//! Float buffers reused from one iteration to the next by the CPU path.
+//!
+//! Every iteration needs the same large buffers again (activations, gradients, the
+//! Winograd products). Fresh ones come from the operating system as untouched pages, and
+//! each first touch is a page fault: at 512x512 that was a fifth of the iteration's
+//! time, in the kernel. Buffers given back here are handed out again instead.
+
+use std::sync::Mutex;
+
+/// At most this many buffers wait for reuse; beyond it the smallest are freed.
+const KEEP: usize = 48;
+
+static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// A buffer of `len` zeros, reusing the smallest free buffer that holds `len` floats.
+pub fn zeroed(len: usize) -> Vec<f32> {
+    let reused = {
+        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        best.map(|i| free.swap_remove(i))
+    };
+    match reused {
+        Some(mut b) => {
+            b.clear();
+            b.resize(len, 0.0);
+            b
+        }
+        None => vec![0.0; len],
+    }
+}
+
+/// Gives a buffer back for reuse.
+pub fn give(buffer: Vec<f32>) {
+    if buffer.capacity() < 4096 {
+        return;
+    }
+    let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+    free.push(buffer);
+    if free.len() > KEEP {
+        free.sort_by_key(|b| std::cmp::Reverse(b.capacity()));
+        free.truncate(KEEP);
+    }
+}
