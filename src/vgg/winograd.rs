@@ -463,30 +463,45 @@ fn input_row(
             c5[j] = o[5];
         }
     }
-    // B^T along the rows: tile j takes padded columns 4j .. 4j+5.
+    // B^T along the rows: tile j takes padded columns 4j .. 4j+5, that is phases 0..3
+    // of the row split four ways at j, then phases 0 and 1 at j + 1.
+    let n = tw + 1;
     for a in 0..6 {
         let ca = &s.cols[a * wp..][..wp];
-        let q = &mut s.q[..6 * tw];
-        for j in 0..tw {
-            for r in 0..6 {
-                q[r * tw + j] = ca[4 * j + r];
-            }
+        let (p0, rest) = s.q[..4 * n].split_at_mut(n);
+        let (p1, rest) = rest.split_at_mut(n);
+        let (p2, p3) = rest.split_at_mut(n);
+        for (j, c) in ca.chunks_exact(4).enumerate() {
+            p0[j] = c[0];
+            p1[j] = c[1];
+            p2[j] = c[2];
+            p3[j] = c[3];
         }
-        let (q0, q1, q2) = (&q[..tw], &q[tw..2 * tw], &q[2 * tw..3 * tw]);
-        let (q3, q4, q5) = (&q[3 * tw..4 * tw], &q[4 * tw..5 * tw], &q[5 * tw..6 * tw]);
-        for b in 0..6 {
-            let o = &mut dst[(a * 6 + b) * xs..][..tw];
-            for j in 0..tw {
-                let d = [q0[j], q1[j], q2[j], q3[j], q4[j], q5[j]];
-                o[j] = match b {
-                    0 => 4.0 * d[0] - 5.0 * d[2] + d[4],
-                    1 => -4.0 * (d[1] + d[2]) + d[3] + d[4],
-                    2 => 4.0 * (d[1] - d[2]) - d[3] + d[4],
-                    3 => 2.0 * (d[3] - d[1]) - d[2] + d[4],
-                    4 => 2.0 * (d[1] - d[3]) - d[2] + d[4],
-                    _ => 4.0 * d[1] - 5.0 * d[3] + d[5],
-                };
-            }
+        p0[tw] = ca[4 * tw];
+        p1[tw] = ca[4 * tw + 1];
+        let d: [&[f32]; 6] = [
+            &p0[..tw],
+            &p1[..tw],
+            &p2[..tw],
+            &p3[..tw],
+            &p0[1..],
+            &p1[1..],
+        ];
+        let base = &mut dst[a * 6 * xs..];
+        let (o0, rest) = base.split_at_mut(xs);
+        let (o1, rest) = rest.split_at_mut(xs);
+        let (o2, rest) = rest.split_at_mut(xs);
+        let (o3, rest) = rest.split_at_mut(xs);
+        let (o4, rest) = rest.split_at_mut(xs);
+        let o5 = &mut rest[..tw];
+        for j in 0..tw {
+            let o = input_transform([d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]]);
+            o0[j] = o[0];
+            o1[j] = o[1];
+            o2[j] = o[2];
+            o3[j] = o[3];
+            o4[j] = o[4];
+            o5[j] = o[5];
         }
     }
 }
@@ -521,13 +536,14 @@ fn output_row(
             o3[j] = o[3];
         }
     }
-    // A^T along the columns (a -> i), then the pixels interleaved into the rows.
+    // A^T along the columns (a -> i): y[i][jj][j] is pixel (4 ti + i, 4 j + jj).
     let q = &s.cols[..24 * tw];
     for jj in 0..4 {
         let m: [&[f32]; 6] = std::array::from_fn(|a| &q[(a * 4 + jj) * tw..][..tw]);
-        let (o0, rest) = s.out[..4 * tw].split_at_mut(tw);
-        let (o1, rest) = rest.split_at_mut(tw);
-        let (o2, o3) = rest.split_at_mut(tw);
+        let y = &mut s.out[..16 * tw];
+        let (o0, rest) = y[jj * tw..].split_at_mut(4 * tw);
+        let (o1, rest) = rest.split_at_mut(4 * tw);
+        let (o2, o3) = rest.split_at_mut(4 * tw);
         for j in 0..tw {
             let o = output_transform([m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j]]);
             o0[j] = o[0];
@@ -535,16 +551,23 @@ fn output_row(
             o2[j] = o[2];
             o3[j] = o[3];
         }
-        for i in 0..ys {
-            let row = &mut dst[i * w..][..w];
-            let y = &s.out[i * tw..][..tw];
-            for (j, v) in y.iter().enumerate() {
-                let x = 4 * j + jj;
-                if x < w {
-                    let v = v + bias;
-                    row[x] = if relu && v < 0.0 { 0.0 } else { v };
-                }
-            }
+    }
+    // The pixels into the rows, four at a time.
+    let act = |v: f32| {
+        let v = v + bias;
+        if relu && v < 0.0 { 0.0 } else { v }
+    };
+    for i in 0..ys {
+        let y: [&[f32]; 4] = std::array::from_fn(|jj| &s.out[(i * 4 + jj) * tw..][..tw]);
+        let mut px = dst[i * w..][..w].chunks_exact_mut(4);
+        for (j, p) in (&mut px).enumerate() {
+            p[0] = act(y[0][j]);
+            p[1] = act(y[1][j]);
+            p[2] = act(y[2][j]);
+            p[3] = act(y[3][j]);
+        }
+        for (jj, p) in px.into_remainder().iter_mut().enumerate() {
+            *p = act(y[jj][w / 4]);
         }
     }
 }
