@@ -14,6 +14,14 @@ static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 /// A buffer of `len` zeros, reusing the smallest free buffer that holds `len` floats.
 pub fn zeroed(len: usize) -> Vec<f32> {
+    let mut b = any(len);
+    b.fill(0.0);
+    b
+}
+
+/// A buffer of `len` floats with any contents, for a caller that writes every one: a
+/// reused buffer is not cleared first.
+pub fn any(len: usize) -> Vec<f32> {
     let reused = {
         let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
         let best = free
@@ -26,7 +34,7 @@ pub fn zeroed(len: usize) -> Vec<f32> {
     };
     match reused {
         Some(mut b) => {
-            b.clear();
+            // Only floats beyond the old length are written here.
             b.resize(len, 0.0);
             b
         }

@@ -113,7 +113,7 @@ impl CpuVgg {
         pooling: Pooling,
     ) -> Activations {
         let plane = height * width;
-        let mut normalised = buffers::zeroed(3 * plane);
+        let mut normalised = buffers::any(3 * plane);
         for (ch, (o, p)) in normalised
             .chunks_mut(plane)
             .zip(image.chunks(plane))
@@ -227,7 +227,7 @@ impl CpuVgg {
 /// 2x2 stride-2 pooling of `[C][H][W]`; odd sizes drop the last row or column.
 pub fn pool(x: &[f32], c: usize, h: usize, w: usize, pooling: Pooling) -> Vec<f32> {
     let (ho, wo) = (h / 2, w / 2);
-    let mut out = buffers::zeroed(c * ho * wo);
+    let mut out = buffers::any(c * ho * wo);
     out.par_chunks_mut(ho * wo).enumerate().for_each(|(ch, o)| {
         let p = &x[ch * h * w..][..h * w];
         for y in 0..ho {
@@ -344,7 +344,7 @@ impl Activation {
                 s[i * c + j] = dg[i * c + j] + dg[j * c + i];
             }
         }
-        let mut out = buffers::zeroed(c * n);
+        let mut out = buffers::any(c * n);
         // SAFETY: `s` is C x C, `data` and `out` are C x n, all row-major.
         unsafe {
             gemm::gemm(

@@ -232,7 +232,7 @@ pub fn conv3x3(
         assert_eq!(b.len(), k, "bias is not [K]");
     }
     let t = Tiling::new(h, w);
-    let mut out = buffers::zeroed(k * h * w);
+    let mut out = buffers::any(k * h * w);
     if h == 0 || w == 0 {
         return out;
     }
@@ -355,7 +355,7 @@ fn by_positions(
     let n = t.tiles();
     let plane = t.h * t.w;
     // Layout: [channel][ξ][tile], so that each channel's part is one chunk.
-    let mut v = buffers::zeroed(c * 36 * n);
+    let mut v = buffers::any(c * 36 * n);
     v.par_chunks_mut(36 * n).enumerate().for_each_init(
         || Scratch::new(t),
         |s, (ch, vc)| {
@@ -366,7 +366,7 @@ fn by_positions(
             }
         },
     );
-    let mut m = buffers::zeroed(k * 36 * n);
+    let mut m = buffers::any(k * 36 * n);
     let mp = Output(m.as_mut_ptr());
     let threads = rayon::current_num_threads().clamp(1, 36);
     (0..threads).into_par_iter().for_each(|i| {
