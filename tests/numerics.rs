@@ -6,24 +6,10 @@ mod common;
 
 use burn::tensor::{Device, Tensor};
 use common::*;
-use easel::loss::{self, CostWeights, Targets, gram};
+use easel::loss::{self, Targets, gram};
 use easel::optim::{Optimizer, OptimizerSpec};
 use easel::vgg::{Layer, Vgg19};
 use std::path::Path;
-
-fn seed_weights() -> CostWeights {
-    let layer = |n: &str| Layer::parse(n).expect("layer");
-    CostWeights {
-        alpha: 10.0,
-        beta: 40.0,
-        content_layer: layer("conv4_2"),
-        style_layers: ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
-            .iter()
-            .map(|n| (layer(n), 0.2))
-            .collect(),
-        tv_weight: 0.0,
-    }
-}
 
 fn network(case: &str, device: &Device) -> Vgg19 {
     match case {

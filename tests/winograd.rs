@@ -9,8 +9,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
 use easel::loss::{self, CostWeights, Targets};
+use easel::vgg::Pooling;
 use easel::vgg::winograd::{Epilogue, WinogradKernel, conv3x3};
-use easel::vgg::{Layer, Pooling};
 
 fn noise(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed;
@@ -92,27 +92,16 @@ fn one_convolution_matches_burn_at_odd_sizes() {
     check_conv(512, 512, 1, 1);
 }
 
-fn seed_weights() -> CostWeights {
-    let layer = |n: &str| Layer::parse(n).expect("layer");
-    CostWeights {
-        alpha: 10.0,
-        beta: 40.0,
-        content_layer: layer("conv4_2"),
-        style_layers: ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
-            .iter()
-            .map(|n| (layer(n), 0.2))
-            .collect(),
-        tv_weight: 0.5,
-    }
-}
-
 /// The whole cost and its gradient with the real weights, Winograd against burn.
 fn check_network(pooling: Pooling) {
     let device = Device::flex();
     let (h, w) = (45, 62);
     let image = |seed: u64| tensor(&noise(3 * h * w, seed, 1.0), [1, 3, h, w], &device) * 100.0;
     let (content, style, x) = (image(10), image(11), image(12));
-    let weights = seed_weights();
+    let weights = CostWeights {
+        tv_weight: 0.5,
+        ..seed_weights()
+    };
     let winograd = easel::weights::load(&real_weights(), &device)
         .expect("real weights")
         .with_pooling(pooling);

@@ -6,6 +6,7 @@
 //! back. That chain is written here once; the losses above the taps still use burn's
 //! autodiff, which hands this pass the gradient at each tap.
 
+use super::matmul::{View, matmul};
 use super::winograd::{Epilogue, WinogradKernel, conv3x3};
 use super::{BLOCK_ENDS, CHANNELS, Layer, Pooling, Vgg19, buffers};
 use anyhow::{Context, Result};
@@ -304,32 +305,10 @@ impl Activation {
 impl Activation {
     /// The Gram matrix `A A^T` (`[C][C]`) of this activation unrolled to `[C][H W]`.
     pub fn gram(&self) -> Vec<f32> {
-        let (c, n) = (self.channels, self.height * self.width);
+        let c = self.channels;
+        let a = View::row_major(&self.data, c, self.height * self.width);
         let mut g = vec![0f32; c * c];
-        // SAFETY: `g` is C x C, `data` is C x n, both row-major and of those sizes.
-        unsafe {
-            gemm::gemm(
-                c,
-                c,
-                n,
-                g.as_mut_ptr(),
-                1,
-                c as isize,
-                false,
-                self.data.as_ptr(),
-                1,
-                n as isize,
-                self.data.as_ptr(),
-                n as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(),
-            );
-        }
+        matmul(a, a.transposed(), &mut g);
         g
     }
 
@@ -345,37 +324,11 @@ impl Activation {
             }
         }
         let mut out = buffers::any(c * n);
-        // SAFETY: `s` is C x C, `data` and `out` are C x n, all row-major.
-        unsafe {
-            gemm::gemm(
-                c,
-                n,
-                c,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                s.as_ptr(),
-                1,
-                c as isize,
-                self.data.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(),
-            );
-        }
+        matmul(
+            View::row_major(&s, c, c),
+            View::row_major(&self.data, c, n),
+            &mut out,
+        );
         out
-    }
-}
-
-fn parallelism() -> gemm::Parallelism {
-    match rayon::current_num_threads() {
-        0 | 1 => gemm::Parallelism::None,
-        n => gemm::Parallelism::Rayon(n),
     }
 }

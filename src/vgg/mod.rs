@@ -7,6 +7,7 @@
 
 pub mod buffers;
 pub mod cpu;
+pub mod matmul;
 pub mod winograd;
 
 use anyhow::{Result, bail};

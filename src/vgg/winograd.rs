@@ -51,6 +51,33 @@ fn output_transform(m: [f32; 6]) -> [f32; 4] {
     ]
 }
 
+/// Applies a transform of six values to `n` columns at once: for each `j`,
+/// `dst[r * stride + j] = f([src[0][j], .., src[5][j]])[r]`. Written for the vectoriser:
+/// every row is a plain slice of length `n`.
+#[inline(always)]
+fn transform_columns<const O: usize>(
+    src: [&[f32]; 6],
+    dst: &mut [f32],
+    stride: usize,
+    n: usize,
+    f: impl Fn([f32; 6]) -> [f32; O],
+) {
+    let src = src.map(|s| &s[..n]);
+    let mut rows = dst.chunks_mut(stride);
+    let mut out: [&mut [f32]; O] = std::array::from_fn(|_| {
+        let row = rows.next().expect("the destination holds O rows");
+        &mut row[..n]
+    });
+    for j in 0..n {
+        let o = f([
+            src[0][j], src[1][j], src[2][j], src[3][j], src[4][j], src[5][j],
+        ]);
+        for (row, v) in out.iter_mut().zip(o) {
+            row[j] = v;
+        }
+    }
+}
+
 /// A convolution's weights in the transformed domain: for each of the 36 positions ξ,
 /// a row-major `[K][C]` matrix.
 pub struct WinogradKernel {
@@ -444,25 +471,8 @@ fn input_row(
         }
     }
     // B^T along the columns, for every x at once.
-    {
-        let (r, c) = (&s.rows, &mut s.cols);
-        let (r0, r1, r2) = (&r[..wp], &r[wp..2 * wp], &r[2 * wp..3 * wp]);
-        let (r3, r4, r5) = (&r[3 * wp..4 * wp], &r[4 * wp..5 * wp], &r[5 * wp..6 * wp]);
-        let (c0, rest) = c.split_at_mut(wp);
-        let (c1, rest) = rest.split_at_mut(wp);
-        let (c2, rest) = rest.split_at_mut(wp);
-        let (c3, rest) = rest.split_at_mut(wp);
-        let (c4, c5) = rest.split_at_mut(wp);
-        for j in 0..wp {
-            let o = input_transform([r0[j], r1[j], r2[j], r3[j], r4[j], r5[j]]);
-            c0[j] = o[0];
-            c1[j] = o[1];
-            c2[j] = o[2];
-            c3[j] = o[3];
-            c4[j] = o[4];
-            c5[j] = o[5];
-        }
-    }
+    let rows: [&[f32]; 6] = std::array::from_fn(|i| &s.rows[i * wp..][..wp]);
+    transform_columns(rows, &mut s.cols, wp, wp, input_transform);
     // B^T along the rows: tile j takes padded columns 4j .. 4j+5, that is phases 0..3
     // of the row split four ways at j, then phases 0 and 1 at j + 1.
     let n = tw + 1;
@@ -487,22 +497,7 @@ fn input_row(
             &p0[1..],
             &p1[1..],
         ];
-        let base = &mut dst[a * 6 * xs..];
-        let (o0, rest) = base.split_at_mut(xs);
-        let (o1, rest) = rest.split_at_mut(xs);
-        let (o2, rest) = rest.split_at_mut(xs);
-        let (o3, rest) = rest.split_at_mut(xs);
-        let (o4, rest) = rest.split_at_mut(xs);
-        let o5 = &mut rest[..tw];
-        for j in 0..tw {
-            let o = input_transform([d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]]);
-            o0[j] = o[0];
-            o1[j] = o[1];
-            o2[j] = o[2];
-            o3[j] = o[3];
-            o4[j] = o[4];
-            o5[j] = o[5];
-        }
+        transform_columns(d, &mut dst[a * 6 * xs..], xs, tw, input_transform);
     }
 }
 
@@ -522,35 +517,15 @@ fn output_row(
 ) {
     let (w, tw) = (t.w, t.tw);
     // q[a][jj][j]: A^T along the rows (b -> jj) for each a.
-    let q = &mut s.cols[..24 * tw];
     for a in 0..6 {
         let m: [&[f32]; 6] = std::array::from_fn(|b| &src[(a * 6 + b) * xs..][..tw]);
-        let (o0, rest) = q[a * 4 * tw..][..4 * tw].split_at_mut(tw);
-        let (o1, rest) = rest.split_at_mut(tw);
-        let (o2, o3) = rest.split_at_mut(tw);
-        for j in 0..tw {
-            let o = output_transform([m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j]]);
-            o0[j] = o[0];
-            o1[j] = o[1];
-            o2[j] = o[2];
-            o3[j] = o[3];
-        }
+        transform_columns(m, &mut s.cols[a * 4 * tw..], tw, tw, output_transform);
     }
     // A^T along the columns (a -> i): y[i][jj][j] is pixel (4 ti + i, 4 j + jj).
     let q = &s.cols[..24 * tw];
     for jj in 0..4 {
         let m: [&[f32]; 6] = std::array::from_fn(|a| &q[(a * 4 + jj) * tw..][..tw]);
-        let y = &mut s.out[..16 * tw];
-        let (o0, rest) = y[jj * tw..].split_at_mut(4 * tw);
-        let (o1, rest) = rest.split_at_mut(4 * tw);
-        let (o2, o3) = rest.split_at_mut(4 * tw);
-        for j in 0..tw {
-            let o = output_transform([m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j]]);
-            o0[j] = o[0];
-            o1[j] = o[1];
-            o2[j] = o[2];
-            o3[j] = o[3];
-        }
+        transform_columns(m, &mut s.out[jj * tw..], 4 * tw, tw, output_transform);
     }
     // The pixels into the rows, four at a time.
     let act = |v: f32| {

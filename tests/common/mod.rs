@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use burn::tensor::{Device, Tensor, TensorData};
+use easel::loss::CostWeights;
+use easel::vgg::Layer;
 use easel::weights::{self, HostTensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -182,5 +184,21 @@ pub fn assert_same_trajectory(a: &[serde_json::Value], b: &[serde_json::Value], 
             "{what}: iteration {}: {jx} vs {jy}",
             x["iter"]
         );
+    }
+}
+
+/// The seed's cost weights: alpha 10, beta 40, content at conv4_2, five style layers at
+/// 0.2, no TV.
+pub fn seed_weights() -> CostWeights {
+    let layer = |n: &str| Layer::parse(n).expect("layer");
+    CostWeights {
+        alpha: 10.0,
+        beta: 40.0,
+        content_layer: layer("conv4_2"),
+        style_layers: ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+            .iter()
+            .map(|n| (layer(n), 0.2))
+            .collect(),
+        tv_weight: 0.0,
     }
 }
