@@ -58,12 +58,6 @@ pub fn content_cost(a_c: Tensor<4>, a_g: Tensor<4>) -> Tensor<1> {
     sum_squares(a_c - a_g) / (4.0 * (c * h * w) as f64)
 }
 
-/// `J_style[l]` from the style Gram and the generated image's activation.
-pub fn layer_style_cost(g_s: Tensor<2>, a_g: Tensor<4>) -> Tensor<1> {
-    let [_, c, h, w] = a_g.dims();
-    style_cost_of_gram(g_s, gram(a_g), [c, h, w])
-}
-
 /// `J_style[l]` from the style Gram and the Gram `g` of an activation of size `[C, H, W]`.
 pub fn style_cost_of_gram(g_s: Tensor<2>, g: Tensor<2>, [c, h, w]: [usize; 3]) -> Tensor<1> {
     // Scale before squaring: Gram entries reach 1e9 at conv1_1, their squares would

@@ -82,11 +82,6 @@ impl WinogradKernel {
         }
         Self::new(&turned, c, k)
     }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.u.len() * 4
-    }
 }
 
 /// What is done to the output: bias added, then ReLU.
