@@ -1,14 +1,14 @@
 //! `easel bench`: seconds per iteration on the real network, where the time goes, peak
 //! memory, and the wall time coarse to fine saves.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendKind, Precision};
 use crate::engine::{self, Destination, Event, RunSpec};
 use crate::image as img;
-use crate::loss::{self, Targets};
+use crate::network::{ConvChoice, Network};
 use crate::optim::{Optimizer, OptimizerSpec};
 use crate::preset::Preset;
 use crate::vgg::cpu::{CpuVgg, pool, unpool};
-use crate::vgg::{Layer, Pooling, Vgg19};
+use crate::vgg::{Layer, Pooling};
 use crate::weights;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
@@ -30,12 +30,20 @@ pub fn parse_size(s: &str) -> Result<(u32, u32)> {
     Ok((w.trim().parse()?, h.trim().parse()?))
 }
 
-/// Memory in use on the device (GPU backends), in MiB.
+/// Memory in use on the device, in MiB: burn's pool on wgpu, the card's used memory
+/// (all processes) on CUDA.
 fn device_mib(backend: &Backend) -> Option<f64> {
-    backend
-        .device
-        .memory_pool_usage()
-        .map(|u| u.bytes_reserved as f64 / (1u64 << 20) as f64)
+    match backend.kind {
+        BackendKind::Cpu => None,
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => crate::backend::cuda_device()
+            .ok()
+            .map(|d| (d.total - d.free) as f64 / (1u64 << 20) as f64),
+        _ => backend
+            .device
+            .memory_pool_usage()
+            .map(|u| u.bytes_reserved as f64 / (1u64 << 20) as f64),
+    }
 }
 
 /// Blocks until the device has finished the queued work.
@@ -43,14 +51,37 @@ fn sync(t: &Tensor<4>) {
     let _ = t.clone().sum().into_scalar::<f32>();
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchOptimizer {
+    Adam,
+    Lbfgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchConv {
+    Winograd,
+    Direct,
+    Both,
+}
+
+impl BenchConv {
+    fn choices(self) -> Vec<ConvChoice> {
+        match self {
+            BenchConv::Winograd => vec![ConvChoice::Winograd],
+            BenchConv::Direct => vec![ConvChoice::Direct],
+            BenchConv::Both => vec![ConvChoice::Winograd, ConvChoice::Direct],
+        }
+    }
+}
+
 pub struct BenchOptions<'a> {
     pub sizes: &'a [String],
     pub iters: usize,
-    pub optimizer: &'a str,
+    pub optimizer: BenchOptimizer,
     /// Also time the forward pass alone (the rest is the backward pass and the costs).
     pub profile: bool,
-    /// `winograd`, `direct` or `both`.
-    pub conv: &'a str,
+    pub conv: BenchConv,
+    pub precision: Precision,
 }
 
 /// Times `iters` iterations (after one warm-up) at each size with the default preset's
@@ -58,33 +89,30 @@ pub struct BenchOptions<'a> {
 pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result<()> {
     let preset = Preset::load(Path::new("presets/default.yaml"), &[])?;
     let spec = match opts.optimizer {
-        "adam" => OptimizerSpec::adam(2.0),
-        "lbfgs" => OptimizerSpec::lbfgs(1.0, 100),
-        other => bail!("unknown optimizer `{other}`: use adam or lbfgs"),
+        BenchOptimizer::Adam => OptimizerSpec::adam(2.0),
+        BenchOptimizer::Lbfgs => OptimizerSpec::lbfgs(1.0, 100),
     };
-    let device = &backend.device;
-    let vgg = weights::load(weights_path, device)?.with_pooling(preset.pooling);
-    let variants: Vec<(&str, Vgg19)> = match opts.conv {
-        "winograd" => vec![("winograd", vgg)],
-        "direct" => vec![("direct", vgg.with_winograd(false)?)],
-        "both" => vec![
-            ("winograd", vgg.clone()),
-            ("direct", vgg.with_winograd(false)?),
-        ],
-        other => bail!("unknown convolution `{other}`: use winograd, direct or both"),
-    };
+    let vgg = weights::load(weights_path, &backend.device)?.with_pooling(preset.pooling);
+    let networks: Vec<Network> = match backend.kind {
+        // Only the CPU has a choice of convolution.
+        BackendKind::Cpu => opts.conv.choices(),
+        _ => vec![ConvChoice::Winograd],
+    }
+    .into_iter()
+    .map(|conv| Network::new(vgg.clone(), &backend, conv, opts.precision))
+    .collect::<Result<_>>()?;
     let content = img::load_rgb(&preset.content)?;
     let style = img::load_rgb(&preset.style.images()[0].0)?;
     let cost = preset.cost_weights();
     println!(
-        "easel bench: {} on {}, {} timed iterations per size after 1 warm-up",
+        "easel bench: {:?} on {}, {} timed iterations per size after 1 warm-up",
         opts.optimizer, backend.description, opts.iters
     );
     print!(
         "{:>10} {:>9} {:>12} {:>14}",
         "size", "conv", "s/iteration", "peak RSS MiB"
     );
-    if backend.kind == "gpu" {
+    if backend.kind.is_gpu() {
         print!(" {:>14}", "GPU MiB");
     }
     if opts.profile {
@@ -94,31 +122,26 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
     for s in opts.sizes {
         let (w, h) = parse_size(s)?;
         let mut first = None;
-        for (conv, vgg) in &variants {
-            // A direct run on the GPU is the same as a Winograd one: only flex differs.
-            let conv = if vgg.winograd().is_some() || backend.kind == "cpu" {
-                *conv
-            } else {
-                "burn"
-            };
-            let per = time_iterations(vgg, &content, &style, &cost, &spec, w, h, opts.iters)?;
+        for network in &networks {
+            let per = time_iterations(network, &content, &style, &cost, &spec, w, h, opts.iters)?;
+            let conv = network.path_name();
             print!("{s:>10} {conv:>9} {per:>12.3} {:>14}", mib(peak_rss_mib()));
-            if backend.kind == "gpu" {
+            if backend.kind.is_gpu() {
                 print!(" {:>14}", mib(device_mib(&backend)));
             }
             if opts.profile {
-                let c = img::to_pixel_space(&img::resize(&content, w, h), device);
-                let deepest = Layer::parse("conv5_1").unwrap_or(Layer(12));
+                let c = img::to_pixel_space(&img::resize(&content, w, h), &network.device());
+                let deepest = Layer(DEEPEST_STYLE);
                 let t = Instant::now();
                 for _ in 0..opts.iters {
-                    let taps = vgg.forward(c.clone(), deepest);
+                    let taps = network.features(c.clone(), deepest)?;
                     sync(&taps[deepest.0]);
                 }
                 let fwd = t.elapsed().as_secs_f64() / opts.iters.max(1) as f64;
                 print!(" {fwd:>12.3} {:>12.3}", per - fwd);
             }
             if opts.profile
-                && let Some(cpu) = vgg.winograd()
+                && let Some(cpu) = network.winograd()
             {
                 println!();
                 profile_layers(cpu, w as usize, h as usize, preset.pooling, opts.iters);
@@ -132,6 +155,9 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
     }
     Ok(())
 }
+
+/// The deepest layer the default preset reads: conv5_1.
+const DEEPEST_STYLE: usize = 12;
 
 /// Where the Winograd path's time goes: each convolution forward and backward (to its
 /// input), and the pooling, at `w` x `h`, as far as conv5_1.
@@ -151,7 +177,7 @@ fn profile_layers(cpu: &CpuVgg, w: usize, h: usize, pooling: Pooling, iters: usi
     );
     let (mut hh, mut ww) = (h, w);
     let (mut total_f, mut total_b, mut total_p) = (0.0, 0.0, 0.0);
-    for i in 0..=12 {
+    for i in 0..=DEEPEST_STYLE {
         let (fwd, bwd, bias) = cpu.layer(Layer(i));
         let (c, k) = (fwd.c, fwd.k);
         let x: Vec<f32> = (0..c * hh * ww).map(|j| (j % 7) as f32 - 3.0).collect();
@@ -209,7 +235,7 @@ fn mib(m: Option<f64>) -> String {
 /// Seconds per optimiser step at `w` x `h`, over `iters` steps after one warm-up.
 #[allow(clippy::too_many_arguments)]
 fn time_iterations(
-    vgg: &Vgg19,
+    network: &Network,
     content: &image::RgbImage,
     style: &image::RgbImage,
     cost: &crate::loss::CostWeights,
@@ -218,13 +244,13 @@ fn time_iterations(
     h: u32,
     iters: usize,
 ) -> Result<f64> {
-    let device = &vgg.device();
+    let device = &network.device();
     let c = img::to_pixel_space(&img::resize(content, w, h), device);
     let st = img::to_pixel_space(&img::resize(style, w, h), device);
-    let targets = Targets::compute(vgg, c.clone(), &[(st, 1.0)], cost);
+    let targets = network.targets(c.clone(), &[(st, 1.0)], cost)?;
     let mut x = img::uniform_noise(0, w as usize, h as usize, device) * 0.6 + c * 0.4;
     let mut opt = Optimizer::new(spec);
-    let mut eval = |x: &Tensor<4>| loss::evaluate(vgg, x, &targets, cost);
+    let mut eval = |x: &Tensor<4>| network.evaluate(x, &targets, cost);
     let mut timed = 0.0;
     for i in 0..=iters {
         let t = Instant::now();

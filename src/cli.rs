@@ -1,6 +1,7 @@
-//! The command line (SPEC §3).
+//! The command line (docs/design.md §2).
 
-use crate::backend::BackendChoice;
+use crate::backend::{BackendChoice, Precision};
+use crate::bench::{BenchConv, BenchOptimizer};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -49,8 +50,8 @@ pub enum Cmd {
         /// Folder for the run directory (default: runs/).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// cpu, gpu or auto (overrides the preset's `backend`).
-        #[arg(long)]
+        /// Where to compute (overrides the preset's `backend`).
+        #[arg(long, value_enum)]
         backend: Option<BackendChoice>,
         #[command(flatten)]
         args: RunArgs,
@@ -61,7 +62,7 @@ pub enum Cmd {
         /// Override a setting of the run, e.g. --set iterations=400 to run longer.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        #[arg(long)]
+        #[arg(long, value_enum)]
         backend: Option<BackendChoice>,
         #[command(flatten)]
         args: RunArgs,
@@ -79,18 +80,21 @@ pub enum Cmd {
         /// Timed iterations per size (after one warm-up iteration).
         #[arg(long, default_value_t = 5)]
         iters: usize,
-        #[arg(long, default_value = "cpu")]
+        #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
         backend: BackendChoice,
-        /// Optimiser to time: adam or lbfgs.
-        #[arg(long, default_value = "adam")]
-        optimizer: String,
+        /// Optimiser to time.
+        #[arg(long, value_enum, default_value_t = BenchOptimizer::Adam)]
+        optimizer: BenchOptimizer,
         /// Also time the forward pass alone.
         #[arg(long)]
         profile: bool,
         /// The CPU's convolution: winograd (easel's), direct (burn's im2col), or both,
         /// timed one after the other at each size.
-        #[arg(long, default_value = "winograd")]
-        conv: String,
+        #[arg(long, value_enum, default_value_t = BenchConv::Winograd)]
+        conv: BenchConv,
+        /// The CUDA path's arithmetic.
+        #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+        precision: Precision,
         /// Instead: the wall time for coarse to fine to reach the J a plain run reaches
         /// after --target-iterations, at the first size.
         #[arg(long)]

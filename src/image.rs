@@ -1,6 +1,6 @@
 //! Images in and out: loading, resizing, the VGG pixel space, saving.
 //!
-//! Pixel space (SPEC §2): RGB on 0..255 minus the ImageNet means. The optimiser works in
+//! Pixel space (docs/design.md §1): RGB on 0..255 minus the ImageNet means. The optimiser works in
 //! this space; a saved image is `clip(x + means, 0, 255)` rounded.
 
 use crate::atomic;

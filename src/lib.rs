@@ -1,10 +1,13 @@
 //! easel: neural style transfer (Gatys et al.) as a library and a terminal workbench.
 //!
 //! The pipeline, one module per stage:
-//! [`image`] (pixels in and out) -> [`vgg`] (VGG-19 features) -> [`loss`] (content,
-//! Gram, style, TV) -> [`optim`] (Adam, L-BFGS on the image) -> [`engine`] (the run as
-//! a state machine in a worker thread) -> front ends ([`tui`], [`frontend`]).
-//! [`preset`], [`weights`], [`run_dir`] and [`cli`] hold the files and the command line.
+//! [`image`] (pixels in and out) -> [`vgg`] (VGG-19's weights and the CPU's kernels) ->
+//! [`loss`] (content, Gram, style, TV) -> [`network`] (the seam: features and the image
+//! gradient, one implementation per compute path) -> [`optim`] (Adam, L-BFGS on the
+//! image) -> [`engine`] (the run as a state machine in a worker thread) -> front ends
+//! ([`tui`], [`frontend`]). [`backend`] picks the device and path; [`preset`],
+//! [`weights`], [`run_dir`] and [`cli`] hold the files and the command line. The
+//! formulas and file formats are in docs/design.md.
 
 pub mod atomic;
 pub mod backend;
@@ -15,6 +18,7 @@ pub mod engine;
 pub mod frontend;
 pub mod image;
 pub mod loss;
+pub mod network;
 pub mod optim;
 pub mod preset;
 pub mod run_dir;

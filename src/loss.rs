@@ -1,13 +1,12 @@
-//! The costs of SPEC §2, each with its per-layer breakdown.
+//! The costs of docs/design.md §1, each with its per-layer breakdown.
 //!
 //! - content: `sum((a_C - a_G)^2) / (4 nH nW nC)` at one layer;
 //! - Gram: `A A^T` for the activation unrolled to `(nC, nH*nW)`;
 //! - style of a layer: `sum((G_S - G_G)^2) / (4 nC^2 (nH nW)^2)`;
 //! - style: `sum_l lambda_l J_style[l]`; total: `alpha J_content + beta J_style + tv_weight TV`.
 
-use crate::vgg::cpu::CpuVgg;
-use crate::vgg::{Layer, Pooling, Vgg19};
-use burn::tensor::{FloatDType, Tensor, TensorData};
+use crate::vgg::Layer;
+use burn::tensor::{FloatDType, Tensor};
 
 /// Squares and sums in float64. The costs are sums of up to millions of float32 terms;
 /// a float32 total carries ~1e-7 relative noise, which is the size of J's change over the
@@ -75,6 +74,10 @@ pub fn tv_cost(x: Tensor<4>) -> Tensor<1> {
     sum_squares(dy) + sum_squares(dx)
 }
 
+/// Features of an image up to a layer: every layer's activation from `conv1_1` on, as
+/// the network seam (`crate::network`) computes them.
+pub type Features<'a> = dyn Fn(Tensor<4>, Layer) -> anyhow::Result<Vec<Tensor<4>>> + 'a;
+
 /// What the cost compares against: the content activation and the (blended) style
 /// Grams, computed once per run from the fixed images.
 #[derive(Debug, Clone)]
@@ -83,21 +86,28 @@ pub struct Targets {
     pub content: Tensor<4>,
     /// One Gram per style layer, in the order of `CostWeights::style_layers`.
     pub grams: Vec<(Layer, Tensor<2>)>,
+    /// Tells one set of targets from another, so that a compute path may keep its own
+    /// copy (the CUDA path keeps them on the card) and know when it is stale.
+    id: u64,
+}
+
+fn next_targets_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Targets {
     /// Computes the targets. `styles` are pixel-space images with their blend weights;
     /// their Grams are mixed by weight.
     pub fn compute(
-        vgg: &Vgg19,
+        features: &Features,
         content: Tensor<4>,
         styles: &[(Tensor<4>, f64)],
         weights: &CostWeights,
-    ) -> Targets {
+    ) -> anyhow::Result<Targets> {
         let [_, _, hc, wc] = content.dims();
-        let content_act = vgg
-            .forward(content, weights.content_layer)
-            .swap_remove(weights.content_layer.0);
+        let content_act =
+            features(content, weights.content_layer)?.swap_remove(weights.content_layer.0);
         let deepest_style = weights
             .style_layers
             .iter()
@@ -111,7 +121,7 @@ impl Targets {
             // Gram over more or fewer pixels: bring it to the output's pixel count.
             let [_, _, hs, ws] = image.dims();
             let blend = blend * (hc * wc) as f64 / (hs * ws) as f64;
-            let taps = vgg.forward(image.clone(), deepest_style);
+            let taps = features(image.clone(), deepest_style)?;
             for (k, (layer, _)) in weights.style_layers.iter().enumerate() {
                 let g = gram(taps[layer.0].clone()) * (blend / total);
                 match grams.get_mut(k) {
@@ -120,11 +130,26 @@ impl Targets {
                 }
             }
         }
-        Targets {
+        Ok(Targets {
             content_layer: weights.content_layer,
             content: content_act,
             grams,
+            id: next_targets_id(),
+        })
+    }
+
+    /// The same style targets with another content layer and its activation.
+    pub fn with_content(self, layer: Layer, content: Tensor<4>) -> Targets {
+        Targets {
+            content_layer: layer,
+            content,
+            grams: self.grams,
+            id: next_targets_id(),
         }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn to_device(&self, device: &burn::tensor::Device) -> Targets {
@@ -136,6 +161,7 @@ impl Targets {
                 .iter()
                 .map(|(l, g)| (*l, g.clone().to_device(device)))
                 .collect(),
+            id: next_targets_id(),
         }
     }
 }
@@ -167,14 +193,14 @@ impl Costs {
     }
 }
 
-/// Evaluates the cost of `x`. `targets` must match `weights` (same content layer).
+/// Evaluates the cost of `x` from its features `taps` (as deep as `weights.deepest()`).
+/// `targets` must match `weights` (same content layer).
 pub fn cost_terms(
-    vgg: &Vgg19,
+    taps: &[Tensor<4>],
     x: Tensor<4>,
     targets: &Targets,
     weights: &CostWeights,
 ) -> CostTerms {
-    let taps = vgg.forward(x.clone(), weights.deepest());
     let reads = Reads {
         content: taps[weights.content_layer.0].clone(),
         grams: weights
@@ -191,13 +217,13 @@ pub fn cost_terms(
 
 /// What the cost reads from the network for one image: the content layer's activation
 /// and, per style layer, its Gram with the activation's size `[C, H, W]`.
-struct Reads {
-    content: Tensor<4>,
-    grams: Vec<(Tensor<2>, [usize; 3])>,
+pub struct Reads {
+    pub content: Tensor<4>,
+    pub grams: Vec<(Tensor<2>, [usize; 3])>,
 }
 
 /// The cost from what it reads; `x` is used only for total variation.
-fn terms_from_reads(
+pub fn terms_from_reads(
     reads: Reads,
     x: Tensor<4>,
     targets: &Targets,
@@ -241,117 +267,35 @@ impl CostTerms {
         parts.extend(self.style.iter().map(|t| t.clone().inner()));
         let all = Tensor::cat(parts, 0).into_data().convert::<f64>();
         let v: Vec<f64> = all.try_to_vec::<f64>().unwrap_or_default();
+        let mut costs = Costs::from_parts(weights, v[1], &v[3..], v[2]);
+        // The total as the tape summed it, which the gradient is the gradient of.
+        costs.total = v[0];
+        costs
+    }
+}
+
+impl Costs {
+    /// The costs from their unweighted parts: `J_content`, `J_style[l]` per style layer
+    /// (in the order of `weights.style_layers`) and TV.
+    pub fn from_parts(weights: &CostWeights, content: f64, style: &[f64], tv: f64) -> Costs {
         let style_layers: Vec<(Layer, f64)> = weights
             .style_layers
             .iter()
-            .zip(&v[3..])
+            .zip(style)
             .map(|((l, _), j)| (*l, *j))
             .collect();
-        let style = weights
+        let style: f64 = weights
             .style_layers
             .iter()
-            .zip(&v[3..])
+            .zip(style)
             .map(|((_, lambda), j)| lambda * j)
             .sum();
         Costs {
-            total: v[0],
-            content: v[1],
+            total: weights.alpha * content + weights.beta * style + weights.tv_weight * tv,
+            content,
             style,
             style_layers,
-            tv: v[2],
+            tv,
         }
     }
-}
-
-/// The cost of `x` and the gradient of the total cost with respect to its pixels.
-pub fn evaluate(
-    vgg: &Vgg19,
-    x: &Tensor<4>,
-    targets: &Targets,
-    weights: &CostWeights,
-) -> anyhow::Result<(Costs, Tensor<4>)> {
-    if let Some(cpu) = vgg.winograd() {
-        return evaluate_winograd(cpu, vgg.pooling, x, targets, weights);
-    }
-    let xa = x.clone().inner().autodiff().require_grad();
-    let terms = cost_terms(vgg, xa.clone(), targets, weights);
-    let costs = terms.read(weights);
-    let grads = terms.total.backward();
-    let g = xa
-        .grad(&grads)
-        .ok_or_else(|| anyhow::anyhow!("the backward pass produced no gradient for the image"))?;
-    Ok((costs, g))
-}
-
-/// [`evaluate`] on the Winograd path: the network, and the Grams of the style layers,
-/// run forward and backward outside the autodiff tape, which covers only the costs from
-/// the content activation and the Grams (and TV from the image).
-fn evaluate_winograd(
-    cpu: &CpuVgg,
-    pooling: Pooling,
-    x: &Tensor<4>,
-    targets: &Targets,
-    weights: &CostWeights,
-) -> anyhow::Result<(Costs, Tensor<4>)> {
-    let plain = x.clone().inner();
-    let device = plain.device();
-    let [_, _, h, w] = plain.dims();
-    let pixels = floats(plain.to_data(), "the image")?;
-    let acts = cpu.forward(&pixels, h, w, weights.deepest(), pooling);
-    let leaf = |data: Vec<f32>, shape: Vec<usize>| {
-        Tensor::<2>::from_data(TensorData::new(data, shape), &device)
-            .autodiff()
-            .require_grad()
-    };
-    let content_act = &acts.layers[weights.content_layer.0];
-    let content = content_act.to_tensor(&device).autodiff().require_grad();
-    let grams: Vec<(Tensor<2>, [usize; 3])> = weights
-        .style_layers
-        .iter()
-        .map(|(l, _)| {
-            let a = &acts.layers[l.0];
-            let g = leaf(a.gram(), vec![a.channels, a.channels]);
-            (g, [a.channels, a.height, a.width])
-        })
-        .collect();
-    let xa = plain.autodiff().require_grad();
-    let reads = Reads {
-        content: content.clone(),
-        grams: grams.clone(),
-    };
-    let terms = terms_from_reads(reads, xa.clone(), targets, weights);
-    let costs = terms.read(weights);
-    let grads = terms.total.backward();
-
-    // The gradient at each layer the cost read: the content's directly, the Grams'
-    // through the Gram's adjoint.
-    let mut tap_grads: Vec<Option<Vec<f32>>> = vec![None; acts.layers.len()];
-    let mut add = |layer: usize, g: Vec<f32>| match &mut tap_grads[layer] {
-        Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
-        slot => *slot = Some(g),
-    };
-    if let Some(g) = content.grad(&grads) {
-        add(
-            weights.content_layer.0,
-            floats(g.into_data(), "the content gradient")?,
-        );
-    }
-    for ((l, _), (g, _)) in weights.style_layers.iter().zip(&grams) {
-        if let Some(dg) = g.grad(&grads) {
-            let dg = floats(dg.into_data(), "a Gram's gradient")?;
-            add(l.0, acts.layers[l.0].gram_adjoint(&dg));
-        }
-    }
-    let g = cpu.backward(&acts, tap_grads, pooling);
-    acts.recycle();
-    let mut g = Tensor::<4>::from_data(TensorData::new(g, [1, 3, h, w]), &device);
-    if let Some(tv) = xa.grad(&grads) {
-        g = g + tv;
-    }
-    Ok((costs, g))
-}
-
-fn floats(data: TensorData, what: &str) -> anyhow::Result<Vec<f32>> {
-    data.try_into_vec_as::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading {what} back: {e:?}"))
 }

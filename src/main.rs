@@ -74,6 +74,7 @@ fn real_main() -> Result<ExitCode> {
             optimizer,
             profile,
             conv,
+            precision,
             time_to_target,
             target_iterations,
             weights: w,
@@ -88,9 +89,10 @@ fn real_main() -> Result<ExitCode> {
                 let opts = bench::BenchOptions {
                     sizes: &sizes,
                     iters,
-                    optimizer: &optimizer,
+                    optimizer,
                     profile,
-                    conv: &conv,
+                    conv,
+                    precision,
                 };
                 bench::run(&weights_path, backend, &opts)?;
             }
@@ -106,23 +108,12 @@ fn run(
     backend: Option<BackendChoice>,
     args: &RunArgs,
 ) -> Result<ExitCode> {
-    let mut preset = Preset::load(preset_path, set)?;
-    if let Some(b) = backend {
-        preset.backend = b;
-    }
-    let backend = Backend::resolve(preset.backend)?;
-    let weights_path = weights::resolve(args.weights.as_deref())?;
+    let preset = Preset::load(preset_path, set)?;
     let base = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("runs"));
     start(
-        RunSpec {
-            preset,
-            destination: Destination::New(base),
-            weights: weights_path,
-            backend,
-            preview_every_s: 2.0,
-        },
+        run_spec(preset, Destination::New(base), backend, args)?,
         args,
     )
 }
@@ -141,24 +132,33 @@ fn resume(
             run_dir::CHECKPOINT
         );
     }
-    let mut preset = Preset::load(&preset_path, set)
+    let preset = Preset::load(&preset_path, set)
         .with_context(|| format!("cannot resume {}", dir.display()))?;
+    let run_dir = RunDir::open(dir)?;
+    start(
+        run_spec(preset, Destination::Resume(run_dir), backend, args)?,
+        args,
+    )
+}
+
+/// What `run` and `resume` both start from: `--backend` over the preset's, resolved,
+/// and the weights.
+fn run_spec(
+    mut preset: Preset,
+    destination: Destination,
+    backend: Option<BackendChoice>,
+    args: &RunArgs,
+) -> Result<RunSpec> {
     if let Some(b) = backend {
         preset.backend = b;
     }
-    let backend = Backend::resolve(preset.backend)?;
-    let weights_path = weights::resolve(args.weights.as_deref())?;
-    let run_dir = RunDir::open(dir)?;
-    start(
-        RunSpec {
-            preset,
-            destination: Destination::Resume(run_dir),
-            weights: weights_path,
-            backend,
-            preview_every_s: 2.0,
-        },
-        args,
-    )
+    Ok(RunSpec {
+        backend: Backend::resolve(preset.backend)?,
+        weights: weights::resolve(args.weights.as_deref())?,
+        preset,
+        destination,
+        preview_every_s: 2.0,
+    })
 }
 
 fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {

@@ -1,10 +1,10 @@
-//! Presets: the YAML file that describes a run (SPEC §3), `--set` overrides, validation.
+//! Presets: the YAML file that describes a run (docs/design.md §2), `--set` overrides, validation.
 //!
 //! Paths in a preset are relative to the preset file. Every error names the file, the
 //! key and the fix.
 
 use crate::atomic;
-use crate::backend::BackendChoice;
+use crate::backend::{BackendChoice, Precision};
 use crate::color::PreserveColors;
 use crate::engine::schedule::Scales;
 use crate::image::Size;
@@ -76,7 +76,7 @@ pub struct Change {
     pub value: Value,
 }
 
-/// A preset, as in SPEC §3.
+/// A preset, as in docs/design.md §2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preset {
@@ -109,6 +109,9 @@ pub struct Preset {
     pub save_every: u64,
     #[serde(default)]
     pub backend: BackendChoice,
+    /// The CUDA path's arithmetic: fp32, or tf32 on tensor cores.
+    #[serde(default, skip_serializing_if = "is_fp32")]
+    pub precision: Precision,
     /// Coarse to fine: `{min_side: 128, steps: 5}` (off when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scales: Option<Scales>,
@@ -129,6 +132,10 @@ pub struct Preset {
     /// Settings changed during a run (written into a run directory's `preset.yaml`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<Change>,
+}
+
+fn is_fp32(p: &Precision) -> bool {
+    *p == Precision::Fp32
 }
 
 fn is_zero(v: &f64) -> bool {

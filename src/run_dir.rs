@@ -1,4 +1,4 @@
-//! The run directory (SPEC §3): `preset.yaml`, `losses.jsonl`, `snapshots/`,
+//! The run directory (docs/design.md §2): `preset.yaml`, `losses.jsonl`, `snapshots/`,
 //! `final.png`, and `checkpoint.safetensors` for `easel resume`.
 //!
 //! Every file but the append-only `losses.jsonl` is written atomically; a torn last line

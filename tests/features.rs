@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use easel::color;
 use easel::engine::Ema;
 use easel::engine::schedule::{Scales, Stage, stages};
-use easel::loss::{Targets, gram};
+use easel::loss::gram;
 use easel::vgg::Layer;
 use std::path::{Path, PathBuf};
 
@@ -196,15 +196,13 @@ fn blended_styles_mix_grams_by_weight() {
     )
     .expect("preset");
     let weights = preset.cost_weights();
-    let blended = Targets::compute(
-        &vgg,
-        content,
-        &[(a.clone(), 1.0), (b.clone(), 3.0)],
-        &weights,
-    );
+    let net = common::on_cpu(vgg);
+    let blended = net
+        .targets(content, &[(a.clone(), 1.0), (b.clone(), 3.0)], &weights)
+        .expect("targets");
     let conv1_1 = Layer::parse("conv1_1").expect("layer");
-    let ga = gram(vgg.forward(a, conv1_1).swap_remove(0));
-    let gb = gram(vgg.forward(b, conv1_1).swap_remove(0));
+    let ga = gram(net.activation(a, conv1_1).expect("features"));
+    let gb = gram(net.activation(b, conv1_1).expect("features"));
     let want = common::values(&(ga * 0.25 + gb * 0.75));
     let got = common::values(&blended.grams[0].1);
     assert!(common::rel_err(&got, &want) < 1e-6);

@@ -9,14 +9,13 @@ mod common;
 use burn::tensor::{Device, Tensor};
 use common::*;
 use easel::backend::{Backend, BackendChoice};
-use easel::engine::{self, Command, Destination, Event, RunSpec};
-use easel::loss::{self, Targets};
+use easel::engine::{Destination, RunSpec};
+use easel::network::ConvChoice;
 use easel::optim::{Optimizer, OptimizerSpec};
 use easel::preset::Preset;
 use easel::vgg::Layer;
 use std::path::Path;
 use std::sync::Once;
-use std::time::Duration;
 
 static SOFTWARE_OK: Once = Once::new();
 
@@ -28,7 +27,7 @@ fn gpu() -> Backend {
         // test sets the same value.
         unsafe { std::env::set_var("EASEL_ALLOW_SOFTWARE_GPU", "1") };
     });
-    Backend::gpu().expect("a wgpu adapter (on machines without a GPU install mesa-vulkan-drivers)")
+    Backend::wgpu().expect("a wgpu adapter (on machines without a GPU install mesa-vulkan-drivers)")
 }
 
 #[test]
@@ -36,7 +35,11 @@ fn gpu_matches_pytorch_at_the_smallest_size() {
     let backend = gpu();
     let device = &backend.device;
     let fx = fixture("real");
-    let vgg = easel::weights::load(&real_weights(), device).expect("weights");
+    let vgg = on(
+        easel::weights::load(&real_weights(), device).expect("weights"),
+        &backend,
+        ConvChoice::Winograd,
+    );
     let preset = Preset::load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("presets/quick.yaml"),
         &[],
@@ -44,7 +47,9 @@ fn gpu_matches_pytorch_at_the_smallest_size() {
     .expect("preset");
     let weights = preset.cost_weights();
     let x0: Tensor<4> = fx.tensor("x0", device);
-    let taps = vgg.forward(x0.clone(), Layer::parse("conv5_1").expect("layer"));
+    let taps = vgg
+        .features(x0.clone(), Layer::parse("conv5_1").expect("layer"))
+        .expect("features");
     for name in ["conv1_1", "conv3_1", "conv5_1"] {
         let l = Layer::parse(name).expect("layer");
         let e = rel_err(&values(&taps[l.0]), &fx.host(&format!("act.{name}")).1);
@@ -53,13 +58,14 @@ fn gpu_matches_pytorch_at_the_smallest_size() {
             "gpu activation {name} differs from PyTorch by {e:e}"
         );
     }
-    let targets = Targets::compute(
-        &vgg,
-        fx.tensor("content", device),
-        &[(fx.tensor("style", device), 1.0)],
-        &weights,
-    );
-    let (costs, grad) = loss::evaluate(&vgg, &x0, &targets, &weights).expect("evaluate");
+    let targets = vgg
+        .targets(
+            fx.tensor("content", device),
+            &[(fx.tensor("style", device), 1.0)],
+            &weights,
+        )
+        .expect("targets");
+    let (costs, grad) = vgg.evaluate(&x0, &targets, &weights).expect("evaluate");
     assert!(
         rel(costs.total, fx.f64("J")) <= 1e-4,
         "gpu J {} vs {}",
@@ -70,7 +76,7 @@ fn gpu_matches_pytorch_at_the_smallest_size() {
     assert!(e <= 1e-3, "gpu gradient differs from PyTorch by {e:e}");
     let mut opt = Optimizer::new(&OptimizerSpec::adam(2.0));
     let mut x = x0;
-    let mut eval = |x: &Tensor<4>| loss::evaluate(&vgg, x, &targets, &weights);
+    let mut eval = |x: &Tensor<4>| vgg.evaluate(x, &targets, &weights);
     for (k, want) in fx.list("adam_J").into_iter().take(4).enumerate() {
         let (next, c) = opt.step(2.0, x, &mut eval).expect("step");
         assert!(
@@ -104,28 +110,7 @@ fn run_spec(dir: &Path) -> RunSpec {
 
 /// J per iteration with backend switches requested after the given iterations.
 fn trajectory(dir: &Path, switches: &[(u64, BackendChoice)]) -> Vec<(f64, String)> {
-    let mut handle = engine::spawn(run_spec(dir));
-    let mut out = Vec::new();
-    loop {
-        match handle
-            .events
-            .recv_timeout(Duration::from_secs(600))
-            .expect("the engine keeps talking")
-        {
-            Event::Iteration(r) => {
-                if let Some((_, to)) = switches.iter().find(|(after, _)| *after == r.iter) {
-                    handle.send(Command::SwitchBackend(*to));
-                }
-                out.push((r.j, r.backend));
-            }
-            Event::Notice(n) if n.contains("cannot switch") => panic!("{n}"),
-            Event::Failed(e) => panic!("{e}"),
-            Event::Finished { .. } => break,
-            _ => {}
-        }
-    }
-    handle.join();
-    out
+    switching_trajectory(run_spec(dir), switches)
 }
 
 #[test]
@@ -137,11 +122,11 @@ fn a_run_switches_cpu_gpu_cpu_between_iterations() {
     // before iteration 3 or 4 (commands are read before each step).
     let switched = trajectory(
         dir.path(),
-        &[(2, BackendChoice::Gpu), (5, BackendChoice::Cpu)],
+        &[(2, BackendChoice::Wgpu), (5, BackendChoice::Cpu)],
     );
     assert_eq!(plain.len(), switched.len());
     assert!(
-        switched.iter().any(|(_, b)| b == "gpu"),
+        switched.iter().any(|(_, b)| b == "wgpu"),
         "some iterations ran on the GPU: {switched:?}"
     );
     assert_eq!(

@@ -6,7 +6,8 @@ mod common;
 
 use burn::tensor::{Device, Tensor};
 use common::*;
-use easel::loss::{self, Targets, gram};
+use easel::loss::gram;
+use easel::network::{ConvChoice, Network};
 use easel::optim::{Optimizer, OptimizerSpec};
 use easel::vgg::{Layer, Vgg19};
 use std::path::Path;
@@ -25,13 +26,16 @@ fn check_case(case: &str) {
     let device = Device::flex();
     let fx = fixture(case);
     let vgg = network(case, &device);
+    let net = on_cpu(vgg.clone());
     let weights = seed_weights();
     let content: Tensor<4> = fx.tensor("content", &device);
     let style: Tensor<4> = fx.tensor("style", &device);
     let x0: Tensor<4> = fx.tensor("x0", &device);
 
     // Forward values: activations and Grams to 1e-4.
-    let taps = vgg.forward(x0.clone(), Layer::parse("conv5_1").expect("layer"));
+    let taps = net
+        .features(x0.clone(), Layer::parse("conv5_1").expect("layer"))
+        .expect("features");
     for name in ["conv1_1", "conv2_1", "conv3_1", "conv4_2", "conv5_1"] {
         let l = Layer::parse(name).expect("layer");
         let e = rel_err(&values(&taps[l.0]), &fx.host(&format!("act.{name}")).1);
@@ -40,7 +44,9 @@ fn check_case(case: &str) {
             "{case}: activation {name} differs from PyTorch by {e:e}"
         );
     }
-    let style_taps = vgg.forward(style.clone(), Layer::parse("conv5_1").expect("layer"));
+    let style_taps = net
+        .features(style.clone(), Layer::parse("conv5_1").expect("layer"))
+        .expect("features");
     for (l, _) in &weights.style_layers {
         let g = gram(style_taps[l.0].clone());
         let e = rel_err(&values(&g), &fx.host(&format!("gram.{l}")).1);
@@ -48,8 +54,10 @@ fn check_case(case: &str) {
     }
 
     // Costs to 1e-4, gradient to 1e-3.
-    let targets = Targets::compute(&vgg, content, &[(style, 1.0)], &weights);
-    let (costs, grad) = loss::evaluate(&vgg, &x0, &targets, &weights).expect("evaluate");
+    let targets = net
+        .targets(content, &[(style, 1.0)], &weights)
+        .expect("targets");
+    let (costs, grad) = net.evaluate(&x0, &targets, &weights).expect("evaluate");
     assert!(
         rel(costs.content, fx.f64("J_content")) <= 1e-4,
         "{case}: J_content {} vs {}",
@@ -78,11 +86,11 @@ fn check_case(case: &str) {
     assert!(e <= 1e-3, "{case}: gradient differs from PyTorch by {e:e}");
 
     // Trajectories to 1e-3.
-    let trajectory = |vgg: &Vgg19, spec: OptimizerSpec, steps: usize| -> Vec<f64> {
+    let trajectory = |net: &Network, spec: OptimizerSpec, steps: usize| -> Vec<f64> {
         let mut opt = Optimizer::new(&spec);
         let mut x = x0.clone();
         let mut js = Vec::new();
-        let mut eval = |x: &Tensor<4>| loss::evaluate(vgg, x, &targets, &weights);
+        let mut eval = |x: &Tensor<4>| net.evaluate(x, &targets, &weights);
         for _ in 0..steps {
             let (next, c) = opt.step(spec.lr(), x, &mut eval).expect("step");
             js.push(c.total);
@@ -91,7 +99,7 @@ fn check_case(case: &str) {
         js.push(eval(&x).expect("evaluate").0.total);
         js
     };
-    let adam = trajectory(&vgg, OptimizerSpec::adam(2.0), 5);
+    let adam = trajectory(&net, OptimizerSpec::adam(2.0), 5);
     for (k, (got, want)) in adam.iter().zip(fx.list("adam_J")).enumerate() {
         assert!(
             rel(*got, want) <= 1e-3,
@@ -114,10 +122,7 @@ fn check_case(case: &str) {
     // first iteration 7.899e9 against 7.876e9). So this L-BFGS check runs on burn's direct
     // convolution; tests/winograd.rs holds the Winograd path to it.
     if case == "real" {
-        let direct = vgg
-            .clone()
-            .with_winograd(false)
-            .expect("direct convolution");
+        let direct = on(vgg, &easel::backend::Backend::cpu(), ConvChoice::Direct);
         let lbfgs = trajectory(&direct, OptimizerSpec::lbfgs(1.0, 100), 3);
         for (k, (got, want)) in lbfgs.iter().zip(fx.list("lbfgs_maxeval26_J")).enumerate() {
             assert!(
@@ -144,7 +149,7 @@ fn real_network_matches_pytorch() {
 fn real_network_lowers_cost_at_64px() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let device = Device::flex();
-    let vgg = network("real", &device);
+    let net = on_cpu(network("real", &device));
     let preset = easel::preset::Preset::load(
         &root.join("presets/default.yaml"),
         &["size={width: 64, height: 64}".into()],
@@ -159,10 +164,12 @@ fn real_network_lowers_cost_at_64px() {
     };
     let content = load(&preset.content);
     let style = load(&preset.style.images()[0].0);
-    let targets = Targets::compute(&vgg, content.clone(), &[(style, 1.0)], &weights);
+    let targets = net
+        .targets(content.clone(), &[(style, 1.0)], &weights)
+        .expect("targets");
     let mut x = easel::image::uniform_noise(0, 64, 64, &device) * 0.6 + content * 0.4;
     let mut opt = Optimizer::new(&preset.optimizer);
-    let mut eval = |x: &Tensor<4>| loss::evaluate(&vgg, x, &targets, &weights);
+    let mut eval = |x: &Tensor<4>| net.evaluate(x, &targets, &weights);
     let mut j0 = 0.0;
     for i in 0..30 {
         let (next, c) = opt.step(2.0, x, &mut eval).expect("step");

@@ -1,7 +1,6 @@
 //! The workbench without a terminal: key handling (keys in, commands out) and rendering
 //! with ratatui's TestBackend against insta snapshots at 80x24 and 120x40.
 
-use easel::backend::BackendChoice;
 use easel::engine::{Command, Event, RunState, Setting};
 use easel::preset::Preset;
 use easel::run_dir::Record;
@@ -249,7 +248,7 @@ fn b_asks_for_the_other_backend() {
     let mut app = app();
     assert_eq!(
         press(&mut app, KeyCode::Char('b')),
-        vec![Action::Send(Command::SwitchBackend(BackendChoice::Gpu))]
+        vec![Action::Send(Command::NextBackend)]
     );
 }
 

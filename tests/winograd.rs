@@ -8,7 +8,8 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
-use easel::loss::{self, CostWeights, Targets};
+use easel::loss::CostWeights;
+use easel::network::ConvChoice;
 use easel::vgg::Pooling;
 use easel::vgg::winograd::{Epilogue, WinogradKernel, conv3x3};
 
@@ -102,36 +103,32 @@ fn check_network(pooling: Pooling) {
         tv_weight: 0.5,
         ..seed_weights()
     };
-    let winograd = easel::weights::load(&real_weights(), &device)
+    let vgg = easel::weights::load(&real_weights(), &device)
         .expect("real weights")
         .with_pooling(pooling);
+    let cpu = easel::backend::Backend::cpu();
+    let winograd = on(vgg.clone(), &cpu, ConvChoice::Winograd);
     assert!(
         winograd.winograd().is_some(),
-        "burn-flex runs the Winograd path"
+        "the CPU runs the Winograd path"
     );
-    let plain = winograd.clone().with_winograd(false).expect("plain path");
+    let plain = on(vgg, &cpu, ConvChoice::Direct);
     assert!(plain.winograd().is_none());
 
-    let run = |vgg: &easel::vgg::Vgg19| {
-        let targets = Targets::compute(vgg, content.clone(), &[(style.clone(), 1.0)], &weights);
-        loss::evaluate(vgg, &x, &targets, &weights).expect("evaluate")
+    let run = |net: &easel::network::Network| {
+        let targets = net
+            .targets(content.clone(), &[(style.clone(), 1.0)], &weights)
+            .expect("targets");
+        net.evaluate(&x, &targets, &weights).expect("evaluate")
     };
     let (want, want_g) = run(&plain);
     let (got, got_g) = run(&winograd);
-    for (what, a, b) in [
-        ("J", got.total, want.total),
-        ("J_content", got.content, want.content),
-        ("J_style", got.style, want.style),
-        ("TV", got.tv, want.tv),
-    ] {
-        assert!(rel(a, b) <= 1e-4, "{pooling:?}: {what} {a} vs burn's {b}");
-    }
-    for ((l, a), (_, b)) in got.style_layers.iter().zip(&want.style_layers) {
-        assert!(
-            rel(*a, *b) <= 1e-4,
-            "{pooling:?}: J_style[{l}] {a} vs burn's {b}"
-        );
-    }
+    assert_same_costs(
+        &got,
+        &want,
+        1e-4,
+        &format!("{pooling:?}, Winograd against burn"),
+    );
     let e = rel_err(&values(&got_g), &values(&want_g));
     eprintln!(
         "{pooling:?}: J {:.1e}, gradient {e:.1e}",

@@ -58,6 +58,8 @@ pub enum Command {
     Preview,
     /// Moves the run to another backend between two iterations.
     SwitchBackend(BackendChoice),
+    /// Moves the run to the next backend this machine can use (cpu, cuda, wgpu, cpu...).
+    NextBackend,
     /// Writes the current settings as a preset file named `name` (replacing the file
     /// if it exists: the front end asks first).
     SavePreset {

@@ -4,13 +4,14 @@
 use super::inputs::{Inputs, Sources};
 use super::schedule::{self, Stage};
 use super::{Checkpoint, Command, Destination, Ema, Event, Point, RunSpec, RunState, Setting};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendChoice};
 use crate::image as img;
-use crate::loss::{self, CostWeights, Targets};
+use crate::loss::{CostWeights, Targets};
+use crate::network::{ConvChoice, Network};
 use crate::optim::Optimizer;
 use crate::preset::{Change, Preset};
 use crate::run_dir::{self, Record, RunDir};
-use crate::vgg::{Layer, Vgg19};
+use crate::vgg::Layer;
 use crate::weights;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
@@ -36,7 +37,7 @@ struct Worker {
     weights: CostWeights,
     run_dir: RunDir,
     backend: Backend,
-    vgg: Vgg19,
+    network: Network,
     sources: Sources,
     /// The scales of the run (one without coarse to fine) and the current one.
     stages: Vec<Stage>,
@@ -71,8 +72,10 @@ impl Worker {
         let sources = Sources::load(&preset)?;
         let (w, h) = sources.output_size(&preset);
         crate::backend::check_memory(w as usize, h as usize, &preset.optimizer)?;
+        crate::backend::check_device_memory(&backend, w as usize, h as usize)?;
         let stages = schedule::stages(preset.scales.as_ref(), w, h, preset.iterations);
         let vgg = weights::load(&weights_path, &backend.device)?.with_pooling(preset.pooling);
+        let network = Network::new(vgg, &backend, ConvChoice::Winograd, preset.precision)?;
         let cost_weights = preset.cost_weights();
         let (run_dir, point, elapsed_s, best_j, history) = match destination {
             Destination::Resume(run_dir) => {
@@ -116,7 +119,7 @@ impl Worker {
             );
         }
         let inputs = sources.at(width, height, &backend.device);
-        let targets = Targets::compute(&vgg, inputs.content.clone(), &inputs.styles, &cost_weights);
+        let targets = network.targets(inputs.content.clone(), &inputs.styles, &cost_weights)?;
         let _ = tx.send(Event::Started {
             run_dir: run_dir.path.clone(),
             backend: backend.description.clone(),
@@ -131,7 +134,7 @@ impl Worker {
             preset,
             run_dir,
             backend,
-            vgg,
+            network,
             sources,
             stages,
             stage,
@@ -211,6 +214,13 @@ impl Worker {
                 }
             }
             Command::Preview => self.send_preview(),
+            Command::NextBackend => match self.next_backend() {
+                Some(choice) => self.apply(Command::SwitchBackend(choice)),
+                None => self.emit(Event::Notice(format!(
+                    "no other backend is usable here: staying on {}",
+                    self.backend.description
+                ))),
+            },
             Command::SwitchBackend(choice) => match Backend::resolve(choice) {
                 Ok(b) => self.switch_backend(b),
                 Err(e) => self.emit(Event::Notice(format!("cannot switch backend: {e:#}"))),
@@ -301,9 +311,16 @@ impl Worker {
     fn set_content_layer(&mut self, layer: Layer) {
         self.preset.content_layer = layer.name().to_string();
         self.weights = self.preset.cost_weights();
-        let taps = self.vgg.forward(self.inputs.content.clone(), layer);
-        self.targets.content_layer = layer;
-        self.targets.content = taps[layer.0].clone();
+        let content = match self.network.activation(self.inputs.content.clone(), layer) {
+            Ok(a) => a,
+            Err(e) => {
+                self.emit(Event::Notice(format!(
+                    "cannot change the content layer: {e:#}"
+                )));
+                return;
+            }
+        };
+        self.targets = self.targets.clone().with_content(layer, content);
         self.point.optimizer.cost_changed();
         self.best_j = f64::INFINITY;
         let value = serde_yaml_ng::Value::String(layer.name().into());
@@ -312,11 +329,22 @@ impl Worker {
         }
     }
 
+    /// The usable backend after the current one, in the order cpu, cuda, wgpu.
+    fn next_backend(&self) -> Option<BackendChoice> {
+        let usable = Backend::usable();
+        let here = usable
+            .iter()
+            .position(|c| c.kind() == Some(self.backend.kind))
+            .unwrap_or(0);
+        let next = usable[(here + 1) % usable.len()];
+        (next.kind() != Some(self.backend.kind)).then_some(next)
+    }
+
     /// Moves everything the run holds to another device, between two iterations.
     fn switch_backend(&mut self, backend: Backend) {
         let device = &backend.device;
-        self.vgg = match self.vgg.to_device(device) {
-            Ok(vgg) => vgg,
+        self.network = match self.network.to_backend(&backend) {
+            Ok(network) => network,
             Err(e) => {
                 self.emit(Event::Notice(format!(
                     "staying on {}: {e:#}",
@@ -342,14 +370,14 @@ impl Worker {
 
     fn step(&mut self) -> Result<()> {
         if self.point.iter >= self.stages[self.stage].end && self.stage + 1 < self.stages.len() {
-            self.next_stage();
+            self.next_stage()?;
         }
         let started = Instant::now();
         let candidate = self.point.clone();
         let lr = self.preset.optimizer.lr();
         let result = {
-            let (vgg, targets, weights) = (&self.vgg, &self.targets, &self.weights);
-            let mut eval = |x: &Tensor<4>| loss::evaluate(vgg, x, targets, weights);
+            let (network, targets, weights) = (&self.network, &self.targets, &self.weights);
+            let mut eval = |x: &Tensor<4>| network.evaluate(x, targets, weights);
             self.point
                 .optimizer
                 .step(lr, self.point.x.clone(), &mut eval)
@@ -381,7 +409,7 @@ impl Worker {
                 .map(|(l, j)| (l.name().to_string(), *j))
                 .collect(),
             elapsed_s: elapsed_before,
-            backend: self.backend.kind.to_string(),
+            backend: self.backend.kind.name().to_string(),
         };
         self.run_dir.append_record(&record)?;
         self.emit(Event::Iteration(record));
@@ -443,7 +471,7 @@ impl Worker {
 
     /// Moves to the next scale: the image, Adam's moments and the average are
     /// upsampled; L-BFGS starts a new history; the targets are computed at the new size.
-    fn next_stage(&mut self) {
+    fn next_stage(&mut self) -> Result<()> {
         self.stage += 1;
         let Stage { width, height, .. } = self.stages[self.stage];
         self.point.x = img::resize_tensor(self.point.x.clone(), width, height);
@@ -455,12 +483,11 @@ impl Worker {
             Optimizer::Lbfgs(l) => l.reset(),
         }
         self.inputs = self.sources.at(width, height, &self.backend.device);
-        self.targets = Targets::compute(
-            &self.vgg,
+        self.targets = self.network.targets(
             self.inputs.content.clone(),
             &self.inputs.styles,
             &self.weights,
-        );
+        )?;
         self.best_j = f64::INFINITY;
         self.good = None;
         self.emit(Event::Notice(format!(
@@ -469,6 +496,7 @@ impl Worker {
             self.stages.len(),
             self.point.iter
         )));
+        Ok(())
     }
 
     /// The picture of the run as it stands: the averaged image where `ema` is on.

@@ -1,7 +1,6 @@
 //! The workbench's state and what keys do to it, with no drawing and no terminal:
 //! keys in, settings and engine commands out.
 
-use crate::backend::BackendChoice;
 use crate::engine::{Command, Event, RunState, Setting};
 use crate::preset::Preset;
 use crate::run_dir::Record;
@@ -413,14 +412,7 @@ impl App {
                 self.mode = Mode::PresetName(base);
                 Vec::new()
             }
-            KeyCode::Char('b') => {
-                let to = if self.backend.starts_with("cpu") {
-                    BackendChoice::Gpu
-                } else {
-                    BackendChoice::Cpu
-                };
-                vec![Action::Send(Command::SwitchBackend(to))]
-            }
+            KeyCode::Char('b') => vec![Action::Send(Command::NextBackend)],
             _ => Vec::new(),
         }
     }

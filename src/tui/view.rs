@@ -392,7 +392,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("s", "save a snapshot and a checkpoint now"),
     ("r", "refresh the preview now"),
     ("p", "save the settings as a preset in presets/"),
-    ("b", "switch between GPU and CPU"),
+    ("b", "next usable backend (cpu, cuda, wgpu)"),
     ("?", "this help (Esc closes)"),
     ("q  Ctrl-C", "stop the run (asks first) and quit"),
 ];

@@ -8,8 +8,7 @@
 
 use super::matmul::{View, matmul};
 use super::winograd::{Epilogue, WinogradKernel, conv3x3};
-use super::{BLOCK_ENDS, CHANNELS, Layer, Pooling, Vgg19, buffers};
-use anyhow::{Context, Result};
+use super::{BLOCK_ENDS, CHANNELS, HostWeights, Layer, Pooling, buffers};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -57,13 +56,6 @@ pub struct Activation {
     pub width: usize,
 }
 
-fn floats(t: &burn::tensor::Tensor<1>) -> Result<Vec<f32>> {
-    t.to_data()
-        .try_into_vec_as::<f32>()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))
-        .context("reading the network's weights")
-}
-
 impl std::fmt::Debug for CpuVgg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CpuVgg")
@@ -71,14 +63,14 @@ impl std::fmt::Debug for CpuVgg {
 }
 
 impl CpuVgg {
-    pub fn new(vgg: &Vgg19) -> Result<Self> {
+    pub fn new(weights: &HostWeights) -> Self {
         let mut convs = Vec::with_capacity(16);
         let mut c = 3;
-        for (i, conv) in vgg.convs.iter().enumerate() {
+        for (i, (weight, bias)) in weights.convs.iter().enumerate() {
             let k = CHANNELS[i];
             convs.push(CpuConv {
-                weight: floats(&conv.weight.clone().reshape([-1]))?,
-                bias: floats(&conv.bias)?,
+                weight: weight.clone(),
+                bias: bias.clone(),
                 c,
                 k,
                 forward: OnceLock::new(),
@@ -86,16 +78,11 @@ impl CpuVgg {
             });
             c = k;
         }
-        let three = |t: &burn::tensor::Tensor<4>| -> Result<[f32; 3]> {
-            let v = floats(&t.clone().reshape([-1]))?;
-            v.try_into()
-                .map_err(|_| anyhow::anyhow!("the input normalisation is not per channel"))
-        };
-        Ok(CpuVgg {
+        CpuVgg {
             convs,
-            input_scale: three(&vgg.input_scale)?,
-            input_shift: three(&vgg.input_shift)?,
-        })
+            input_scale: weights.input_scale,
+            input_shift: weights.input_shift,
+        }
     }
 
     /// Layer `i`'s forward kernel, its input-gradient kernel and its bias (for profiling).

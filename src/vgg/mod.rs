@@ -16,7 +16,6 @@ use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::sync::Arc;
 
 /// The sixteen layer names in network order.
 pub const LAYER_NAMES: [&str; 16] = [
@@ -70,8 +69,10 @@ pub struct Conv {
     pub bias: Tensor<1>,
 }
 
-/// The network. Its tensors live on a plain (non-autodiff) device: they are constants,
-/// so the backward pass computes no weight gradients.
+/// The network's weights as burn tensors, with the pooling between blocks. The tensors
+/// live on a plain (non-autodiff) device: they are constants, so the backward pass
+/// computes no weight gradients. Which kernels run them is the network seam's choice
+/// (`crate::network`); this type only runs burn's own.
 #[derive(Debug, Clone)]
 pub struct Vgg19 {
     pub convs: Vec<Conv>,
@@ -80,10 +81,22 @@ pub struct Vgg19 {
     pub input_scale: Tensor<4>,
     pub input_shift: Tensor<4>,
     pub pooling: Pooling,
-    /// The Winograd path, when the tensors are on burn-flex (see [`cpu`]).
-    cpu: Option<Arc<cpu::CpuVgg>>,
-    /// Whether to use the Winograd path when on burn-flex.
-    winograd: bool,
+}
+
+/// The weights as plain floats, for the compute paths that run outside burn.
+pub struct HostWeights {
+    /// Per layer: weight `[K][C][3][3]` and bias `[K]`.
+    pub convs: Vec<(Vec<f32>, Vec<f32>)>,
+    pub input_scale: [f32; 3],
+    pub input_shift: [f32; 3],
+}
+
+fn host_floats<const D: usize>(t: &Tensor<D>) -> Result<Vec<f32>> {
+    t.clone()
+        .reshape([-1])
+        .to_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading the network's weights: {e:?}"))
 }
 
 impl Vgg19 {
@@ -110,32 +123,12 @@ impl Vgg19 {
             }
             cin = CHANNELS[i];
         }
-        let vgg = Vgg19 {
+        Ok(Vgg19 {
             convs,
             input_scale,
             input_shift,
             pooling: Pooling::Avg,
-            cpu: None,
-            winograd: true,
-        };
-        vgg.with_winograd(true)
-    }
-
-    /// Turns the CPU's Winograd path on or off; off, every backend uses burn's own
-    /// convolution. It only takes effect on burn-flex.
-    pub fn with_winograd(mut self, on: bool) -> Result<Self> {
-        self.winograd = on;
-        self.cpu = if on && self.device() == Device::flex() {
-            Some(Arc::new(cpu::CpuVgg::new(&self)?))
-        } else {
-            None
-        };
-        Ok(self)
-    }
-
-    /// The Winograd path, where it is on.
-    pub fn winograd(&self) -> Option<&cpu::CpuVgg> {
-        self.cpu.as_deref()
+        })
     }
 
     pub fn with_pooling(mut self, pooling: Pooling) -> Self {
@@ -147,8 +140,26 @@ impl Vgg19 {
         self.input_scale.device()
     }
 
-    /// Moves every tensor to `device`; the Winograd path follows where it was on.
-    pub fn to_device(&self, device: &Device) -> Result<Self> {
+    /// The weights as plain floats.
+    pub fn host_weights(&self) -> Result<HostWeights> {
+        let three = |t: &Tensor<4>| -> Result<[f32; 3]> {
+            host_floats(t)?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("the input normalisation is not per channel"))
+        };
+        Ok(HostWeights {
+            convs: self
+                .convs
+                .iter()
+                .map(|c| Ok((host_floats(&c.weight)?, host_floats(&c.bias)?)))
+                .collect::<Result<_>>()?,
+            input_scale: three(&self.input_scale)?,
+            input_shift: three(&self.input_shift)?,
+        })
+    }
+
+    /// Moves every tensor to `device`.
+    pub fn to_device(&self, device: &Device) -> Self {
         Vgg19 {
             convs: self
                 .convs
@@ -161,21 +172,12 @@ impl Vgg19 {
             input_scale: self.input_scale.clone().to_device(device),
             input_shift: self.input_shift.clone().to_device(device),
             pooling: self.pooling,
-            cpu: None,
-            winograd: self.winograd,
         }
-        .with_winograd(self.winograd)
     }
 
-    /// Runs the network on `x` (`[N, 3, H, W]`, pixel space) up to and including
+    /// Runs the network on `x` with burn's own convolutions (`[N, 3, H, W]`, pixel space) up to and including
     /// `deepest`, and returns every layer's activation from `conv1_1` to `deepest`.
     pub fn forward(&self, x: Tensor<4>, deepest: Layer) -> Vec<Tensor<4>> {
-        if let Some(cpu) = &self.cpu
-            && x.device() == self.device()
-            && let Some(taps) = forward_winograd(cpu, &x, deepest, self.pooling)
-        {
-            return taps;
-        }
         let mut h = x * self.input_scale.clone() + self.input_shift.clone();
         let mut taps = Vec::with_capacity(deepest.0 + 1);
         let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
@@ -202,26 +204,4 @@ impl Vgg19 {
             Pooling::Max => max_pool2d(h, MaxPoolOptions::new([2, 2]).with_stride([2, 2])),
         }
     }
-}
-
-/// The forward pass on the Winograd path, as tensors on `x`'s device; `None` where the
-/// image cannot be read back as float32.
-fn forward_winograd(
-    cpu: &cpu::CpuVgg,
-    x: &Tensor<4>,
-    deepest: Layer,
-    pooling: Pooling,
-) -> Option<Vec<Tensor<4>>> {
-    let [n, _, h, w] = x.dims();
-    if n != 1 {
-        return None;
-    }
-    let pixels = x.to_data().try_into_vec_as::<f32>().ok()?;
-    let acts = cpu.forward(&pixels, h, w, deepest, pooling);
-    Some(
-        acts.layers
-            .into_iter()
-            .map(|a| a.into_tensor(&x.device()))
-            .collect(),
-    )
 }

@@ -202,3 +202,76 @@ pub fn seed_weights() -> CostWeights {
         tv_weight: 0.0,
     }
 }
+
+/// The network on a backend's compute path: on the CPU, `conv` picks Winograd or
+/// burn's direct convolution.
+pub fn on(
+    vgg: easel::vgg::Vgg19,
+    backend: &easel::backend::Backend,
+    conv: easel::network::ConvChoice,
+) -> easel::network::Network {
+    easel::network::Network::new(vgg, backend, conv, easel::backend::Precision::Fp32)
+        .expect("the network on this backend")
+}
+
+/// The network on the CPU's Winograd path, as runs use it.
+pub fn on_cpu(vgg: easel::vgg::Vgg19) -> easel::network::Network {
+    on(
+        vgg,
+        &easel::backend::Backend::cpu(),
+        easel::network::ConvChoice::Winograd,
+    )
+}
+
+/// J per iteration and the backend of each, for a run that is asked to switch backend
+/// after the given iterations; a switch that cannot happen fails the test.
+pub fn switching_trajectory(
+    spec: easel::engine::RunSpec,
+    switches: &[(u64, easel::backend::BackendChoice)],
+) -> Vec<(f64, String)> {
+    use easel::engine::{self, Command, Event};
+    let mut handle = engine::spawn(spec);
+    let mut out = Vec::new();
+    loop {
+        match handle
+            .events
+            .recv_timeout(std::time::Duration::from_secs(600))
+            .expect("the engine keeps talking")
+        {
+            Event::Iteration(r) => {
+                if let Some((_, to)) = switches.iter().find(|(after, _)| *after == r.iter) {
+                    handle.send(Command::SwitchBackend(*to));
+                }
+                out.push((r.j, r.backend));
+            }
+            Event::Notice(n) if n.contains("cannot switch") || n.contains("staying on") => {
+                panic!("{n}")
+            }
+            Event::Failed(e) => panic!("{e}"),
+            Event::Finished { .. } => break,
+            _ => {}
+        }
+    }
+    handle.join();
+    out
+}
+
+/// Two evaluations' costs agree to `tol`, layer by layer.
+pub fn assert_same_costs(
+    got: &easel::loss::Costs,
+    want: &easel::loss::Costs,
+    tol: f64,
+    what: &str,
+) {
+    for (name, a, b) in [
+        ("J", got.total, want.total),
+        ("J_content", got.content, want.content),
+        ("J_style", got.style, want.style),
+        ("TV", got.tv, want.tv),
+    ] {
+        assert!(rel(a, b) <= tol, "{what}: {name} {a} vs {b}");
+    }
+    for ((l, a), (_, b)) in got.style_layers.iter().zip(&want.style_layers) {
+        assert!(rel(*a, *b) <= tol, "{what}: J_style[{l}] {a} vs {b}");
+    }
+}

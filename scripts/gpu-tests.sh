@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The checks that need an NVIDIA GPU: tests/cuda.rs's `ignore`d tests (the CUDA path
+# against the CPU path on the same weights), then `easel bench --backend cuda`.
+#
+#   scripts/gpu-tests.sh                 build here and run here (a GPU machine with cargo)
+#   scripts/gpu-tests.sh --pack DIR      build here, write the test binary and easel to DIR
+#   scripts/gpu-tests.sh --from DIR      run what --pack wrote (a GPU machine without cargo)
+#
+# Environment: EASEL_GPU_TEST_WEIGHTS, a safetensors file both paths use (default: the
+# real weights, fetched on first use); EASEL_CUDA_LIB_DIR where cuDNN or cuBLAS are not
+# on the system's path; SIZES for the benchmark (default 400x300,512x512,1024x1024,2048x2048).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sizes="${SIZES:-400x300,512x512,1024x1024,2048x2048}"
+
+build() {
+  cargo build --release
+  cargo test --test cuda --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"):
+        print(m["executable"])' | tail -n1
+}
+
+run_from() {
+  local tests="$1" easel="$2"
+  export EASEL_REPO_ROOT="$PWD"
+  echo "== tests/cuda.rs, all of them (the ignored ones need the GPU)"
+  "$tests" --include-ignored --test-threads=1
+  echo "== easel bench --backend cuda (fp32, then tf32)"
+  "$easel" bench --backend cuda --sizes "$sizes" --iters 10 ${EASEL_GPU_TEST_WEIGHTS:+--weights "$EASEL_GPU_TEST_WEIGHTS"}
+  "$easel" bench --backend cuda --precision tf32 --sizes "$sizes" --iters 10 ${EASEL_GPU_TEST_WEIGHTS:+--weights "$EASEL_GPU_TEST_WEIGHTS"}
+}
+
+case "${1:-}" in
+  --pack)
+    out="${2:?--pack DIR}"
+    tests=$(build)
+    mkdir -p "$out"
+    strip -o "$out/cuda-tests" "$tests"
+    strip -o "$out/easel" target/release/easel
+    xz -T2 -6 -f "$out/cuda-tests" "$out/easel"
+    du -sh "$out"/*
+    ;;
+  --from)
+    dir="${2:?--from DIR}"
+    for f in cuda-tests easel; do
+      [ -x "$dir/$f" ] || { xz -dkf "$dir/$f.xz" && chmod +x "$dir/$f"; }
+    done
+    run_from "$dir/cuda-tests" "$dir/easel"
+    ;;
+  "")
+    tests=$(build)
+    run_from "$tests" target/release/easel
+    ;;
+  *)
+    echo "usage: $0 [--pack DIR | --from DIR]" >&2
+    exit 2
+    ;;
+esac

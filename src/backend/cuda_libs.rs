@@ -1,0 +1,225 @@
+//! Finding NVIDIA's libraries at run time, before cudarc asks for them.
+//!
+//! cudarc opens libcuda, nvrtc, cuBLAS and cuDNN by name through the dynamic loader and
+//! panics where one is missing. We open each by full path first, from the folders a
+//! user is likely to have (`EASEL_CUDA_LIB_DIR`, the system's path, /usr/local/cuda, the
+//! pip wheels PyTorch installs), with `RTLD_GLOBAL`: the loader then matches cudarc's
+//! later request by soname to the library already loaded. A library that cannot be found
+//! is an error naming it and how to get it, never a panic.
+
+use anyhow::{Result, bail};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// One library the CUDA path needs.
+pub struct Library {
+    /// What the user knows it as.
+    pub what: &'static str,
+    /// File names tried, best first (cudarc pins CUDA 13's API and cuDNN 9's).
+    pub names: &'static [&'static str],
+    /// Companion libraries the main one opens by name itself at run time; loaded from
+    /// the same folder where they exist there.
+    pub companions: &'static [&'static str],
+    /// How to get it.
+    pub fix: &'static str,
+}
+
+/// In load order: cuBLAS needs cuBLASLt, cuDNN's parts need its graph library.
+pub const LIBRARIES: [Library; 5] = [
+    Library {
+        what: "the NVIDIA driver's CUDA library",
+        names: &["libcuda.so.1", "libcuda.so"],
+        companions: &[],
+        fix: "this machine has no NVIDIA GPU, or its driver is not installed (nvidia-smi tells which)",
+    },
+    Library {
+        what: "nvrtc 13 (CUDA's run-time compiler)",
+        names: &["libnvrtc.so.13", "libnvrtc.so"],
+        companions: &["libnvrtc-builtins.so.13.0", "libnvrtc-builtins.so"],
+        fix: "install CUDA 13's toolkit (it lands in /usr/local/cuda) or `pip install nvidia-cuda-nvrtc`",
+    },
+    Library {
+        what: "cuBLASLt 13",
+        names: &["libcublasLt.so.13", "libcublasLt.so"],
+        companions: &[],
+        fix: "install CUDA 13's toolkit (it lands in /usr/local/cuda) or `pip install nvidia-cublas`",
+    },
+    Library {
+        what: "cuBLAS 13",
+        names: &["libcublas.so.13", "libcublas.so"],
+        companions: &[],
+        fix: "install CUDA 13's toolkit (it lands in /usr/local/cuda) or `pip install nvidia-cublas`",
+    },
+    Library {
+        what: "cuDNN 9",
+        names: &["libcudnn.so.9", "libcudnn.so"],
+        companions: &[
+            "libcudnn_graph.so.9",
+            "libcudnn_ops.so.9",
+            "libcudnn_cnn.so.9",
+            "libcudnn_adv.so.9",
+            "libcudnn_heuristic.so.9",
+            "libcudnn_engines_precompiled.so.9",
+            "libcudnn_engines_runtime_compiled.so.9",
+        ],
+        fix: "install it with the system's packages (e.g. libcudnn9-cuda-13) or `pip install nvidia-cudnn-cu13`; PyTorch users already have it under site-packages/nvidia/cudnn/lib",
+    },
+];
+
+/// The folders searched, in order. `None` stands for the system's own search path.
+pub fn search_dirs() -> Vec<Option<PathBuf>> {
+    let mut dirs: Vec<Option<PathBuf>> = std::env::var_os("EASEL_CUDA_LIB_DIR")
+        .map(|v| std::env::split_paths(&v).map(Some).collect())
+        .unwrap_or_default();
+    dirs.push(None);
+    for d in [
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/targets/x86_64-linux/lib",
+    ] {
+        dirs.push(Some(PathBuf::from(d)));
+    }
+    dirs.extend(pip_wheel_dirs().into_iter().map(Some));
+    dirs
+}
+
+/// `site-packages/nvidia/*/lib` of the Python installations a PyTorch user has.
+fn pip_wheel_dirs() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let venv = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from);
+    let conda = std::env::var_os("CONDA_PREFIX").map(PathBuf::from);
+    for base in [venv, conda, home.map(|h| h.join(".local"))]
+        .into_iter()
+        .flatten()
+        .chain(["/usr/local", "/usr", "/opt/conda"].map(PathBuf::from))
+    {
+        for python in subdirs(&base.join("lib")) {
+            if python
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("python3"))
+            {
+                roots.push(python.join("site-packages"));
+                roots.push(python.join("dist-packages"));
+            }
+        }
+    }
+    roots.push(PathBuf::from("/usr/lib/python3/dist-packages"));
+    roots
+        .iter()
+        .flat_map(|r| subdirs(&r.join("nvidia")))
+        .map(|pkg| pkg.join("lib"))
+        .filter(|lib| lib.is_dir())
+        .collect()
+}
+
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Opens a library so that later lookups by soname find it, and keeps it open.
+fn open(path: &Path) -> bool {
+    use libloading::os::unix::{Library as Lib, RTLD_GLOBAL, RTLD_NOW};
+    // SAFETY: NVIDIA's libraries run no initialisers with preconditions on load.
+    match unsafe { Lib::open(Some(path), RTLD_NOW | RTLD_GLOBAL) } {
+        Ok(lib) => {
+            // Kept for the life of the process: cudarc's handles point into it.
+            std::mem::forget(lib);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Where one library was found: the folder, or `None` for the system's path.
+fn load_one(lib: &Library, dirs: &[Option<PathBuf>]) -> Option<Option<PathBuf>> {
+    for dir in dirs {
+        for name in lib.names {
+            let path = match dir {
+                Some(d) => d.join(name),
+                None => PathBuf::from(name),
+            };
+            if dir.as_ref().is_some_and(|_| !path.exists()) {
+                continue;
+            }
+            if open(&path) {
+                if let Some(d) = dir {
+                    load_companions(lib, d);
+                }
+                return Some(dir.clone());
+            }
+        }
+    }
+    None
+}
+
+/// Loads the companions present in `dir`, retrying those whose own dependencies were
+/// not loaded yet, until no more can be.
+fn load_companions(lib: &Library, dir: &Path) {
+    let mut pending: Vec<PathBuf> = lib
+        .companions
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.exists())
+        .collect();
+    loop {
+        let before = pending.len();
+        pending.retain(|p| !open(p));
+        if pending.is_empty() || pending.len() == before {
+            return;
+        }
+    }
+}
+
+/// What the CUDA libraries' search found: each library and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub found: Vec<(&'static str, Option<PathBuf>)>,
+}
+
+/// Loads the libraries once per process; the first failure is remembered.
+pub fn load() -> Result<&'static Loaded> {
+    static LOADED: OnceLock<std::result::Result<Loaded, String>> = OnceLock::new();
+    match LOADED.get_or_init(|| load_from(&search_dirs()).map_err(|e| format!("{e:#}"))) {
+        Ok(l) => Ok(l),
+        Err(e) => bail!("{e}"),
+    }
+}
+
+/// Loads every library from `dirs`, or says which one is missing and how to get it.
+pub fn load_from(dirs: &[Option<PathBuf>]) -> Result<Loaded> {
+    let mut found = Vec::new();
+    for lib in &LIBRARIES {
+        match load_one(lib, dirs) {
+            Some(dir) => found.push((lib.what, dir)),
+            None => bail!("{}", missing_message(lib, dirs)),
+        }
+    }
+    Ok(Loaded { found })
+}
+
+/// One paragraph: what is missing, where we looked, how to get it.
+pub fn missing_message(lib: &Library, dirs: &[Option<PathBuf>]) -> String {
+    let searched: Vec<String> = dirs
+        .iter()
+        .map(|d| match d {
+            Some(d) => d.display().to_string(),
+            None => "the system's library path".to_string(),
+        })
+        .collect();
+    format!(
+        "cannot use CUDA: {} ({}) was not found. Searched: {}. To fix: {}; or set EASEL_CUDA_LIB_DIR to the folder that holds it. `--backend cpu` (or wgpu) runs without CUDA.",
+        lib.what,
+        lib.names[0],
+        searched.join(", "),
+        lib.fix
+    )
+}

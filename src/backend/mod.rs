@@ -1,0 +1,371 @@
+//! Choosing where a run computes: the CPU, a GPU through CUDA (cuDNN and cuBLAS), or a
+//! GPU through burn-wgpu (Vulkan, Metal, DX12).
+//!
+//! burn 0.22 dispatches on a runtime `Device`, so the CPU and wgpu are values of one type
+//! and a run can move between them; the CUDA path keeps its tensors on the host side in
+//! burn-flex and runs the network on the card (see `crate::network`). We always pick the
+//! device explicitly: with wgpu compiled in, burn's default device would be wgpu even on
+//! a box with only a software adapter.
+
+#[cfg(feature = "cuda")]
+pub mod cuda_libs;
+
+use anyhow::{Result, bail};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+/// What the preset or `--backend` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// The CPU (easel's Winograd convolutions).
+    Cpu,
+    /// The best GPU there is: CUDA on NVIDIA, else wgpu on a hardware adapter.
+    Gpu,
+    /// NVIDIA's cuDNN and cuBLAS.
+    Cuda,
+    /// burn-wgpu: Vulkan, Metal or DX12 (AMD, Intel, Apple GPUs).
+    Wgpu,
+    /// CUDA, else wgpu on a hardware adapter, else the CPU.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        <Self as clap::ValueEnum>::from_str(s, false)
+            .map_err(|_| format!("unknown backend `{s}`: use cpu, gpu, cuda, wgpu or auto"))
+    }
+}
+
+/// Arithmetic on the CUDA path: strict fp32, or TF32 on tensor cores for the
+/// convolutions and Gram products (PyTorch's default for convolutions).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Tf32,
+}
+
+impl BackendChoice {
+    /// The kind this choice always resolves to; `None` for `gpu` and `auto`.
+    pub fn kind(self) -> Option<BackendKind> {
+        match self {
+            BackendChoice::Cpu => Some(BackendKind::Cpu),
+            BackendChoice::Cuda => Some(BackendKind::Cuda),
+            BackendChoice::Wgpu => Some(BackendKind::Wgpu),
+            BackendChoice::Gpu | BackendChoice::Auto => None,
+        }
+    }
+}
+
+/// The compute paths a backend can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Cpu,
+    Cuda,
+    Wgpu,
+}
+
+impl BackendKind {
+    /// As written in `losses.jsonl` and shown in the header.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+            BackendKind::Wgpu => "wgpu",
+        }
+    }
+
+    pub fn is_gpu(self) -> bool {
+        self != BackendKind::Cpu
+    }
+}
+
+/// A device together with the name we show for it.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Where the run's burn tensors live (burn-flex for the CPU and for CUDA).
+    pub device: Device,
+    pub kind: BackendKind,
+    /// What the user sees: the adapter or the CPU backend's name, and for `auto` why.
+    pub description: String,
+}
+
+impl Backend {
+    pub fn cpu() -> Self {
+        Backend {
+            device: Device::flex(),
+            kind: BackendKind::Cpu,
+            description: "cpu (burn-flex)".into(),
+        }
+    }
+
+    /// Resolves a choice to a backend. `auto` falls back to the CPU when no usable GPU
+    /// exists and says why; `gpu`, `cuda` and `wgpu` without one are errors that say what
+    /// was found.
+    pub fn resolve(choice: BackendChoice) -> Result<Self> {
+        match choice {
+            BackendChoice::Cpu => Ok(Self::cpu()),
+            BackendChoice::Cuda => Self::cuda(),
+            BackendChoice::Wgpu => Self::wgpu(),
+            BackendChoice::Gpu => Self::best_gpu(),
+            BackendChoice::Auto => Ok(Self::best_gpu().unwrap_or_else(|e| {
+                let mut cpu = Self::cpu();
+                cpu.description = format!("{} (auto: {e:#})", cpu.description);
+                cpu
+            })),
+        }
+    }
+
+    /// CUDA where it loads, else wgpu; the error gives both reasons.
+    fn best_gpu() -> Result<Self> {
+        let cuda = match Self::cuda() {
+            Ok(b) => return Ok(b),
+            Err(e) => e,
+        };
+        match Self::wgpu() {
+            Ok(mut b) => {
+                b.description = format!(
+                    "{} (CUDA not used: {})",
+                    b.description,
+                    first_sentence(&cuda)
+                );
+                Ok(b)
+            }
+            Err(wgpu) => bail!(
+                "no usable GPU. CUDA: {}. wgpu: {}",
+                first_sentence(&cuda),
+                first_sentence(&wgpu)
+            ),
+        }
+    }
+
+    /// The backends this machine can run, in the order `b` cycles through them.
+    pub fn usable() -> Vec<BackendChoice> {
+        let mut all = vec![BackendChoice::Cpu];
+        if Self::cuda().is_ok() {
+            all.push(BackendChoice::Cuda);
+        }
+        if Self::wgpu().is_ok() {
+            all.push(BackendChoice::Wgpu);
+        }
+        all
+    }
+
+    /// The CUDA backend on the first NVIDIA GPU (`CUDA_VISIBLE_DEVICES` picks another).
+    #[cfg(feature = "cuda")]
+    pub fn cuda() -> Result<Self> {
+        let info = cuda_device()?;
+        Ok(Backend {
+            device: Device::flex(),
+            kind: BackendKind::Cuda,
+            description: format!(
+                "cuda ({}, {:.1} of {:.1} GiB free, cuDNN {})",
+                info.name,
+                gib(info.free),
+                gib(info.total),
+                info.cudnn_version
+            ),
+        })
+    }
+
+    /// The CUDA backend. This build has none compiled in.
+    #[cfg(not(feature = "cuda"))]
+    pub fn cuda() -> Result<Self> {
+        bail!(
+            "no CUDA backend: this easel binary was built without the `cuda` feature. Use `--backend cpu`, `wgpu`, or `auto`"
+        )
+    }
+
+    /// The wgpu backend: the first adapter that is a real GPU. Software adapters
+    /// (Mesa's lavapipe, WARP) report themselves as CPU-kind and are used only with
+    /// `EASEL_ALLOW_SOFTWARE_GPU=1` (tests and demos on machines without a GPU).
+    #[cfg(feature = "gpu")]
+    pub fn wgpu() -> Result<Self> {
+        use burn::tensor::DeviceType;
+        let allow_software = std::env::var("EASEL_ALLOW_SOFTWARE_GPU").is_ok_and(|v| v == "1");
+        let found: Vec<Device> = Device::enumerate(DeviceType::Wgpu).into_iter().collect();
+        let is_software = |d: &Device| format!("{d:?}").contains("Cpu");
+        match found.iter().find(|d| allow_software || !is_software(d)) {
+            Some(device) => Ok(Backend {
+                device: device.clone(),
+                kind: BackendKind::Wgpu,
+                description: format!(
+                    "wgpu ({} adapter{})",
+                    adapter_kind(device),
+                    if is_software(device) {
+                        ", software"
+                    } else {
+                        ""
+                    }
+                ),
+            }),
+            None => {
+                let list: Vec<String> = found
+                    .iter()
+                    .map(|d| format!("{d:?}{}", if is_software(d) { " (software)" } else { "" }))
+                    .collect();
+                bail!(
+                    "no usable wgpu adapter: wgpu found {}. Use `--backend cpu` or `auto`; set EASEL_ALLOW_SOFTWARE_GPU=1 to use a software adapter (very slow)",
+                    if list.is_empty() {
+                        "no adapter".to_string()
+                    } else {
+                        list.join(", ")
+                    }
+                )
+            }
+        }
+    }
+
+    /// The wgpu backend. This build has none compiled in.
+    #[cfg(not(feature = "gpu"))]
+    pub fn wgpu() -> Result<Self> {
+        bail!(
+            "no wgpu backend: this easel binary was built without the `gpu` feature. Use `--backend cpu`, `cuda`, or `auto`"
+        )
+    }
+}
+
+fn gib(b: u64) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+/// The first sentence of an error, for the one-line reasons `auto` and `gpu` give.
+fn first_sentence(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    match text.find(". ") {
+        Some(i) => text[..i].to_string(),
+        None => text.trim_end_matches('.').to_string(),
+    }
+}
+
+/// The NVIDIA card CUDA would run on.
+#[cfg(feature = "cuda")]
+pub struct CudaDevice {
+    pub name: String,
+    pub free: u64,
+    pub total: u64,
+    pub cudnn_version: String,
+}
+
+/// Loads the libraries (an error names the missing one) and asks the first device for
+/// its name and memory.
+#[cfg(feature = "cuda")]
+pub fn cuda_device() -> Result<CudaDevice> {
+    use anyhow::Context;
+    cuda_libs::load()?;
+    let ctx = cudarc::driver::CudaContext::new(0)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+        .context("cannot use CUDA: the driver loaded but found no usable NVIDIA GPU")?;
+    let name = ctx.name().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let (free, total) = ctx.mem_get_info().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let v = cudarc::cudnn::result::get_version();
+    Ok(CudaDevice {
+        name,
+        free: free as u64,
+        total: total as u64,
+        cudnn_version: format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100),
+    })
+}
+
+/// The adapter kind wgpu reports for a device (DiscreteGpu, IntegratedGpu, Cpu, ...).
+#[cfg(feature = "gpu")]
+fn adapter_kind(device: &Device) -> String {
+    let text = format!("{device:?}");
+    text.split("kind: ")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ', '}', '(']).next())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+/// Bytes a run of `pixels` output pixels needs, measured on burn-flex: the network and
+/// runtime (~400 MB), the Winograd kernels of the CPU path (~400 MB to conv5_1), ~4 KB
+/// per pixel for the activations and gradients an iteration holds (3.6 KB measured),
+/// and the optimiser's state (L-BFGS: `history` pairs of image-sized vectors).
+pub fn memory_estimate(pixels: u64, optimizer: &crate::optim::OptimizerSpec) -> u64 {
+    let image = pixels * 3 * 4;
+    let state = match optimizer.kind {
+        crate::optim::OptimizerKind::Adam => 3 * image,
+        crate::optim::OptimizerKind::Lbfgs => (2 * optimizer.history as u64 + 4) * image,
+    };
+    800 * 1024 * 1024 + pixels * 4000 + state
+}
+
+/// Memory the system can give this process now (Linux: MemAvailable), if known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses a run that cannot fit in memory, saying how much it would need.
+pub fn check_memory(
+    width: usize,
+    height: usize,
+    optimizer: &crate::optim::OptimizerSpec,
+) -> Result<()> {
+    let need = memory_estimate((width * height) as u64, optimizer);
+    if let Some(have) = available_memory()
+        && need > have
+    {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        bail!(
+            "a {width}x{height} run with this optimiser needs about {:.1} GiB of memory, and {:.1} GiB is available; lower `size` (or L-BFGS's `history`)",
+            gib(need),
+            gib(have)
+        );
+    }
+    Ok(())
+}
+
+/// Bytes of card memory a CUDA run of `pixels` output pixels needs: the context, cuDNN,
+/// cuBLAS and the weights (~1 GiB), and per pixel the activations of every layer the
+/// forward pass keeps (~290 floats), the gradients flowing back and cuDNN's workspace.
+/// An estimate, until measured on a card (docs/design.md, "Memory").
+pub fn cuda_memory_estimate(pixels: u64) -> u64 {
+    (1u64 << 30) + pixels * 3 * 1024
+}
+
+/// Refuses a CUDA run whose estimate exceeds the card's free memory, naming the size
+/// that fits at the same aspect ratio.
+#[cfg(feature = "cuda")]
+pub fn check_device_memory(backend: &Backend, width: usize, height: usize) -> Result<()> {
+    if backend.kind != BackendKind::Cuda {
+        return Ok(());
+    }
+    let free = cuda_device()?.free;
+    let need = cuda_memory_estimate((width * height) as u64);
+    if need <= free {
+        return Ok(());
+    }
+    let fits = free.saturating_sub(1u64 << 30) / (3 * 1024);
+    let scale = (fits as f64 / (width * height) as f64).sqrt();
+    bail!(
+        "a {width}x{height} run needs about {:.1} GiB on the GPU and {:.1} GiB is free; about {}x{} fits (set `size`), or use `--backend cpu`",
+        gib(need),
+        gib(free),
+        (width as f64 * scale) as usize,
+        (height as f64 * scale) as usize
+    )
+}
+
+/// Without CUDA compiled in there is no card to check.
+#[cfg(not(feature = "cuda"))]
+pub fn check_device_memory(_backend: &Backend, _width: usize, _height: usize) -> Result<()> {
+    Ok(())
+}

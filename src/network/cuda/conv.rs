@@ -1,0 +1,291 @@
+//! cuDNN's 3x3 convolutions, forward and backward to the input: descriptors and
+//! algorithms made once per shape, one workspace grown to the largest need; and the
+//! network's forward pass built on them.
+
+use super::{Act, CudaVgg, State, pooled_before};
+use crate::vgg::{CHANNELS, Layer, Pooling};
+use anyhow::{Context, Result, bail, ensure};
+use cudarc::cudnn::sys::{
+    cudnnConvolutionBwdDataAlgo_t, cudnnConvolutionFwdAlgo_t, cudnnConvolutionMode_t,
+    cudnnMathType_t, cudnnTensorFormat_t,
+};
+use cudarc::cudnn::{
+    ConvBackwardData, ConvDescriptor, ConvForward, Cudnn, FilterDescriptor, TensorDescriptor,
+};
+use cudarc::driver::{CudaSlice, CudaStream};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const NCHW: cudnnTensorFormat_t = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+
+/// One layer at one image size: its input and output descriptors and the algorithms
+/// cuDNN's heuristics picked for them.
+struct Shape {
+    x: TensorDescriptor<f32>,
+    y: TensorDescriptor<f32>,
+    forward: cudnnConvolutionFwdAlgo_t,
+    backward: cudnnConvolutionBwdDataAlgo_t,
+}
+
+/// The convolutions of the sixteen layers.
+pub(super) struct Convs {
+    cudnn: Arc<Cudnn>,
+    stream: Arc<CudaStream>,
+    /// Padding 1, stride 1, cross-correlation: the same for every layer.
+    conv: ConvDescriptor<f32>,
+    /// Per layer: `(C_in, C_out)` and the filter `[C_out][C_in][3][3]`.
+    filters: Vec<((usize, usize), FilterDescriptor<f32>)>,
+    /// By `(layer, h, w)`.
+    shapes: HashMap<(usize, usize, usize), Shape>,
+    workspace: Option<CudaSlice<u8>>,
+}
+
+// SAFETY: cudarc leaves `Cudnn` (and so the descriptors, which hold it) `!Send` because a
+// cuDNN handle must not be used by two threads at once. `Convs` lives only inside
+// `CudaVgg`'s mutex, so one thread at a time uses it; cuDNN allows a handle to move
+// between threads, and every entry point binds the CUDA context to the calling thread
+// first. No `Arc<Cudnn>` ever leaves this struct.
+unsafe impl Send for Convs {}
+
+fn int(n: usize) -> i32 {
+    n as i32
+}
+
+impl Convs {
+    /// `channels[i]` = layer i's `(C_in, C_out)`. `tf32`: FP32 data on tensor cores as
+    /// TF32; otherwise FMA math only, since cuDNN's *default* math lets Ampere and later
+    /// cards use TF32 for FP32 data. (`TENSOR_OP_MATH_ALLOW_CONVERSION` is avoided: it may
+    /// also convert FP32 data to FP16.)
+    pub fn new(stream: Arc<CudaStream>, channels: &[(usize, usize)], tf32: bool) -> Result<Convs> {
+        let cudnn = Cudnn::new(stream.clone()).context("creating the cuDNN handle")?;
+        let mut conv = cudnn
+            .create_conv2d::<f32>(
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+            )
+            .context("creating cuDNN's convolution descriptor")?;
+        let math = if tf32 {
+            cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+        } else {
+            cudnnMathType_t::CUDNN_FMA_MATH
+        };
+        conv.set_math_type(math)
+            .context("setting cuDNN's convolution math type")?;
+        let filters = channels
+            .iter()
+            .enumerate()
+            .map(|(i, &(c, k))| {
+                let f = cudnn
+                    .create_4d_filter::<f32>(NCHW, [int(k), int(c), 3, 3])
+                    .with_context(|| format!("creating cuDNN's filter descriptor for layer {i}"))?;
+                Ok(((c, k), f))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Convs {
+            cudnn,
+            stream,
+            conv,
+            filters,
+            shapes: HashMap::new(),
+            workspace: None,
+        })
+    }
+
+    /// Makes layer `layer`'s descriptors and algorithms for an `h` x `w` image, once, and
+    /// grows the workspace to what they need.
+    fn prepare(&mut self, layer: usize, h: usize, w: usize) -> Result<()> {
+        if self.shapes.contains_key(&(layer, h, w)) {
+            return Ok(());
+        }
+        let ((c, k), filter) = &self.filters[layer];
+        let what = || format!("layer {layer} at {h}x{w}");
+        let tensor = |ch: usize| {
+            self.cudnn
+                .create_4d_tensor::<f32>(NCHW, [1, int(ch), int(h), int(w)])
+                .with_context(|| format!("creating cuDNN's tensor descriptor for {}", what()))
+        };
+        let (x, y) = (tensor(*c)?, tensor(*k)?);
+        let fwd = ConvForward {
+            conv: &self.conv,
+            x: &x,
+            w: filter,
+            y: &y,
+        };
+        let forward = fwd
+            .pick_algorithm()
+            .with_context(|| format!("picking cuDNN's forward algorithm for {}", what()))?;
+        let fwd_bytes = fwd
+            .get_workspace_size(forward)
+            .with_context(|| format!("sizing cuDNN's forward workspace for {}", what()))?;
+        let bwd = ConvBackwardData {
+            conv: &self.conv,
+            dx: &x,
+            w: filter,
+            dy: &y,
+        };
+        let backward = bwd
+            .pick_algorithm()
+            .with_context(|| format!("picking cuDNN's backward algorithm for {}", what()))?;
+        let bwd_bytes = bwd
+            .get_workspace_size(backward)
+            .with_context(|| format!("sizing cuDNN's backward workspace for {}", what()))?;
+        let need = fwd_bytes.max(bwd_bytes);
+        if need > self.workspace.as_ref().map_or(0, |ws| ws.len()) {
+            // The old workspace is freed in stream order, after the work that uses it.
+            self.workspace = None;
+            let ws = unsafe { self.stream.alloc::<u8>(need) }
+                .with_context(|| format!("allocating {need} bytes of cuDNN workspace"))?;
+            self.workspace = Some(ws);
+        }
+        let shape = Shape {
+            x,
+            y,
+            forward,
+            backward,
+        };
+        self.shapes.insert((layer, h, w), shape);
+        Ok(())
+    }
+
+    /// `y = conv(x, weight)` for layer `layer` on an `h` x `w` image (no bias).
+    pub fn forward(
+        &mut self,
+        layer: usize,
+        (h, w): (usize, usize),
+        x: &CudaSlice<f32>,
+        weight: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.prepare(layer, h, w)?;
+        let Some(shape) = self.shapes.get(&(layer, h, w)) else {
+            anyhow::bail!("cuDNN's descriptors for layer {layer} at {h}x{w} are missing");
+        };
+        let op = ConvForward {
+            conv: &self.conv,
+            x: &shape.x,
+            w: &self.filters[layer].1,
+            y: &shape.y,
+        };
+        // SAFETY: the buffers have the sizes the descriptors say (the caller made them
+        // from the same layer and size), and the workspace is the one sized for them.
+        unsafe {
+            op.launch(
+                shape.forward,
+                self.workspace.as_mut(),
+                (1.0, 0.0),
+                x,
+                weight,
+                y,
+            )
+        }
+        .with_context(|| format!("cuDNN's forward convolution at layer {layer} ({h}x{w})"))
+    }
+
+    /// `dx = conv^T(dy, weight)`: the gradient at layer `layer`'s input from the one at
+    /// its output (before the ReLU), on an `h` x `w` image.
+    pub fn backward_data(
+        &mut self,
+        layer: usize,
+        (h, w): (usize, usize),
+        dy: &CudaSlice<f32>,
+        weight: &CudaSlice<f32>,
+        dx: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.prepare(layer, h, w)?;
+        let Some(shape) = self.shapes.get(&(layer, h, w)) else {
+            anyhow::bail!("cuDNN's descriptors for layer {layer} at {h}x{w} are missing");
+        };
+        let op = ConvBackwardData {
+            conv: &self.conv,
+            dx: &shape.x,
+            w: &self.filters[layer].1,
+            dy: &shape.y,
+        };
+        // SAFETY: as in `forward`.
+        unsafe {
+            op.launch(
+                shape.backward,
+                self.workspace.as_mut(),
+                (1.0, 0.0),
+                dx,
+                weight,
+                dy,
+            )
+        }
+        .with_context(|| format!("cuDNN's backward-data convolution at layer {layer} ({h}x{w})"))
+    }
+}
+
+/// Refuses images that vanish before `deepest`, or whose buffers pass the 32-bit
+/// indices of the kernels and of cuDNN's descriptors.
+pub(super) fn check_size(h: usize, w: usize, deepest: Layer) -> Result<()> {
+    ensure!(deepest.0 < 16, "VGG-19 has no layer {}", deepest.0);
+    let (mut hh, mut ww) = (h, w);
+    for (i, &k) in CHANNELS.iter().enumerate().take(deepest.0 + 1) {
+        if pooled_before(i) {
+            (hh, ww) = (hh / 2, ww / 2);
+        }
+        ensure!(
+            hh > 0 && ww > 0,
+            "a {h}x{w} image is too small for {}",
+            Layer(i)
+        );
+        let n = k * hh * ww;
+        ensure!(
+            n <= i32::MAX as usize,
+            "a {h}x{w} image is too large for the CUDA path"
+        );
+    }
+    Ok(())
+}
+
+impl CudaVgg {
+    /// The forward pass on the card from the pixel-space image `x` (`[3][h][w]`), as
+    /// `CpuVgg::forward`; the caller has run [`check_size`].
+    pub(super) fn run(
+        &self,
+        st: &mut State,
+        x: &CudaSlice<f32>,
+        h: usize,
+        w: usize,
+        deepest: Layer,
+        pooling: Pooling,
+    ) -> Result<Vec<Act>> {
+        let s = &self.stream;
+        let mut normalised = st.f32s.take(s, 3 * h * w)?;
+        let (scale, shift) = (self.scale, self.shift);
+        self.kernels
+            .normalize(s, x, &mut normalised, h * w, scale, shift)?;
+        // The input of the next layer where it is not the previous activation.
+        let mut input = Some(normalised);
+        let mut acts: Vec<Act> = Vec::with_capacity(deepest.0 + 1);
+        let (mut hh, mut ww) = (h, w);
+        for (i, &k) in CHANNELS.iter().enumerate().take(deepest.0 + 1) {
+            if let Some(prev) = acts.last().filter(|_| pooled_before(i)) {
+                (hh, ww) = (hh / 2, ww / 2);
+                let mut p = st.f32s.take(s, prev.c * hh * ww)?;
+                let max = pooling == Pooling::Max;
+                self.kernels
+                    .pool(s, &prev.data, &mut p, (prev.h, prev.w), max)?;
+                input = Some(p);
+            }
+            let mut y = st.f32s.take(s, k * hh * ww)?;
+            let src = match (&input, acts.last()) {
+                (Some(t), _) => t,
+                (None, Some(prev)) => &prev.data,
+                (None, None) => bail!("layer {i} of the CUDA network has no input"),
+            };
+            let (weight, bias) = &self.weights[i];
+            st.convs.forward(i, (hh, ww), src, weight, &mut y)?;
+            self.kernels.bias_relu(s, &mut y, bias, hh * ww)?;
+            if let Some(t) = input.take() {
+                st.f32s.give(t);
+            }
+            let (c, h, w) = (k, hh, ww);
+            acts.push(Act { data: y, c, h, w });
+        }
+        Ok(acts)
+    }
+}

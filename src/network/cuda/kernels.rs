@@ -1,0 +1,377 @@
+//! The small kernels around cuDNN and cuBLAS, compiled once by nvrtc: the input
+//! normalisation, bias and ReLU, the ReLU mask, pooling and its gradient, and the costs
+//! with their gradients (formulas in docs/design.md §1), each summed in float64.
+//!
+//! Every kernel is a grid-stride loop over `unsigned` indices: the caller has checked
+//! that no buffer exceeds `i32::MAX` elements. Contraction to FMA is off (`--fmad=false`)
+//! so that `x * s + t` rounds as the CPU path's does.
+
+use anyhow::{Context, Result};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
+use std::sync::Arc;
+
+const SOURCE: &str = r#"
+#define LOOP(i, n) for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += blockDim.x * gridDim.x)
+
+// Sums v over the block (in double) and adds the total to *out: one atomic per block.
+// Every thread of the block must call it.
+__device__ void block_add(double v, double* out) {
+    __shared__ double part[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (blockDim.x >> 5) ? part[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0) atomicAdd(out, v);
+    }
+}
+
+// y = x * scale[c] + shift[c] on [3][plane].
+extern "C" __global__ void normalize(const float* x, float* y, unsigned plane,
+                                     float s0, float s1, float s2, float t0, float t1, float t2) {
+    LOOP(i, 3u * plane) {
+        unsigned c = i / plane;
+        float s = c == 0 ? s0 : (c == 1 ? s1 : s2);
+        float t = c == 0 ? t0 : (c == 1 ? t1 : t2);
+        y[i] = x[i] * s + t;
+    }
+}
+
+// y = relu(y + bias[c]) on [C][plane], in place.
+extern "C" __global__ void bias_relu(float* y, const float* bias, unsigned plane, unsigned n) {
+    LOOP(i, n) {
+        float v = y[i] + bias[i / plane];
+        y[i] = v < 0.0f ? 0.0f : v;
+    }
+}
+
+// g = g where a > 0, else 0 (the ReLU's backward pass; a is the ReLU's output).
+extern "C" __global__ void relu_mask(float* g, const float* a, unsigned n) {
+    LOOP(i, n) g[i] = a[i] > 0.0f ? g[i] : 0.0f;
+}
+
+// 2x2 stride-2 pooling of [C][h][w] into n = C * (h/2) * (w/2) outputs; odd sizes drop
+// the last row or column.
+extern "C" __global__ void pool(const float* x, float* y, unsigned h, unsigned w,
+                                unsigned n, int use_max) {
+    unsigned ho = h / 2, wo = w / 2;
+    LOOP(i, n) {
+        unsigned xo = i % wo, t = i / wo, yo = t % ho, c = t / ho;
+        const float* p = x + (c * h + 2 * yo) * w + 2 * xo;
+        float a = p[0], b = p[1], cc = p[w], d = p[w + 1];
+        y[i] = use_max ? fmaxf(fmaxf(fmaxf(a, b), cc), d) : (a + b + cc + d) * 0.25f;
+    }
+}
+
+// The gradient of pool: n = C * h * w outputs, each taking its share of its window's
+// gradient g; max sends it all to the first largest of x in the window.
+extern "C" __global__ void unpool(const float* g, const float* x, float* out, unsigned h,
+                                  unsigned w, unsigned n, int use_max) {
+    unsigned ho = h / 2, wo = w / 2;
+    LOOP(i, n) {
+        unsigned xx = i % w, t = i / w, yy = t % h, c = t / h;
+        unsigned yo = yy / 2, xo = xx / 2;
+        float v = 0.0f;
+        if (yo < ho && xo < wo) {
+            float gv = g[(c * ho + yo) * wo + xo];
+            if (!use_max) {
+                v = gv * 0.25f;
+            } else {
+                unsigned base = (c * h + 2 * yo) * w + 2 * xo;
+                unsigned idx[4] = {base, base + 1, base + w, base + w + 1};
+                unsigned best = idx[0];
+                for (int k = 1; k < 4; ++k) if (x[idx[k]] > x[best]) best = idx[k];
+                v = best == i ? gv : 0.0f;
+            }
+        }
+        out[i] = v;
+    }
+}
+
+// Content: g += coef * (a - t); costs[slot] += sum((a - t)^2) (the host divides by 4CHW).
+extern "C" __global__ void content(const float* a, const float* t, float* g, unsigned n,
+                                   float coef, double* costs, unsigned slot) {
+    double sum = 0.0;
+    LOOP(i, n) {
+        float d = a[i] - t[i];
+        g[i] += coef * d;
+        sum += (double)d * (double)d;
+    }
+    block_add(sum, costs + slot);
+}
+
+// Style of one layer from its Gram gram and the target gs ([c][c]): with
+// e = (gs - gram) / norm, costs[slot] += sum(e^2), and s = dG + dG^T where
+// dG = -coef * e (coef = 2 beta lambda / norm), ready for s A.
+extern "C" __global__ void style(const float* gram, const float* gs, float* s, unsigned c,
+                                 float norm, float coef, double* costs, unsigned slot) {
+    double sum = 0.0;
+    LOOP(i, c * c) {
+        unsigned r = i / c, k = i % c, j = k * c + r;
+        float e = (gs[i] - gram[i]) / norm;
+        float et = (gs[j] - gram[j]) / norm;
+        s[i] = -(coef * e) - coef * et;
+        sum += (double)e * (double)e;
+    }
+    block_add(sum, costs + slot);
+}
+
+// The image gradient's last step on [3][h][w]: g = g * scale[c], plus, when tv is set,
+// tv_weight times the gradient of the total variation of the pixel-space image x, whose
+// value goes to costs[slot] (each neighbour pair counted once, by its first pixel).
+extern "C" __global__ void finish(float* g, const float* x, unsigned h, unsigned w,
+                                  float s0, float s1, float s2, int tv, float tv_weight,
+                                  double* costs, unsigned slot) {
+    double sum = 0.0;
+    unsigned plane = h * w;
+    LOOP(i, 3u * plane) {
+        unsigned c = i / plane, p = i % plane, y = p / w, xx = p % w;
+        float v = g[i] * (c == 0 ? s0 : (c == 1 ? s1 : s2));
+        if (tv) {
+            float xc = x[i], t = 0.0f;
+            if (y > 0) t += 2.0f * (xc - x[i - w]);
+            if (xx > 0) t += 2.0f * (xc - x[i - 1]);
+            if (y + 1 < h) {
+                float d = x[i + w] - xc;
+                t -= 2.0f * d;
+                sum += (double)d * (double)d;
+            }
+            if (xx + 1 < w) {
+                float d = x[i + 1] - xc;
+                t -= 2.0f * d;
+                sum += (double)d * (double)d;
+            }
+            v += tv_weight * t;
+        }
+        g[i] = v;
+    }
+    block_add(sum, costs + slot);
+}
+"#;
+
+/// Threads per block: a multiple of 32, as `block_add` needs.
+const THREADS: u32 = 256;
+/// Enough blocks to fill any current card; the loops stride over the rest.
+const MAX_BLOCKS: usize = 4096;
+
+fn grid(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            n.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32,
+            1,
+            1,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A size as the kernels' `unsigned`; the caller checked it fits.
+fn u(n: usize) -> u32 {
+    n as u32
+}
+
+/// The compiled kernels.
+pub(super) struct Kernels {
+    normalize: CudaFunction,
+    bias_relu: CudaFunction,
+    relu_mask: CudaFunction,
+    pool: CudaFunction,
+    unpool: CudaFunction,
+    content: CudaFunction,
+    style: CudaFunction,
+    finish: CudaFunction,
+}
+
+impl Kernels {
+    /// Compiles the kernels for the device's compute capability (nvrtc's default where
+    /// this nvrtc does not know it) and loads them.
+    pub fn new(ctx: &Arc<CudaContext>) -> Result<Kernels> {
+        let (major, minor) = ctx
+            .compute_capability()
+            .context("reading the CUDA device's compute capability")?;
+        let opts = |arch: Option<String>| CompileOptions {
+            fmad: Some(false),
+            options: arch.into_iter().collect(),
+            ..Default::default()
+        };
+        let arch = format!("--gpu-architecture=compute_{major}{minor}");
+        let ptx = compile_ptx_with_opts(SOURCE, opts(Some(arch)))
+            .or_else(|_| compile_ptx_with_opts(SOURCE, opts(None)))
+            .context("compiling easel's CUDA kernels with nvrtc")?;
+        let module = ctx
+            .load_module(ptx)
+            .context("loading easel's CUDA kernels")?;
+        let f = |name: &str| {
+            module
+                .load_function(name)
+                .with_context(|| format!("finding the CUDA kernel {name}"))
+        };
+        Ok(Kernels {
+            normalize: f("normalize")?,
+            bias_relu: f("bias_relu")?,
+            relu_mask: f("relu_mask")?,
+            pool: f("pool")?,
+            unpool: f("unpool")?,
+            content: f("content")?,
+            style: f("style")?,
+            finish: f("finish")?,
+        })
+    }
+
+    /// `y = x * scale[c] + shift[c]` on `[3][plane]`.
+    pub fn normalize(
+        &self,
+        s: &CudaStream,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        plane: usize,
+        [s0, s1, s2]: [f32; 3],
+        [t0, t1, t2]: [f32; 3],
+    ) -> Result<()> {
+        let plane = u(plane);
+        let mut b = s.launch_builder(&self.normalize);
+        b.arg(x).arg(y).arg(&plane);
+        b.arg(&s0).arg(&s1).arg(&s2).arg(&t0).arg(&t1).arg(&t2);
+        unsafe { b.launch(grid(3 * plane as usize)) }.context("launching normalize")?;
+        Ok(())
+    }
+
+    /// `y = relu(y + bias[c])` on `[C][plane]`.
+    pub fn bias_relu(
+        &self,
+        s: &CudaStream,
+        y: &mut CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        plane: usize,
+    ) -> Result<()> {
+        let (n, plane) = (u(y.len()), u(plane));
+        let mut b = s.launch_builder(&self.bias_relu);
+        b.arg(y).arg(bias).arg(&plane).arg(&n);
+        unsafe { b.launch(grid(n as usize)) }.context("launching bias_relu")?;
+        Ok(())
+    }
+
+    /// `g = g` where `a > 0`, else 0.
+    pub fn relu_mask(
+        &self,
+        s: &CudaStream,
+        g: &mut CudaSlice<f32>,
+        a: &CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = u(g.len());
+        let mut b = s.launch_builder(&self.relu_mask);
+        b.arg(g).arg(a).arg(&n);
+        unsafe { b.launch(grid(n as usize)) }.context("launching relu_mask")?;
+        Ok(())
+    }
+
+    /// Pools `x` (`[C][h][w]`) into `y` (`[C][h/2][w/2]`).
+    pub fn pool(
+        &self,
+        s: &CudaStream,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        (h, w): (usize, usize),
+        max: bool,
+    ) -> Result<()> {
+        let (n, h, w, max) = (u(y.len()), u(h), u(w), i32::from(max));
+        let mut b = s.launch_builder(&self.pool);
+        b.arg(x).arg(y).arg(&h).arg(&w).arg(&n).arg(&max);
+        unsafe { b.launch(grid(n as usize)) }.context("launching pool")?;
+        Ok(())
+    }
+
+    /// The gradient `g` at the pooled `[C][h/2][w/2]` spread back to `out` (`[C][h][w]`),
+    /// `x` being the pooling's input.
+    pub fn unpool(
+        &self,
+        s: &CudaStream,
+        g: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        (h, w): (usize, usize),
+        max: bool,
+    ) -> Result<()> {
+        let (n, h, w, max) = (u(out.len()), u(h), u(w), i32::from(max));
+        let mut b = s.launch_builder(&self.unpool);
+        b.arg(g).arg(x).arg(out).arg(&h).arg(&w).arg(&n).arg(&max);
+        unsafe { b.launch(grid(n as usize)) }.context("launching unpool")?;
+        Ok(())
+    }
+
+    /// `g += coef (a - t)`; `costs[slot] += sum((a - t)^2)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn content(
+        &self,
+        s: &CudaStream,
+        a: &CudaSlice<f32>,
+        t: &CudaSlice<f32>,
+        g: &mut CudaSlice<f32>,
+        coef: f32,
+        costs: &mut CudaSlice<f64>,
+        slot: usize,
+    ) -> Result<()> {
+        let (n, slot) = (u(a.len()), u(slot));
+        let mut b = s.launch_builder(&self.content);
+        b.arg(a)
+            .arg(t)
+            .arg(g)
+            .arg(&n)
+            .arg(&coef)
+            .arg(costs)
+            .arg(&slot);
+        unsafe { b.launch(grid(n as usize)) }.context("launching content")?;
+        Ok(())
+    }
+
+    /// From a layer's Gram and its target (`[c][c]`): `costs[slot] += J_style[l]` and
+    /// `sym = dG + dG^T` for `dG = coef (G - G_S) / norm`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn style(
+        &self,
+        s: &CudaStream,
+        gram: &CudaSlice<f32>,
+        target: &CudaSlice<f32>,
+        sym: &mut CudaSlice<f32>,
+        c: usize,
+        (norm, coef): (f32, f32),
+        costs: &mut CudaSlice<f64>,
+        slot: usize,
+    ) -> Result<()> {
+        let (c, slot) = (u(c), u(slot));
+        let mut b = s.launch_builder(&self.style);
+        b.arg(gram).arg(target).arg(sym).arg(&c);
+        b.arg(&norm).arg(&coef).arg(costs).arg(&slot);
+        unsafe { b.launch(grid((c * c) as usize)) }.context("launching style")?;
+        Ok(())
+    }
+
+    /// `g *= scale[c]` on `[3][h][w]`, plus `tv_weight` times the TV gradient of `x`
+    /// when `tv_weight > 0` (its value into `costs[slot]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish(
+        &self,
+        s: &CudaStream,
+        g: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        (h, w): (usize, usize),
+        [s0, s1, s2]: [f32; 3],
+        tv_weight: f64,
+        costs: &mut CudaSlice<f64>,
+        slot: usize,
+    ) -> Result<()> {
+        let (h, w, slot) = (u(h), u(w), u(slot));
+        let (tv, tvw) = (i32::from(tv_weight > 0.0), tv_weight as f32);
+        let mut b = s.launch_builder(&self.finish);
+        b.arg(g).arg(x).arg(&h).arg(&w).arg(&s0).arg(&s1).arg(&s2);
+        b.arg(&tv).arg(&tvw).arg(costs).arg(&slot);
+        unsafe { b.launch(grid(3 * (h * w) as usize)) }.context("launching finish")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,341 @@
+//! VGG-19 on an NVIDIA card: cuDNN's convolutions ([`conv`]), cuBLAS's Grams ([`gram`])
+//! and nvrtc's small kernels ([`kernels`]), forward and backward to the image outside
+//! any autodiff tape. It mirrors the CPU path (`crate::vgg::cpu`, `crate::loss`) step
+//! for step; the formulas are docs/design.md §1, the design §4.
+//!
+//! Everything runs on one stream in order, so buffers go back to the pool as soon as
+//! their last use is queued; the host waits only for the final copies back.
+
+mod conv;
+mod gram;
+mod kernels;
+
+use crate::vgg::{BLOCK_ENDS, CHANNELS, Layer, Pooling};
+use anyhow::{Context, Result, anyhow, ensure};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// VGG-19 on an NVIDIA GPU: the forward pass, and the gradient of the style-transfer
+/// costs with respect to the image, outside any autodiff tape.
+pub struct CudaVgg {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    name: String,
+    kernels: kernels::Kernels,
+    /// Per layer: weight `[K][C][3][3]` and bias `[K]`.
+    weights: Vec<(CudaSlice<f32>, CudaSlice<f32>)>,
+    scale: [f32; 3],
+    shift: [f32; 3],
+    state: Mutex<State>,
+}
+
+/// The targets on the card.
+pub struct CudaTargets {
+    content_layer: Layer,
+    content: CudaSlice<f32>,
+    grams: Vec<(Layer, CudaSlice<f32>)>,
+}
+
+/// One activation on the host: `(data [C][H][W], C, H, W)`.
+pub type HostActivation = (Vec<f32>, usize, usize, usize);
+
+/// The costs the GPU computed, unweighted, summed in float64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CudaCosts {
+    pub content: f64,
+    /// One per style layer, in the order given.
+    pub style: Vec<f64>,
+    pub tv: f64,
+}
+
+/// What the cost needs besides the targets.
+#[derive(Debug, Clone, Copy)]
+pub struct CudaCostWeights<'a> {
+    pub alpha: f64,
+    pub beta: f64,
+    pub content_layer: Layer,
+    pub style_layers: &'a [(Layer, f64)],
+    pub tv_weight: f64,
+}
+
+/// What one thread at a time may touch: the library handles and the buffer pools.
+struct State {
+    convs: conv::Convs,
+    gram: gram::Gram,
+    f32s: Pool<f32>,
+    f64s: Pool<f64>,
+    /// The image size the pools hold buffers for; another size empties them.
+    size: (usize, usize),
+}
+
+/// Device buffers by length, kept between calls so that iterations allocate nothing.
+struct Pool<T>(HashMap<usize, Vec<CudaSlice<T>>>);
+
+impl<T: DeviceRepr + ValidAsZeroBits> Pool<T> {
+    /// A buffer of `len` elements with whatever it held.
+    fn take(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<CudaSlice<T>> {
+        match self.0.get_mut(&len).and_then(Vec::pop) {
+            Some(b) => Ok(b),
+            None => unsafe { stream.alloc::<T>(len) }
+                .with_context(|| format!("allocating {len} elements on the CUDA device")),
+        }
+    }
+    fn zeroed(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<CudaSlice<T>> {
+        let mut b = self.take(stream, len)?;
+        stream
+            .memset_zeros(&mut b)
+            .context("zeroing a CUDA buffer")?;
+        Ok(b)
+    }
+    fn give(&mut self, b: CudaSlice<T>) {
+        self.0.entry(b.len()).or_default().push(b);
+    }
+}
+
+/// One layer's activation on the card, `[c][h][w]`.
+struct Act {
+    data: CudaSlice<f32>,
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+/// Whether the activation of layer `i - 1` is pooled before layer `i`.
+fn pooled_before(i: usize) -> bool {
+    i > 0 && BLOCK_ENDS.contains(&(i - 1))
+}
+
+// The caller shares one `CudaVgg` between threads.
+const _: fn() = || {
+    fn is<T: Send + Sync>() {}
+    is::<CudaVgg>();
+    is::<CudaTargets>();
+};
+
+impl CudaVgg {
+    /// `convs[i]` = (weight `[K][C][3][3]`, bias `[K]`) for the 16 layers in order;
+    /// the image is mapped `x * input_scale[c] + input_shift[c]` first. `tf32`: allow
+    /// TF32 tensor-core math in cuDNN and cuBLAS.
+    pub fn new(
+        ordinal: usize,
+        convs: &[(Vec<f32>, Vec<f32>)],
+        input_scale: [f32; 3],
+        input_shift: [f32; 3],
+        tf32: bool,
+    ) -> Result<CudaVgg> {
+        ensure!(
+            convs.len() == 16,
+            "VGG-19 has 16 layers, got {}",
+            convs.len()
+        );
+        let ctx =
+            CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
+        let name = ctx.name().context("reading the CUDA device's name")?;
+        let stream = ctx.default_stream();
+        let kernels = kernels::Kernels::new(&ctx)?;
+        let mut channels = Vec::with_capacity(16);
+        let mut weights = Vec::with_capacity(16);
+        for (i, (w, b)) in convs.iter().enumerate() {
+            let (c, k) = (if i == 0 { 3 } else { CHANNELS[i - 1] }, CHANNELS[i]);
+            ensure!(
+                w.len() == k * c * 9 && b.len() == k,
+                "layer {i}'s weights are not [{k}][{c}][3][3] and [{k}]"
+            );
+            let up = |v: &[f32]| {
+                stream
+                    .clone_htod(v)
+                    .with_context(|| format!("copying layer {i}'s weights to the CUDA device"))
+            };
+            weights.push((up(w)?, up(b)?));
+            channels.push((c, k));
+        }
+        let state = State {
+            convs: conv::Convs::new(stream.clone(), &channels, tf32)?,
+            gram: gram::Gram::new(stream.clone(), tf32)?,
+            f32s: Pool(HashMap::new()),
+            f64s: Pool(HashMap::new()),
+            size: (0, 0),
+        };
+        Ok(CudaVgg {
+            ctx,
+            stream,
+            name,
+            kernels,
+            weights,
+            scale: input_scale,
+            shift: input_shift,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The card's name, e.g. "NVIDIA H200".
+    pub fn device_name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// `(free, total)` bytes of device memory now.
+    pub fn memory(&self) -> Result<(u64, u64)> {
+        let (free, total) = self
+            .ctx
+            .mem_get_info()
+            .context("reading the CUDA device's memory")?;
+        Ok((free as u64, total as u64))
+    }
+
+    /// The state for an image of `h` x `w`, with the context bound to this thread (cuDNN
+    /// and cuBLAS calls need it current).
+    fn lock(&self, h: usize, w: usize) -> Result<MutexGuard<'_, State>> {
+        self.ctx
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")?;
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| anyhow!("the CUDA network's state was poisoned by a panic"))?;
+        if st.size != (h, w) {
+            // Buffers sized for another image would only hold memory.
+            st.f32s.0.clear();
+            st.size = (h, w);
+        }
+        Ok(st)
+    }
+
+    /// Runs the network on a pixel-space image `[3][h][w]`; returns every layer's
+    /// post-ReLU activation from conv1_1 to `deepest`, each `(data [C][H][W], C, H, W)`.
+    pub fn forward(
+        &self,
+        image: &[f32],
+        h: usize,
+        w: usize,
+        deepest: Layer,
+        pooling: Pooling,
+    ) -> Result<Vec<HostActivation>> {
+        conv::check_size(h, w, deepest)?;
+        let mut st = self.lock(h, w)?;
+        let x = self.upload_image(&mut st, image, h, w)?;
+        let acts = self.run(&mut st, &x, h, w, deepest, pooling)?;
+        st.f32s.give(x);
+        let mut out = Vec::with_capacity(acts.len());
+        for a in acts {
+            let host = self.stream.clone_dtoh(&a.data);
+            let host = host.context("copying an activation back from the CUDA device")?;
+            out.push((host, a.c, a.h, a.w));
+            st.f32s.give(a.data);
+        }
+        Ok(out)
+    }
+
+    /// Uploads the targets: the content activation at `content_layer` (`[C][H][W]`) and
+    /// one style Gram `[C][C]` per style layer, in order.
+    pub fn upload_targets(
+        &self,
+        content_layer: Layer,
+        content: &[f32],
+        grams: &[(Layer, Vec<f32>)],
+    ) -> Result<CudaTargets> {
+        self.ctx
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")?;
+        let up = |what: &str, v: &[f32]| {
+            self.stream
+                .clone_htod(v)
+                .with_context(|| format!("copying {what} to the CUDA device"))
+        };
+        let mut on_card = Vec::with_capacity(grams.len());
+        for (l, g) in grams {
+            ensure!(
+                g.len() == l.channels() * l.channels(),
+                "the style Gram at {l} is not {0}x{0}",
+                l.channels()
+            );
+            on_card.push((*l, up("a style Gram", g)?));
+        }
+        Ok(CudaTargets {
+            content_layer,
+            content: up("the content target", content)?,
+            grams: on_card,
+        })
+    }
+
+    /// The costs of `image` (`[3][h][w]`, pixel space) and the gradient of the total cost
+    /// `alpha J_content + beta sum_l lambda_l J_style[l] + tv_weight TV` with respect to
+    /// it. One copy up, two copies back; everything else stays on the card.
+    pub fn evaluate(
+        &self,
+        image: &[f32],
+        h: usize,
+        w: usize,
+        pooling: Pooling,
+        targets: &CudaTargets,
+        weights: &CudaCostWeights,
+    ) -> Result<(CudaCosts, Vec<f32>)> {
+        let deepest = gram::check_targets(targets, weights)?;
+        conv::check_size(h, w, deepest)?;
+        let mut guard = self.lock(h, w)?;
+        let st = &mut *guard;
+        let s = &self.stream;
+        let x = self.upload_image(st, image, h, w)?;
+        let acts = self.run(st, &x, h, w, deepest, pooling)?;
+        // [content, tv, style...], raw sums the host scales below.
+        let mut costs = st.f64s.zeroed(s, 2 + weights.style_layers.len())?;
+        let mut g = st.f32s.zeroed(s, acts[deepest.0].data.len())?;
+        // The chain of input gradients, as `CpuVgg::backward`: at each layer the taps'
+        // gradients join what came from above, then the ReLU mask, the transposed
+        // convolution, and the pooling's gradient where a block begins.
+        for (i, a) in acts.iter().enumerate().rev() {
+            self.taps(st, a, i, targets, weights, &mut g, &mut costs)?;
+            self.kernels.relu_mask(s, &mut g, &a.data)?;
+            let c_in = if i == 0 { 3 } else { CHANNELS[i - 1] };
+            let mut dx = st.f32s.take(s, c_in * a.h * a.w)?;
+            let weight = &self.weights[i].0;
+            st.convs.backward_data(i, (a.h, a.w), &g, weight, &mut dx)?;
+            st.f32s.give(std::mem::replace(&mut g, dx));
+            if pooled_before(i) {
+                let prev = &acts[i - 1];
+                let mut up = st.f32s.take(s, prev.data.len())?;
+                let max = pooling == Pooling::Max;
+                let size = (prev.h, prev.w);
+                self.kernels.unpool(s, &g, &prev.data, &mut up, size, max)?;
+                st.f32s.give(std::mem::replace(&mut g, up));
+            }
+        }
+        let tv = weights.tv_weight;
+        self.kernels
+            .finish(s, &mut g, &x, (h, w), self.scale, tv, &mut costs, 1)?;
+        let sums = s.clone_dtoh(&costs);
+        let sums = sums.context("copying the costs back from the CUDA device")?;
+        let grad = s.clone_dtoh(&g);
+        let grad = grad.context("copying the image gradient back from the CUDA device")?;
+        let content = &acts[weights.content_layer.0];
+        let parts = CudaCosts {
+            content: sums[0] / (4 * content.data.len()) as f64,
+            style: sums[2..].to_vec(),
+            tv: sums[1],
+        };
+        st.f32s.give(x);
+        st.f32s.give(g);
+        st.f64s.give(costs);
+        acts.into_iter().for_each(|a| st.f32s.give(a.data));
+        Ok((parts, grad))
+    }
+
+    fn upload_image(
+        &self,
+        st: &mut State,
+        image: &[f32],
+        h: usize,
+        w: usize,
+    ) -> Result<CudaSlice<f32>> {
+        ensure!(
+            image.len() == 3 * h * w,
+            "the image holds {} floats, not 3x{h}x{w}",
+            image.len()
+        );
+        let mut x = st.f32s.take(&self.stream, 3 * h * w)?;
+        self.stream
+            .memcpy_htod(image, &mut x)
+            .context("copying the image to the CUDA device")?;
+        Ok(x)
+    }
+}

@@ -1,0 +1,176 @@
+//! The network seam: an image's VGG-19 features, and the gradient of the costs with
+//! respect to the image, one implementation per compute path.
+//!
+//! - [`Path::Burn`]: burn's own convolutions on the tensors' device, differentiated by
+//!   burn's autodiff tape (wgpu; on the CPU, burn-flex's im2col as `--conv direct`);
+//! - [`Path::Winograd`]: the CPU's Winograd kernels (`crate::vgg::cpu`), forward and
+//!   backward outside the tape ([`winograd`]);
+//! - `Path::Cuda`: cuDNN and cuBLAS on an NVIDIA card ([`cuda`], [`cuda_path`]).
+//!
+//! The path is picked in one place, [`Network::new`], from the backend. Above this
+//! module, the losses speak only of activations, Grams and costs; below it, `crate::vgg`
+//! holds the weights and the CPU's kernels.
+
+mod burn_path;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_path;
+mod winograd;
+
+use crate::backend::{Backend, BackendKind, Precision};
+use crate::loss::{CostWeights, Costs, Targets};
+use crate::vgg::cpu::CpuVgg;
+use crate::vgg::{Layer, Pooling, Vgg19};
+use anyhow::Result;
+use burn::tensor::{Device, Tensor, TensorData};
+use std::sync::Arc;
+
+/// The CPU's convolution: easel's Winograd kernels, or burn's direct (im2col) ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ConvChoice {
+    #[default]
+    Winograd,
+    Direct,
+}
+
+#[derive(Clone)]
+enum Path {
+    Burn,
+    Winograd(Arc<CpuVgg>),
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<cuda_path::CudaPath>),
+}
+
+/// VGG-19 on one compute path.
+#[derive(Clone)]
+pub struct Network {
+    vgg: Vgg19,
+    path: Path,
+    conv: ConvChoice,
+    precision: Precision,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Network({})", self.path_name())
+    }
+}
+
+impl Network {
+    /// The network on `backend`'s compute path. `conv` matters on the CPU only,
+    /// `precision` on CUDA only.
+    pub fn new(
+        vgg: Vgg19,
+        backend: &Backend,
+        conv: ConvChoice,
+        precision: Precision,
+    ) -> Result<Network> {
+        let vgg = vgg.to_device(&backend.device);
+        let path = match (backend.kind, conv) {
+            (BackendKind::Cpu, ConvChoice::Winograd) => {
+                Path::Winograd(Arc::new(CpuVgg::new(&vgg.host_weights()?)))
+            }
+            (BackendKind::Cpu, ConvChoice::Direct) | (BackendKind::Wgpu, _) => Path::Burn,
+            #[cfg(feature = "cuda")]
+            (BackendKind::Cuda, _) => Path::Cuda(Arc::new(cuda_path::CudaPath::new(
+                &vgg.host_weights()?,
+                precision,
+            )?)),
+            #[cfg(not(feature = "cuda"))]
+            (BackendKind::Cuda, _) => anyhow::bail!("this easel was built without CUDA"),
+        };
+        Ok(Network {
+            vgg,
+            path,
+            conv,
+            precision,
+        })
+    }
+
+    /// The same network on another backend.
+    pub fn to_backend(&self, backend: &Backend) -> Result<Network> {
+        Network::new(self.vgg.clone(), backend, self.conv, self.precision)
+    }
+
+    /// Which kernels run: `winograd`, `burn` or `cuda`.
+    pub fn path_name(&self) -> &'static str {
+        match self.path {
+            Path::Burn => "burn",
+            Path::Winograd(_) => "winograd",
+            #[cfg(feature = "cuda")]
+            Path::Cuda(_) => "cuda",
+        }
+    }
+
+    pub fn pooling(&self) -> Pooling {
+        self.vgg.pooling
+    }
+
+    /// Where the run's tensors live.
+    pub fn device(&self) -> Device {
+        self.vgg.device()
+    }
+
+    /// The Winograd kernels, where they run (for the per-layer profile).
+    pub fn winograd(&self) -> Option<&CpuVgg> {
+        match &self.path {
+            Path::Winograd(cpu) => Some(cpu),
+            _ => None,
+        }
+    }
+
+    /// Every layer's activation from `conv1_1` to `deepest` for `x` (`[1, 3, H, W]`,
+    /// pixel space), as tensors on the network's device.
+    pub fn features(&self, x: Tensor<4>, deepest: Layer) -> Result<Vec<Tensor<4>>> {
+        match &self.path {
+            Path::Burn => Ok(self.vgg.forward(x, deepest)),
+            Path::Winograd(cpu) => winograd::features(cpu, &x, deepest, self.pooling()),
+            #[cfg(feature = "cuda")]
+            Path::Cuda(cuda) => cuda.features(&x, deepest, self.pooling()),
+        }
+    }
+
+    /// The targets of a run: the content activation and the blended style Grams.
+    pub fn targets(
+        &self,
+        content: Tensor<4>,
+        styles: &[(Tensor<4>, f64)],
+        weights: &CostWeights,
+    ) -> Result<Targets> {
+        Targets::compute(&|x, l| self.features(x, l), content, styles, weights)
+    }
+
+    /// The activation of `content` at `layer` (a new content layer mid-run).
+    pub fn activation(&self, content: Tensor<4>, layer: Layer) -> Result<Tensor<4>> {
+        Ok(self.features(content, layer)?.swap_remove(layer.0))
+    }
+
+    /// The cost of `x` and the gradient of the total cost with respect to its pixels.
+    pub fn evaluate(
+        &self,
+        x: &Tensor<4>,
+        targets: &Targets,
+        weights: &CostWeights,
+    ) -> Result<(Costs, Tensor<4>)> {
+        match &self.path {
+            Path::Burn => burn_path::evaluate(&self.vgg, x, targets, weights),
+            Path::Winograd(cpu) => winograd::evaluate(cpu, self.pooling(), x, targets, weights),
+            #[cfg(feature = "cuda")]
+            Path::Cuda(cuda) => cuda.evaluate(x, targets, weights, self.pooling()),
+        }
+    }
+}
+
+/// A tensor's floats on the host.
+pub(crate) fn floats(data: TensorData, what: &str) -> Result<Vec<f32>> {
+    data.try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading {what} back: {e:?}"))
+}
+
+/// The image as floats with its height and width; only a batch of one is supported.
+pub(crate) fn image_floats(x: &Tensor<4>) -> Result<(Vec<f32>, usize, usize)> {
+    let [n, _, h, w] = x.dims();
+    anyhow::ensure!(n == 1, "the network takes one image at a time, not {n}");
+    Ok((floats(x.to_data(), "the image")?, h, w))
+}

@@ -1,0 +1,91 @@
+//! The network on the CPU's Winograd kernels (`crate::vgg::cpu`), outside burn's
+//! autodiff tape, which covers only the costs: from the content activation and the
+//! Grams (and TV from the image).
+
+use super::{floats, image_floats};
+use crate::loss::{CostWeights, Costs, Reads, Targets, terms_from_reads};
+use crate::vgg::cpu::CpuVgg;
+use crate::vgg::{Layer, Pooling};
+use anyhow::Result;
+use burn::tensor::{Tensor, TensorData};
+
+/// The forward pass, as tensors on `x`'s device.
+pub fn features(
+    cpu: &CpuVgg,
+    x: &Tensor<4>,
+    deepest: Layer,
+    pooling: Pooling,
+) -> Result<Vec<Tensor<4>>> {
+    let (pixels, h, w) = image_floats(x)?;
+    let acts = cpu.forward(&pixels, h, w, deepest, pooling);
+    Ok(acts
+        .layers
+        .into_iter()
+        .map(|a| a.into_tensor(&x.device()))
+        .collect())
+}
+
+/// The cost of `x` and the gradient of the total cost with respect to its pixels.
+pub fn evaluate(
+    cpu: &CpuVgg,
+    pooling: Pooling,
+    x: &Tensor<4>,
+    targets: &Targets,
+    weights: &CostWeights,
+) -> Result<(Costs, Tensor<4>)> {
+    let plain = x.clone().inner();
+    let device = plain.device();
+    let (pixels, h, w) = image_floats(&plain)?;
+    let acts = cpu.forward(&pixels, h, w, weights.deepest(), pooling);
+    let leaf = |data: Vec<f32>, shape: Vec<usize>| {
+        Tensor::<2>::from_data(TensorData::new(data, shape), &device)
+            .autodiff()
+            .require_grad()
+    };
+    let content_act = &acts.layers[weights.content_layer.0];
+    let content = content_act.to_tensor(&device).autodiff().require_grad();
+    let grams: Vec<(Tensor<2>, [usize; 3])> = weights
+        .style_layers
+        .iter()
+        .map(|(l, _)| {
+            let a = &acts.layers[l.0];
+            let g = leaf(a.gram(), vec![a.channels, a.channels]);
+            (g, [a.channels, a.height, a.width])
+        })
+        .collect();
+    let xa = plain.autodiff().require_grad();
+    let reads = Reads {
+        content: content.clone(),
+        grams: grams.clone(),
+    };
+    let terms = terms_from_reads(reads, xa.clone(), targets, weights);
+    let costs = terms.read(weights);
+    let grads = terms.total.backward();
+
+    // The gradient at each layer the cost read: the content's directly, the Grams'
+    // through the Gram's adjoint.
+    let mut tap_grads: Vec<Option<Vec<f32>>> = vec![None; acts.layers.len()];
+    let mut add = |layer: usize, g: Vec<f32>| match &mut tap_grads[layer] {
+        Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+        slot => *slot = Some(g),
+    };
+    if let Some(g) = content.grad(&grads) {
+        add(
+            weights.content_layer.0,
+            floats(g.into_data(), "the content gradient")?,
+        );
+    }
+    for ((l, _), (g, _)) in weights.style_layers.iter().zip(&grams) {
+        if let Some(dg) = g.grad(&grads) {
+            let dg = floats(dg.into_data(), "a Gram's gradient")?;
+            add(l.0, acts.layers[l.0].gram_adjoint(&dg));
+        }
+    }
+    let g = cpu.backward(&acts, tap_grads, pooling);
+    acts.recycle();
+    let mut g = Tensor::<4>::from_data(TensorData::new(g, [1, 3, h, w]), &device);
+    if let Some(tv) = xa.grad(&grads) {
+        g = g + tv;
+    }
+    Ok((costs, g))
+}

@@ -1,0 +1,251 @@
+//! The CUDA path (cuDNN and cuBLAS) against the CPU's Winograd path on the same weights,
+//! and what CUDA does on a machine that cannot run it.
+//!
+//! The tests marked `ignore` need an NVIDIA GPU; `scripts/gpu-tests.sh` runs them there
+//! (it builds this test binary, which the GPU machine runs with `--ignored`). The others
+//! run everywhere, CI included.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use burn::tensor::{Device, Tensor};
+use common::*;
+use easel::backend::cuda_libs::{self, LIBRARIES};
+use easel::backend::{Backend, BackendChoice, BackendKind};
+use easel::engine::{Destination, RunSpec};
+use easel::loss::CostWeights;
+use easel::network::{ConvChoice, Network};
+use easel::optim::{Optimizer, OptimizerSpec};
+use easel::preset::Preset;
+use easel::vgg::Pooling;
+use std::path::{Path, PathBuf};
+
+const NEEDS_GPU: &str =
+    "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh";
+
+/// The repository: the GPU machine runs this binary from a copy at another path.
+fn root() -> PathBuf {
+    std::env::var_os("EASEL_REPO_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The weights both paths use: `EASEL_GPU_TEST_WEIGHTS` (a safetensors file, e.g. the
+/// float16 copy the GPU machine gets) or the real ones.
+fn weights_file() -> PathBuf {
+    std::env::var_os("EASEL_GPU_TEST_WEIGHTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(real_weights)
+}
+
+fn cuda() -> Backend {
+    let _ = NEEDS_GPU;
+    Backend::resolve(BackendChoice::Cuda).expect("the CUDA backend on this machine")
+}
+
+fn networks(pooling: Pooling) -> (Network, Network) {
+    let vgg = easel::weights::load(&weights_file(), &Device::flex())
+        .expect("weights")
+        .with_pooling(pooling);
+    (on(vgg.clone(), &cuda(), ConvChoice::Winograd), on_cpu(vgg))
+}
+
+fn image(seed: u64, h: usize, w: usize) -> Tensor<4> {
+    easel::image::uniform_noise(seed, w, h, &Device::flex()) * 0.5 + 64.0
+}
+
+/// Costs to 1e-4 and the gradient to 1e-3, CUDA against the CPU, at one size.
+fn check_costs_and_gradient(h: usize, w: usize, pooling: Pooling) {
+    let (gpu, cpu) = networks(pooling);
+    let weights = CostWeights {
+        tv_weight: 0.5,
+        ..seed_weights()
+    };
+    let (content, style, x) = (image(1, h, w), image(2, h, w), image(3, h, w));
+    let run = |net: &Network| {
+        let targets = net
+            .targets(content.clone(), &[(style.clone(), 1.0)], &weights)
+            .expect("targets");
+        net.evaluate(&x, &targets, &weights).expect("evaluate")
+    };
+    let (want, want_g) = run(&cpu);
+    let (got, got_g) = run(&gpu);
+    let at = format!("{w}x{h}, {pooling:?} pooling, CUDA against the CPU");
+    assert_same_costs(&got, &want, 1e-4, &at);
+    let e = rel_err(&values(&got_g), &values(&want_g));
+    assert!(
+        e <= 1e-3,
+        "{at}: CUDA gradient differs from the CPU's by {e:e}"
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
+fn cuda_costs_and_gradient_match_the_cpu() {
+    for (h, w) in [(40, 48), (300, 400), (37, 50)] {
+        for pooling in [Pooling::Avg, Pooling::Max] {
+            check_costs_and_gradient(h, w, pooling);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
+fn five_adam_steps_on_cuda_match_the_cpu() {
+    let (gpu, cpu) = networks(Pooling::Avg);
+    let weights = seed_weights();
+    let (content, style) = (image(1, 96, 128), image(2, 96, 128));
+    let trajectory = |net: &Network| -> Vec<f64> {
+        let targets = net
+            .targets(content.clone(), &[(style.clone(), 1.0)], &weights)
+            .expect("targets");
+        let mut eval = |x: &Tensor<4>| net.evaluate(x, &targets, &weights);
+        let spec = OptimizerSpec::adam(2.0);
+        let mut opt = Optimizer::new(&spec);
+        let mut x = image(3, 96, 128);
+        let mut js = Vec::new();
+        for _ in 0..5 {
+            let (next, c) = opt.step(spec.lr(), x, &mut eval).expect("step");
+            js.push(c.total);
+            x = next;
+        }
+        js
+    };
+    let (a, b) = (trajectory(&gpu), trajectory(&cpu));
+    for (k, (g, c)) in a.iter().zip(&b).enumerate() {
+        assert!(rel(*g, *c) <= 1e-3, "Adam step {k}: CUDA J {g} vs CPU {c}");
+    }
+}
+
+fn run_spec(out: &Path, backend: Backend, destination: Option<PathBuf>) -> RunSpec {
+    let o: Vec<String> = [
+        "size={width: 64, height: 48}",
+        "save_every=0",
+        "iterations=9",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let preset = Preset::load(&root().join("presets/quick.yaml"), &o).expect("preset");
+    RunSpec {
+        preset,
+        destination: match destination {
+            Some(dir) => {
+                Destination::Resume(easel::run_dir::RunDir::open(&dir).expect("the run directory"))
+            }
+            None => Destination::New(out.to_path_buf()),
+        },
+        weights: weights_file(),
+        backend,
+        preview_every_s: 0.0,
+    }
+}
+
+fn assert_same_js(a: &[(f64, String)], b: &[(f64, String)], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: as many iterations");
+    for (k, ((x, _), (y, _))) in a.iter().zip(b).enumerate() {
+        assert!(
+            rel(*x, *y) <= 1e-3,
+            "{what}: J at iteration {k}: {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
+fn a_run_switched_cuda_cpu_cuda_matches_an_all_cpu_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = switching_trajectory(run_spec(dir.path(), Backend::cpu(), None), &[]);
+    let switched = switching_trajectory(
+        run_spec(dir.path(), cuda(), None),
+        &[(2, BackendChoice::Cpu), (5, BackendChoice::Cuda)],
+    );
+    assert_same_js(&switched, &plain, "cuda -> cpu -> cuda against cpu");
+    let kinds: Vec<&str> = switched.iter().map(|(_, b)| b.as_str()).collect();
+    assert!(
+        kinds.contains(&"cpu") && kinds.first() == Some(&"cuda"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.last(),
+        Some(&"cuda"),
+        "and the run came back: {kinds:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
+fn a_cuda_run_resumes_on_the_cpu() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = switching_trajectory(run_spec(dir.path(), Backend::cpu(), None), &[]);
+    // A CUDA run stopped after iteration 4, resumed on the CPU to the end.
+    let mut spec = run_spec(dir.path(), cuda(), None);
+    spec.preset.iterations = 5;
+    let first = switching_trajectory(spec, &[]);
+    let run_dir = run_dirs(dir.path())
+        .into_iter()
+        .max()
+        .expect("the CUDA run's directory");
+    let rest = switching_trajectory(run_spec(dir.path(), Backend::cpu(), Some(run_dir)), &[]);
+    let joined: Vec<(f64, String)> = first.into_iter().chain(rest).collect();
+    assert_same_js(&joined, &plain, "cuda then resumed on cpu against cpu");
+}
+
+#[test]
+fn a_missing_library_is_named_with_the_fix() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let err = cuda_libs::load_from(&[Some(empty.path().to_path_buf())])
+        .expect_err("nothing loads from an empty folder");
+    let text = format!("{err:#}");
+    assert!(text.contains("libcuda.so.1"), "{text}");
+    assert!(text.contains(&empty.path().display().to_string()), "{text}");
+    assert!(text.contains("EASEL_CUDA_LIB_DIR"), "{text}");
+    assert!(!text.contains('\n'), "one paragraph: {text}");
+}
+
+#[test]
+fn every_library_has_a_fix_that_names_where_to_get_it() {
+    for lib in &LIBRARIES {
+        let text = cuda_libs::missing_message(lib, &[None]);
+        assert!(text.contains(lib.names[0]), "{text}");
+        assert!(text.contains("the system's library path"), "{text}");
+    }
+    let cudnn = cuda_libs::missing_message(&LIBRARIES[4], &[None]);
+    assert!(
+        cudnn.contains("nvidia-cudnn") && cudnn.contains("libcudnn9"),
+        "{cudnn}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_library_is_not_taken_for_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("libcuda.so.1"), b"not an ELF file").expect("write");
+    let err = cuda_libs::load_from(&[Some(dir.path().to_path_buf())])
+        .expect_err("a text file is not libcuda");
+    assert!(format!("{err:#}").contains("libcuda.so.1"), "{err:#}");
+}
+
+/// On this machine: CUDA either resolves to a card, or says which library is missing;
+/// `auto` never fails, and says why it is not on CUDA when it is not.
+#[test]
+fn cuda_resolves_or_says_why_and_auto_falls_back() {
+    match Backend::resolve(BackendChoice::Cuda) {
+        Ok(b) => assert_eq!(b.kind, BackendKind::Cuda),
+        Err(e) => {
+            let text = format!("{e:#}");
+            assert!(
+                text.contains("cannot use CUDA") && text.contains(".so"),
+                "the error names the library: {text}"
+            );
+        }
+    }
+    let auto = Backend::resolve(BackendChoice::Auto).expect("auto always resolves");
+    if auto.kind != BackendKind::Cuda {
+        assert!(
+            auto.description.contains("CUDA"),
+            "auto says why it is not on CUDA: {}",
+            auto.description
+        );
+    }
+}
