@@ -8,12 +8,34 @@ use crate::network::{ConvChoice, Network};
 use crate::optim::{Optimizer, OptimizerSpec};
 use crate::preset::Preset;
 use crate::vgg::cpu::{CpuVgg, pool, unpool};
-use crate::vgg::{Layer, Pooling};
+use crate::vgg::{BLOCK_ENDS, Layer, Pooling};
 use crate::weights;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// `(iteration, J, elapsed s)` of a run, stopped once J reaches `stop_at.1` at or
+/// after iteration `stop_at.0`.
+fn trajectory(spec: RunSpec, stop_at: Option<(u64, f64)>) -> Result<Vec<Point>> {
+    let mut handle = engine::spawn(spec);
+    let mut points = Vec::new();
+    loop {
+        match handle.events.recv_timeout(Duration::from_secs(3600)) {
+            Ok(Event::Iteration(r)) => {
+                points.push((r.iter, r.j, r.elapsed_s));
+                if stop_at.is_some_and(|(from, t)| r.iter >= from && r.j <= t) {
+                    handle.send(engine::Command::Stop);
+                }
+            }
+            Ok(Event::Failed(e)) => bail!("{e}"),
+            Ok(Event::Finished { .. }) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    handle.join();
+    Ok(points)
+}
 
 /// Peak resident memory of this process so far, in MiB (Linux; `None` elsewhere).
 pub fn peak_rss_mib() -> Option<f64> {
@@ -131,7 +153,7 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
             }
             if opts.profile {
                 let c = img::to_pixel_space(&img::resize(&content, w, h), &network.device());
-                let deepest = Layer(DEEPEST_STYLE);
+                let deepest = Layer::CONV5_1;
                 let t = Instant::now();
                 for _ in 0..opts.iters {
                     let taps = network.features(c.clone(), deepest)?;
@@ -156,9 +178,6 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
     Ok(())
 }
 
-/// The deepest layer the default preset reads: conv5_1.
-const DEEPEST_STYLE: usize = 12;
-
 /// Where the Winograd path's time goes: each convolution forward and backward (to its
 /// input), and the pooling, at `w` x `h`, as far as conv5_1.
 fn profile_layers(cpu: &CpuVgg, w: usize, h: usize, pooling: Pooling, iters: usize) {
@@ -177,7 +196,7 @@ fn profile_layers(cpu: &CpuVgg, w: usize, h: usize, pooling: Pooling, iters: usi
     );
     let (mut hh, mut ww) = (h, w);
     let (mut total_f, mut total_b, mut total_p) = (0.0, 0.0, 0.0);
-    for i in 0..=DEEPEST_STYLE {
+    for i in 0..=Layer::CONV5_1.0 {
         let (fwd, bwd, bias) = cpu.layer(Layer(i));
         let (c, k) = (fwd.c, fwd.k);
         let x: Vec<f32> = (0..c * hh * ww).map(|j| (j % 7) as f32 - 3.0).collect();
@@ -195,7 +214,7 @@ fn profile_layers(cpu: &CpuVgg, w: usize, h: usize, pooling: Pooling, iters: usi
         let tb = time(&mut || drop(conv3x3(&g, Some(&y), hh, ww, bwd, off)));
         let gflop = 2.0 * (c * k * 9 * hh * ww) as f64 / 1e9;
         let mut tp = 0.0;
-        if [1, 3, 7, 11].contains(&i) {
+        if BLOCK_ENDS.contains(&i) {
             let p = pool(&y, k, hh, ww, pooling);
             tp = time(&mut || drop(pool(&y, k, hh, ww, pooling)))
                 + time(&mut || drop(unpool(&p, &y, k, hh, ww, pooling)));
@@ -212,7 +231,7 @@ fn profile_layers(cpu: &CpuVgg, w: usize, h: usize, pooling: Pooling, iters: usi
         total_f += tf;
         total_b += tb;
         total_p += tp;
-        if [1, 3, 7, 11].contains(&i) {
+        if BLOCK_ENDS.contains(&i) {
             (hh, ww) = (hh / 2, ww / 2);
         }
     }
@@ -293,32 +312,15 @@ pub fn time_to_target(
                 .nth(1)
                 .map(|s| s.end)
                 .unwrap_or(0);
-        let mut handle = engine::spawn(RunSpec {
+        let spec = RunSpec {
             preset,
             destination: Destination::New(out.clone()),
             weights: weights_path.to_path_buf(),
             backend: backend.clone(),
             preview_every_s: 0.0,
-        });
-        let mut points = Vec::new();
-        loop {
-            match handle.events.recv_timeout(Duration::from_secs(3600)) {
-                Ok(Event::Iteration(r)) => {
-                    points.push((r.iter, r.j, r.elapsed_s));
-                    if let Some(t) = target
-                        && r.iter >= last_stage_start
-                        && r.j <= t
-                    {
-                        handle.send(engine::Command::Stop);
-                    }
-                }
-                Ok(Event::Failed(e)) => bail!("{e}"),
-                Ok(Event::Finished { .. }) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        handle.join();
-        Ok((points, last_stage_start as usize))
+        };
+        let stop_at = target.map(|t| (last_stage_start, t));
+        Ok((trajectory(spec, stop_at)?, last_stage_start as usize))
     };
     println!(
         "easel bench --time-to-target: {w}x{h} on {}",

@@ -22,6 +22,8 @@ pub mod network;
 pub mod optim;
 pub mod preset;
 pub mod run_dir;
+pub mod settings;
+pub mod tensor_file;
 pub mod tui;
 pub mod vgg;
 pub mod weights;

@@ -10,6 +10,9 @@ use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+/// An optimiser step's result: the next image and the cost of the one it was given.
+pub type Step = Result<(Tensor<4>, Costs)>;
+
 /// Evaluates an image: its cost and the gradient of the total cost.
 pub type Evaluator<'a> = dyn FnMut(&Tensor<4>) -> Result<(Costs, Tensor<4>)> + 'a;
 
@@ -47,12 +50,7 @@ impl Default for Adam {
 }
 
 impl Adam {
-    pub fn step(
-        &mut self,
-        lr: f64,
-        x: Tensor<4>,
-        eval: &mut Evaluator,
-    ) -> Result<(Tensor<4>, Costs)> {
+    pub fn step(&mut self, lr: f64, x: Tensor<4>, eval: &mut Evaluator) -> Step {
         let (costs, g) = eval(&x)?;
         self.t += 1;
         let m = match self.m.take() {
@@ -138,12 +136,7 @@ impl Lbfgs {
         self.state = LbfgsState::default();
     }
 
-    pub fn step(
-        &mut self,
-        lr: f64,
-        x: Tensor<4>,
-        eval: &mut Evaluator,
-    ) -> Result<(Tensor<4>, Costs)> {
+    pub fn step(&mut self, lr: f64, x: Tensor<4>, eval: &mut Evaluator) -> Step {
         let dims = x.dims();
         let n: usize = dims.iter().product();
         let flat = |t: Tensor<4>| -> Tensor<1> { t.reshape([n]) };
@@ -482,12 +475,7 @@ impl Optimizer {
     }
 
     /// One iteration: returns the next image and the cost of `x`.
-    pub fn step(
-        &mut self,
-        lr: f64,
-        x: Tensor<4>,
-        eval: &mut Evaluator,
-    ) -> Result<(Tensor<4>, Costs)> {
+    pub fn step(&mut self, lr: f64, x: Tensor<4>, eval: &mut Evaluator) -> Step {
         match self {
             Optimizer::Adam(a) => a.step(lr, x, eval),
             Optimizer::Lbfgs(l) => l.step(lr, x, eval),

@@ -6,10 +6,10 @@
 use crate::atomic;
 use crate::backend::{BackendChoice, Precision};
 use crate::color::PreserveColors;
-use crate::engine::schedule::Scales;
 use crate::image::Size;
 use crate::loss::CostWeights;
 use crate::optim::OptimizerSpec;
+use crate::settings::{Setting, Settings};
 use crate::vgg::{LAYER_NAMES, Layer, Pooling};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -67,6 +67,30 @@ fn default_noise_ratio() -> f64 {
     0.6
 }
 
+/// Coarse to fine (`crate::engine::schedule` turns it into sizes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scales {
+    /// Long side of the first scale, in pixels.
+    #[serde(default = "default_min_side")]
+    pub min_side: u32,
+    /// The most scales to use (the last is the target size).
+    #[serde(default = "default_steps")]
+    pub steps: u32,
+    /// Iterations at each scale but the last, which runs to `iterations`; by default
+    /// the iterations are shared equally. Give it to extend a run later with `resume
+    /// --set iterations=N`: the shared split moves with the total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<u64>,
+}
+
+fn default_min_side() -> u32 {
+    128
+}
+fn default_steps() -> u32 {
+    5
+}
+
 /// A setting changed during a run, recorded with the iteration it took effect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,10 +100,11 @@ pub struct Change {
     pub value: Value,
 }
 
-/// A preset, as in docs/design.md §2.
+/// A preset as the file holds it (docs/design.md §2): layers by name, checked by
+/// [`PresetFile::validate`] before they become a [`Preset`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Preset {
+struct PresetFile {
     pub name: String,
     pub content: PathBuf,
     pub style: StyleSpec,
@@ -132,6 +157,114 @@ pub struct Preset {
     /// Settings changed during a run (written into a run directory's `preset.yaml`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<Change>,
+}
+
+/// A preset: what a run is made of. The settings a run may change while it runs are
+/// [`Settings`]; the rest is fixed for the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preset {
+    pub name: String,
+    pub content: PathBuf,
+    pub style: StyleSpec,
+    pub size: Size,
+    pub init: Init,
+    pub settings: Settings,
+    pub pooling: Pooling,
+    pub iterations: u64,
+    pub seed: u64,
+    pub save_every: u64,
+    pub backend: BackendChoice,
+    pub precision: Precision,
+    /// Coarse to fine: `{min_side: 128, steps: 5}` (off when absent).
+    pub scales: Option<Scales>,
+    /// Decay of an exponential moving average of the image, used for previews and
+    /// output (bias-corrected); 0 turns it off.
+    pub ema: f64,
+    /// The style image's long side relative to the output's.
+    pub style_scale: Option<f64>,
+    pub preserve_colors: PreserveColors,
+    pub clamp: bool,
+    /// Settings changed during a run (written into a run directory's `preset.yaml`).
+    pub changes: Vec<Change>,
+}
+
+impl PresetFile {
+    /// The typed preset; the file has been validated, so every layer name is known.
+    fn into_preset(self, file: &Path) -> Result<Preset> {
+        let layer = |n: &str, key: String| {
+            Layer::parse(n)
+                .ok_or_else(|| anyhow!("preset {}: key `{key}`: unknown layer", file.display()))
+        };
+        let mut style_layers = self
+            .style_layers
+            .iter()
+            .map(|(n, w)| Ok((layer(n, format!("style_layers.{n}"))?, *w)))
+            .collect::<Result<Vec<_>>>()?;
+        style_layers.sort_by_key(|(l, _)| *l);
+        let settings = Settings {
+            alpha: self.alpha,
+            beta: self.beta,
+            content_layer: layer(&self.content_layer, "content_layer".into())?,
+            style_layers,
+            tv_weight: self.tv_weight,
+            optimizer: self.optimizer,
+        };
+        Ok(Preset {
+            name: self.name,
+            content: self.content,
+            style: self.style,
+            size: self.size,
+            init: self.init,
+            settings,
+            pooling: self.pooling,
+            iterations: self.iterations,
+            seed: self.seed,
+            save_every: self.save_every,
+            backend: self.backend,
+            precision: self.precision,
+            scales: self.scales,
+            ema: self.ema,
+            style_scale: self.style_scale,
+            preserve_colors: self.preserve_colors,
+            clamp: self.clamp,
+            changes: self.changes,
+        })
+    }
+}
+
+impl From<&Preset> for PresetFile {
+    fn from(p: &Preset) -> PresetFile {
+        let s = &p.settings;
+        PresetFile {
+            name: p.name.clone(),
+            content: p.content.clone(),
+            style: p.style.clone(),
+            size: p.size,
+            init: p.init.clone(),
+            alpha: s.alpha,
+            beta: s.beta,
+            content_layer: s.content_layer.name().to_string(),
+            style_layers: s
+                .style_layers
+                .iter()
+                .map(|(l, w)| (l.name().to_string(), *w))
+                .collect(),
+            pooling: p.pooling,
+            optimizer: s.optimizer.clone(),
+            iterations: p.iterations,
+            tv_weight: s.tv_weight,
+            seed: p.seed,
+            save_every: p.save_every,
+            backend: p.backend,
+            precision: p.precision,
+            scales: p.scales.clone(),
+            ema: p.ema,
+            style_scale: p.style_scale,
+            preserve_colors: p.preserve_colors,
+            clamp: p.clamp,
+            changes: p.changes.clone(),
+        }
+    }
 }
 
 fn is_fp32(p: &Precision) -> bool {
@@ -225,17 +358,18 @@ impl Preset {
         for o in overrides {
             set_override(&mut doc, o)?;
         }
-        let mut preset = Self::from_value(doc, path)?;
+        let file = Self::from_value(doc, path)?;
+        file.validate(path)?;
+        let mut preset = file.into_preset(path)?;
         // Absolute, so the copy in a run directory still points at the images.
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
         let base = std::path::absolute(parent.unwrap_or(Path::new(".")))?;
         preset.resolve_paths(&base);
-        preset.validate(path)?;
         Ok(preset)
     }
 
     /// Deserialises with the path of the key that failed in the error.
-    fn from_value(doc: Value, path: &Path) -> Result<Preset> {
+    fn from_value(doc: Value, path: &Path) -> Result<PresetFile> {
         serde_path_to_error::deserialize(doc).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
@@ -285,154 +419,157 @@ impl Preset {
         self.for_each_path(abs);
     }
 
-    /// Checks every value; the error names the file, the key and the fix.
-    pub fn validate(&self, file: &Path) -> Result<()> {
-        let err = |key: &str, msg: String| anyhow!("preset {}: key `{key}`: {msg}", file.display());
-        let non_negative = |key: &str, v: f64| {
-            if !v.is_finite() || v < 0.0 {
-                Err(err(
-                    key,
-                    format!("{v} is not allowed; give a finite number >= 0"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        if self.name.trim().is_empty() || self.name.contains(['/', '\\']) {
-            return Err(err(
-                "name",
-                "must be a non-empty name without slashes".into(),
-            ));
-        }
-        non_negative("alpha", self.alpha)?;
-        non_negative("beta", self.beta)?;
-        non_negative("tv_weight", self.tv_weight)?;
-        if self.alpha == 0.0 && self.beta == 0.0 {
-            return Err(err(
-                "beta",
-                "alpha and beta are both 0, so there is nothing to optimise; set beta (e.g. 40)"
-                    .into(),
-            ));
-        }
-        check_layer(&self.content_layer).map_err(|m| err("content_layer", m))?;
-        if self.style_layers.is_empty() {
-            return Err(err(
-                "style_layers",
-                "is empty; name at least one layer, e.g. {conv1_1: 0.2}".into(),
-            ));
-        }
-        for (name, lambda) in &self.style_layers {
-            check_layer(name).map_err(|m| err(&format!("style_layers.{name}"), m))?;
-            non_negative(&format!("style_layers.{name}"), *lambda)?;
-        }
-        if self.beta > 0.0 && self.style_layers.values().all(|l| *l == 0.0) {
-            return Err(err(
-                "style_layers",
-                "every style layer has weight 0; give at least one a weight > 0 (e.g. 0.2)".into(),
-            ));
-        }
-        for (i, (_, w)) in self.style.images().iter().enumerate() {
-            if !w.is_finite() || *w <= 0.0 {
-                return Err(err(
-                    &format!("style[{i}].weight"),
-                    format!("{w} is not allowed; blend weights must be > 0"),
-                ));
-            }
-        }
-        let (w, h) = match self.size {
-            Size::Exact { width, height } => (width, height),
-            Size::MaxSide { max_side } => (max_side, max_side),
-        };
-        if w < 16 || h < 16 || w > 8192 || h > 8192 {
-            return Err(err(
-                "size",
-                format!(
-                    "{w}x{h} is out of range; each side must be 16..8192 pixels (VGG-19 pools four times)"
-                ),
-            ));
-        }
-        if let Init::Noise { noise_ratio } = self.init
-            && !(0.0..=1.0).contains(&noise_ratio)
-        {
-            return Err(err(
-                "init.noise_ratio",
-                format!("{noise_ratio} is out of range; give a value in 0..1"),
-            ));
-        }
-        let lr = self.optimizer.lr();
-        if !lr.is_finite() || lr <= 0.0 {
-            return Err(err(
-                "optimizer.lr",
-                format!("{lr} is not allowed; give a learning rate > 0 (Adam: 2.0)"),
-            ));
-        }
-        if !(0.0..1.0).contains(&self.ema) {
-            return Err(err(
-                "ema",
-                format!(
-                    "{} is out of range; give a decay in 0..1 (0.99 is usual, 0 turns it off)",
-                    self.ema
-                ),
-            ));
-        }
-        if let Some(s) = self.style_scale
-            && !(s.is_finite() && (0.05..=20.0).contains(&s))
-        {
-            return Err(err(
-                "style_scale",
-                format!("{s} is out of range; give a factor in 0.05..20 (1 is the output's size)"),
-            ));
-        }
-        if let Some(s) = &self.scales {
-            if s.min_side < 16 {
-                return Err(err(
-                    "scales.min_side",
-                    format!(
-                        "{} is too small; give at least 16 pixels (128 is usual)",
-                        s.min_side
-                    ),
-                ));
-            }
-            if s.steps == 0 || s.steps > 20 {
-                return Err(err(
-                    "scales.steps",
-                    format!("{} is out of range; give 1..20 scales", s.steps),
-                ));
-            }
-        }
-        if self.optimizer.history == 0 {
-            return Err(err(
-                "optimizer.history",
-                "must be at least 1 (100 is usual)".into(),
-            ));
-        }
-        Ok(())
-    }
-
     /// The layers and weights of the cost.
     pub fn cost_weights(&self) -> CostWeights {
-        let mut style_layers: Vec<(Layer, f64)> = self
-            .style_layers
-            .iter()
-            .filter_map(|(n, w)| Layer::parse(n).map(|l| (l, *w)))
-            .collect();
-        style_layers.sort_by_key(|(l, _)| *l);
-        CostWeights {
-            alpha: self.alpha,
-            beta: self.beta,
-            content_layer: Layer::parse(&self.content_layer).unwrap_or(Layer(9)),
-            style_layers,
-            tv_weight: self.tv_weight,
-        }
+        self.settings.cost_weights()
     }
 
     pub fn to_yaml(&self) -> Result<String> {
-        Ok(serde_yaml_ng::to_string(self)?)
+        Ok(serde_yaml_ng::to_string(&PresetFile::from(self))?)
     }
 
     /// Writes the preset atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         atomic::write(path, self.to_yaml()?.as_bytes())
+    }
+}
+
+impl PresetFile {
+    /// Checks every value; the error names the file, the key and the fix.
+    fn validate(&self, file: &Path) -> Result<()> {
+        match self.cost_problem().or_else(|| self.run_problem()) {
+            Some((key, msg)) => bail!("preset {}: key `{key}`: {msg}", file.display()),
+            None => Ok(()),
+        }
+    }
+
+    /// The first problem with the cost's settings: `(key, what is wrong and the fix)`.
+    fn cost_problem(&self) -> Option<(String, String)> {
+        let fail = |key: &str, msg: &str| Some((key.to_string(), msg.to_string()));
+        if self.name.trim().is_empty() || self.name.contains(['/', '\\']) {
+            return fail("name", "must be a non-empty name without slashes");
+        }
+        let weights = [
+            ("alpha", self.alpha),
+            ("beta", self.beta),
+            ("tv_weight", self.tv_weight),
+        ];
+        let lambdas = self.style_layers.iter().map(|(n, l)| (n.as_str(), *l));
+        for (key, v) in weights.into_iter().chain(lambdas) {
+            if let Err(m) = Setting::Alpha.check(v) {
+                let key = if self.style_layers.contains_key(key) {
+                    format!("style_layers.{key}")
+                } else {
+                    key.to_string()
+                };
+                return Some((key, m));
+            }
+        }
+        if self.alpha == 0.0 && self.beta == 0.0 {
+            return fail(
+                "beta",
+                "alpha and beta are both 0, so there is nothing to optimise; set beta (e.g. 40)",
+            );
+        }
+        if let Err(m) = check_layer(&self.content_layer) {
+            return Some(("content_layer".into(), m));
+        }
+        if self.style_layers.is_empty() {
+            return fail(
+                "style_layers",
+                "is empty; name at least one layer, e.g. {conv1_1: 0.2}",
+            );
+        }
+        for name in self.style_layers.keys() {
+            if let Err(m) = check_layer(name) {
+                return Some((format!("style_layers.{name}"), m));
+            }
+        }
+        if self.beta > 0.0 && self.style_layers.values().all(|l| *l == 0.0) {
+            return fail(
+                "style_layers",
+                "every style layer has weight 0; give at least one a weight > 0 (e.g. 0.2)",
+            );
+        }
+        let blends = self.style.images();
+        let bad = blends
+            .iter()
+            .position(|(_, w)| !w.is_finite() || *w <= 0.0)?;
+        Some((
+            format!("style[{bad}].weight"),
+            format!(
+                "{} is not allowed; blend weights must be > 0",
+                blends[bad].1
+            ),
+        ))
+    }
+
+    /// The first problem with the run's other settings: `(key, what is wrong and the fix)`.
+    fn run_problem(&self) -> Option<(String, String)> {
+        let fail = |key: &str, msg: String| Some((key.to_string(), msg));
+        let (w, h) = match self.size {
+            Size::Exact { width, height } => (width, height),
+            Size::MaxSide { max_side } => (max_side, max_side),
+        };
+        if w < 16 || h < 16 || w > 8192 || h > 8192 {
+            return fail(
+                "size",
+                format!(
+                    "{w}x{h} is out of range; each side must be 16..8192 pixels (VGG-19 pools four times)"
+                ),
+            );
+        }
+        if let Init::Noise { noise_ratio } = self.init
+            && !(0.0..=1.0).contains(&noise_ratio)
+        {
+            return fail(
+                "init.noise_ratio",
+                format!("{noise_ratio} is out of range; give a value in 0..1"),
+            );
+        }
+        if let Err(m) = Setting::LearningRate.check(self.optimizer.lr()) {
+            return fail("optimizer.lr", m);
+        }
+        if self.optimizer.history == 0 {
+            return fail(
+                "optimizer.history",
+                "must be at least 1 (100 is usual)".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.ema) {
+            return fail(
+                "ema",
+                format!(
+                    "{} is out of range; give a decay in 0..1 (0.99 is usual, 0 turns it off)",
+                    self.ema
+                ),
+            );
+        }
+        if let Some(s) = self.style_scale
+            && !(s.is_finite() && (0.05..=20.0).contains(&s))
+        {
+            return fail(
+                "style_scale",
+                format!("{s} is out of range; give a factor in 0.05..20 (1 is the output's size)"),
+            );
+        }
+        let s = self.scales.as_ref()?;
+        if s.min_side < 16 {
+            return fail(
+                "scales.min_side",
+                format!(
+                    "{} is too small; give at least 16 pixels (128 is usual)",
+                    s.min_side
+                ),
+            );
+        }
+        if s.steps == 0 || s.steps > 20 {
+            return fail(
+                "scales.steps",
+                format!("{} is out of range; give 1..20 scales", s.steps),
+            );
+        }
+        None
     }
 }
 

@@ -8,7 +8,7 @@
 //! `input.shift`, the per-channel map from our pixel space to the input the weights
 //! expect (identity for Caffe-convention weights, ImageNet mean/std for torchvision's).
 
-use crate::atomic;
+use crate::tensor_file;
 use crate::vgg::{CHANNELS, Conv, LAYER_NAMES, Vgg19};
 use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -236,8 +236,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         .collect())
 }
 
-/// A tensor on the host: shape and values.
-pub type HostTensor = (Vec<usize>, Vec<f32>);
+pub use crate::tensor_file::HostTensor;
 
 /// Reads Keras' HDF5 file into our layout (OIHW, RGB input for conv1_1).
 pub fn read_keras_h5(path: &Path) -> Result<HashMap<String, HostTensor>> {
@@ -248,7 +247,7 @@ pub fn read_keras_h5(path: &Path) -> Result<HashMap<String, HostTensor>> {
         )
     })?;
     let mut out = HashMap::new();
-    let blocks = [2, 2, 4, 4, 4];
+    let blocks = crate::vgg::BLOCK_SIZES;
     let mut i = 0;
     for (b, &n) in blocks.iter().enumerate() {
         for c in 1..=n {
@@ -284,13 +283,16 @@ pub fn read_keras_h5(path: &Path) -> Result<HashMap<String, HostTensor>> {
                     }
                 }
             }
-            out.insert(format!("conv{i}.weight"), (vec![cout, cin, kh, kw], oihw));
-            out.insert(format!("conv{i}.bias"), (vec![cout], bias));
+            out.insert(
+                format!("conv{i}.weight"),
+                HostTensor::new(vec![cout, cin, kh, kw], oihw),
+            );
+            out.insert(format!("conv{i}.bias"), HostTensor::new(vec![cout], bias));
             i += 1;
         }
     }
-    out.insert("input.scale".into(), (vec![3], vec![1.0; 3]));
-    out.insert("input.shift".into(), (vec![3], vec![0.0; 3]));
+    out.insert("input.scale".into(), HostTensor::new(vec![3], vec![1.0; 3]));
+    out.insert("input.shift".into(), HostTensor::new(vec![3], vec![0.0; 3]));
     Ok(out)
 }
 
@@ -300,71 +302,15 @@ pub fn write_safetensors(
     tensors: &HashMap<String, HostTensor>,
     source: &str,
 ) -> Result<()> {
-    write_safetensors_with(
-        path,
-        tensors,
-        HashMap::from([("source".to_string(), source.to_string())]),
-    )
+    let meta = HashMap::from([("source".to_string(), source.to_string())]);
+    tensor_file::write(path, tensors, meta)
 }
 
-/// Writes tensors as safetensors, atomically, with the given metadata.
-pub fn write_safetensors_with(
-    path: &Path,
-    tensors: &HashMap<String, HostTensor>,
-    meta: HashMap<String, String>,
-) -> Result<()> {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(k, (shape, v))| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                shape.clone(),
-                bytemuck::cast_slice(v),
-            )
-            .map_err(|e| anyhow!("{e}"))?;
-            Ok((k.clone(), view))
-        })
-        .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| anyhow!("{e}"))?;
-    atomic::write(path, &bytes)
-}
-
-/// Reads every float32 tensor of a safetensors file.
+/// Reads every float32 tensor of a weights file.
 pub fn read_safetensors(
     path: &Path,
 ) -> Result<(HashMap<String, HostTensor>, HashMap<String, String>)> {
-    let bytes =
-        fs::read(path).with_context(|| format!("cannot read weights file {}", path.display()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-        anyhow!(
-            "{} is damaged or truncated, or not a safetensors file ({e}); run `easel weights fetch` again",
-            path.display()
-        )
-    })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-        anyhow!(
-            "{} is damaged or truncated ({e}); run `easel weights fetch` again",
-            path.display()
-        )
-    })?;
-    let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::Dtype::F32 {
-            bail!(
-                "tensor {name} in {} is {:?}, easel reads float32 only",
-                path.display(),
-                view.dtype()
-            );
-        }
-        out.insert(
-            name.clone(),
-            (
-                view.shape().to_vec(),
-                bytemuck::pod_collect_to_vec(view.data()),
-            ),
-        );
-    }
-    Ok((out, meta.metadata().clone().unwrap_or_default()))
+    tensor_file::read(path, "weights file", "run `easel weights fetch` again")
 }
 
 /// Builds the network from tensors in our layout.
@@ -378,17 +324,17 @@ pub fn vgg_from_tensors(
             anyhow!("weights file {} has no tensor `{name}`: it is not VGG-19 in easel's layout; run `easel weights fetch`", origin.display())
         })
     };
-    let tensor = |(shape, v): &HostTensor| TensorData::new(v.clone(), shape.clone());
+    let tensor = |t: &HostTensor| TensorData::new(t.data.clone(), t.shape.clone());
     let mut convs = Vec::with_capacity(16);
     for i in 0..LAYER_NAMES.len() {
         let w = get(&format!("conv{i}.weight"))?;
         let b = get(&format!("conv{i}.bias"))?;
-        if w.0.len() != 4 || b.0.len() != 1 || w.0[0] != CHANNELS[i] {
+        if w.shape.len() != 4 || b.shape.len() != 1 || w.shape[0] != CHANNELS[i] {
             bail!(
                 "weights file {}: {} has shape {:?}, VGG-19 needs [{}, _, 3, 3]: these are not VGG-19 weights",
                 origin.display(),
                 LAYER_NAMES[i],
-                w.0,
+                w.shape,
                 CHANNELS[i]
             );
         }
@@ -398,7 +344,7 @@ pub fn vgg_from_tensors(
         });
     }
     let affine = |name: &str| -> Result<Tensor<4>> {
-        let (_, v) = get(name)?;
+        let v = &get(name)?.data;
         Ok(Tensor::<1>::from_data(TensorData::new(v.clone(), [3]), device).reshape([1, 3, 1, 1]))
     };
     Vgg19::new(convs, affine("input.scale")?, affine("input.shift")?)
@@ -459,7 +405,7 @@ pub fn read_torchvision(path: &Path) -> Result<HashMap<String, HostTensor>> {
                 .with_context(|| format!("cannot read {key} from {}", path.display()))?;
             out.insert(
                 format!("conv{i}.{part}"),
-                (t.shape().to_vec(), bytemuck::pod_collect_to_vec(&bytes)),
+                HostTensor::new(t.shape().to_vec(), bytemuck::pod_collect_to_vec(&bytes)),
             );
         }
     }
@@ -467,8 +413,8 @@ pub fn read_torchvision(path: &Path) -> Result<HashMap<String, HostTensor>> {
     let shift: Vec<f32> = (0..3)
         .map(|c| (crate::image::MEANS[c] / 255.0 - TORCHVISION_MEAN[c]) / TORCHVISION_STD[c])
         .collect();
-    out.insert("input.scale".into(), (vec![3], scale));
-    out.insert("input.shift".into(), (vec![3], shift));
+    out.insert("input.scale".into(), HostTensor::new(vec![3], scale));
+    out.insert("input.shift".into(), HostTensor::new(vec![3], shift));
     Ok(out)
 }
 

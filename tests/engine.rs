@@ -39,7 +39,7 @@ fn divergence_rolls_back_halves_the_rate_and_pauses_after_three() {
     let (mut rollbacks, mut rates, mut run_dir) = (0, Vec::new(), None);
     loop {
         match next(&handle) {
-            Event::Started { run_dir: d, .. } => run_dir = Some(d),
+            Event::Started(s) => run_dir = Some(s.run_dir),
             Event::Notice(text) if text.contains("diverged") => rollbacks += 1,
             Event::Changed { key, value, .. } if key == "optimizer.lr" => {
                 rates.push(value.parse::<f64>().expect("rate"))
@@ -75,7 +75,7 @@ fn divergence_rolls_back_halves_the_rate_and_pauses_after_three() {
         "a rollback leaves each iteration once in losses.jsonl"
     );
     let preset = Preset::load(&run_dir.join("preset.yaml"), &[]).expect("preset.yaml");
-    assert_eq!(preset.optimizer.lr(), 1.25e5);
+    assert_eq!(preset.settings.optimizer.lr(), 1.25e5);
     assert_eq!(
         preset
             .changes

@@ -52,7 +52,7 @@ fn gpu_matches_pytorch_at_the_smallest_size() {
         .expect("features");
     for name in ["conv1_1", "conv3_1", "conv5_1"] {
         let l = Layer::parse(name).expect("layer");
-        let e = rel_err(&values(&taps[l.0]), &fx.host(&format!("act.{name}")).1);
+        let e = rel_err(&values(&taps[l.0]), &fx.host(&format!("act.{name}")).data);
         assert!(
             e <= 1e-4,
             "gpu activation {name} differs from PyTorch by {e:e}"
@@ -72,7 +72,7 @@ fn gpu_matches_pytorch_at_the_smallest_size() {
         costs.total,
         fx.f64("J")
     );
-    let e = rel_err(&values(&grad), &fx.host("grad").1);
+    let e = rel_err(&values(&grad), &fx.host("grad").data);
     assert!(e <= 1e-3, "gpu gradient differs from PyTorch by {e:e}");
     let mut opt = Optimizer::new(&OptimizerSpec::adam(2.0));
     let mut x = x0;

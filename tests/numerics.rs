@@ -38,7 +38,7 @@ fn check_case(case: &str) {
         .expect("features");
     for name in ["conv1_1", "conv2_1", "conv3_1", "conv4_2", "conv5_1"] {
         let l = Layer::parse(name).expect("layer");
-        let e = rel_err(&values(&taps[l.0]), &fx.host(&format!("act.{name}")).1);
+        let e = rel_err(&values(&taps[l.0]), &fx.host(&format!("act.{name}")).data);
         assert!(
             e <= 1e-4,
             "{case}: activation {name} differs from PyTorch by {e:e}"
@@ -49,7 +49,7 @@ fn check_case(case: &str) {
         .expect("features");
     for (l, _) in &weights.style_layers {
         let g = gram(style_taps[l.0].clone());
-        let e = rel_err(&values(&g), &fx.host(&format!("gram.{l}")).1);
+        let e = rel_err(&values(&g), &fx.host(&format!("gram.{l}")).data);
         assert!(e <= 1e-4, "{case}: Gram {l} differs from PyTorch by {e:e}");
     }
 
@@ -82,7 +82,7 @@ fn check_case(case: &str) {
         costs.total,
         fx.f64("J")
     );
-    let e = rel_err(&values(&grad), &fx.host("grad").1);
+    let e = rel_err(&values(&grad), &fx.host("grad").data);
     assert!(e <= 1e-3, "{case}: gradient differs from PyTorch by {e:e}");
 
     // Trajectories to 1e-3.
@@ -168,7 +168,7 @@ fn real_network_lowers_cost_at_64px() {
         .targets(content.clone(), &[(style, 1.0)], &weights)
         .expect("targets");
     let mut x = easel::image::uniform_noise(0, 64, 64, &device) * 0.6 + content * 0.4;
-    let mut opt = Optimizer::new(&preset.optimizer);
+    let mut opt = Optimizer::new(&preset.settings.optimizer);
     let mut eval = |x: &Tensor<4>| net.evaluate(x, &targets, &weights);
     let mut j0 = 0.0;
     for i in 0..30 {

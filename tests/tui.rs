@@ -1,7 +1,7 @@
 //! The workbench without a terminal: key handling (keys in, commands out) and rendering
 //! with ratatui's TestBackend against insta snapshots at 80x24 and 120x40.
 
-use easel::engine::{Command, Event, RunState, Setting};
+use easel::engine::{Command, Event, RunState, Setting, Started};
 use easel::preset::Preset;
 use easel::run_dir::Record;
 use easel::tui::app::{Action, App, Mode, Row};
@@ -46,15 +46,15 @@ fn record(iter: u64) -> Record {
 /// A workbench 40 iterations into the quick preset.
 fn app() -> App {
     let mut app = App::new(PathBuf::from("presets"));
-    app.on_event(Event::Started {
+    app.on_event(Event::Started(Box::new(Started {
         run_dir: PathBuf::from("runs/20261127T000000Z-quick-chelsea-starry"),
         backend: "cpu (burn-flex)".into(),
         width: 128,
         height: 96,
         start_iter: 0,
-        preset: Box::new(preset()),
+        preset: preset(),
         history: Vec::new(),
-    });
+    })));
     app.on_event(Event::State(RunState::Running));
     for i in 0..40 {
         app.on_event(Event::Iteration(record(i)));
@@ -164,7 +164,7 @@ fn enter_types_an_exact_value_and_esc_cancels() {
 #[test]
 fn changes_arrive_as_events_and_update_the_panel() {
     let mut app = app();
-    let mut settings = preset();
+    let mut settings = preset().settings;
     settings.beta = 50.0;
     app.on_event(Event::Changed {
         iter: 40,
@@ -285,7 +285,7 @@ fn renders_the_dashboard() {
 fn renders_the_paused_state_with_a_change_marked() {
     let mut app = app();
     app.on_event(Event::State(RunState::Paused));
-    let mut settings = preset();
+    let mut settings = preset().settings;
     settings.beta = 50.0;
     app.on_event(Event::Changed {
         iter: 20,
@@ -304,4 +304,23 @@ fn renders_the_help_overlay() {
     press(&mut app, KeyCode::Char('?'));
     insta::assert_snapshot!("help_80x24", render(&app, 80, 24));
     insta::assert_snapshot!("help_120x40", render(&app, 120, 40));
+}
+
+/// The README's key table is the one the workbench draws its help and footer from.
+#[test]
+fn the_readme_key_table_is_the_workbenchs() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let want = easel::tui::keys::markdown_table();
+    assert!(
+        readme.contains(&want),
+        "README.md's key table differs from src/tui/keys.rs; put this table under \"The workbench\":\n{want}"
+    );
+    for b in easel::tui::keys::BINDINGS {
+        assert!(
+            b.does.chars().count() <= easel::tui::keys::DOES_WIDTH,
+            "`{}` is too long for the help overlay",
+            b.does
+        );
+    }
 }

@@ -113,7 +113,7 @@ fn workbench_in_tmux_pauses_changes_saves_and_quits() {
     let saved = easel::preset::Preset::load(&dir.path().join("presets/mine.yaml"), &[])
         .expect("the saved preset loads");
     assert_eq!(saved.name, "mine");
-    assert_eq!(saved.beta, 50.0);
+    assert_eq!(saved.settings.beta, 50.0);
     assert!(saved.changes.is_empty());
     let runs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("out"))
         .expect("out")
@@ -121,7 +121,7 @@ fn workbench_in_tmux_pauses_changes_saves_and_quits() {
         .collect();
     assert_eq!(runs.len(), 1);
     let run = easel::preset::Preset::load(&runs[0].join("preset.yaml"), &[]).expect("run preset");
-    assert_eq!(run.beta, 50.0);
+    assert_eq!(run.settings.beta, 50.0);
     let change = run
         .changes
         .iter()

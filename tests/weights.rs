@@ -165,11 +165,11 @@ fn damaged_and_wrong_weights_files_are_refused() {
         .0;
     tensors.insert(
         "conv3.weight".into(),
-        (vec![128, 64, 3, 3], vec![0.0; 128 * 64 * 9]),
+        weights::HostTensor::new(vec![128, 64, 3, 3], vec![0.0; 128 * 64 * 9]),
     );
     tensors.insert(
         "conv4.weight".into(),
-        (vec![128, 128, 3, 3], vec![0.0; 128 * 128 * 9]),
+        weights::HostTensor::new(vec![128, 128, 3, 3], vec![0.0; 128 * 128 * 9]),
     );
     let wrong = dir.path().join("wrong.safetensors");
     weights::write_safetensors(&wrong, &tensors, "test").expect("write");

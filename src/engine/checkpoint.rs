@@ -5,7 +5,7 @@
 //! noise) is spent before iteration 0, so the iteration is all the RNG state there is.
 
 use crate::optim::{Adam, Lbfgs, LbfgsState, Optimizer};
-use crate::weights::{self, HostTensor};
+use crate::tensor_file::{self, HostTensor};
 use anyhow::{Context, Result, anyhow};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -92,14 +92,67 @@ pub struct Checkpoint {
 
 fn host<const D: usize>(t: &Tensor<D>) -> HostTensor {
     let data = t.to_data().convert::<f32>();
-    (
+    HostTensor::new(
         data.shape().to_vec(),
         data.try_to_vec::<f32>().unwrap_or_default(),
     )
 }
 
 fn device_tensor<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(t.1.clone(), t.0.clone()), device)
+    Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
+}
+
+/// The optimiser from its scalars and the tensors named after them; `None` where one
+/// is missing.
+fn optimizer_from(
+    scalars: OptimizerScalars,
+    tensors: &tensor_file::Tensors,
+    device: &Device,
+) -> Option<Optimizer> {
+    let tensor = |name: &str| tensors.get(name).map(|h| device_tensor::<4>(h, device));
+    let flat = |name: &str| tensors.get(name).map(|h| device_tensor::<1>(h, device));
+    Some(match scalars {
+        OptimizerScalars::Adam {
+            t,
+            beta1,
+            beta2,
+            eps,
+        } => Optimizer::Adam(Adam {
+            beta1,
+            beta2,
+            eps,
+            t,
+            m: tensor("adam.m"),
+            v: tensor("adam.v"),
+        }),
+        OptimizerScalars::Lbfgs {
+            history,
+            ro,
+            h_diag,
+            t,
+            n_iter,
+            pairs,
+            converged,
+        } => {
+            let mut l = Lbfgs::new(history);
+            l.state = LbfgsState {
+                old_dirs: (0..pairs)
+                    .map(|i| flat(&format!("lbfgs.y.{i}")))
+                    .collect::<Option<_>>()?,
+                old_stps: (0..pairs)
+                    .map(|i| flat(&format!("lbfgs.s.{i}")))
+                    .collect::<Option<_>>()?,
+                ro,
+                h_diag,
+                d: flat("lbfgs.d"),
+                t,
+                prev_flat_grad: flat("lbfgs.prev_grad"),
+                n_iter,
+                converged,
+            };
+            Optimizer::Lbfgs(l)
+        }
+    })
 }
 
 impl Checkpoint {
@@ -153,7 +206,7 @@ impl Checkpoint {
             best_j: self.best_j.is_finite().then_some(self.best_j),
             optimizer,
         };
-        weights::write_safetensors_with(
+        tensor_file::write(
             path,
             &tensors,
             HashMap::from([("easel".to_string(), serde_json::to_string(&scalars)?)]),
@@ -161,7 +214,11 @@ impl Checkpoint {
     }
 
     pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
-        let (tensors, meta) = weights::read_safetensors(path)?;
+        let (tensors, meta) = tensor_file::read(
+            path,
+            "checkpoint",
+            "resume from an earlier copy of the run, or start the run again",
+        )?;
         let broken = || {
             anyhow!(
                 "checkpoint {} is incomplete; resume from an earlier copy or start the run again",
@@ -172,57 +229,7 @@ impl Checkpoint {
             .with_context(|| format!("checkpoint {} has unreadable metadata", path.display()))?;
         let get = |name: &str| tensors.get(name).ok_or_else(broken);
         let x = device_tensor::<4>(get("x")?, device);
-        let optimizer = match scalars.optimizer {
-            OptimizerScalars::Adam {
-                t,
-                beta1,
-                beta2,
-                eps,
-            } => {
-                let moment = |n: &str| tensors.get(n).map(|h| device_tensor::<4>(h, device));
-                Optimizer::Adam(Adam {
-                    beta1,
-                    beta2,
-                    eps,
-                    t,
-                    m: moment("adam.m"),
-                    v: moment("adam.v"),
-                })
-            }
-            OptimizerScalars::Lbfgs {
-                history,
-                ro,
-                h_diag,
-                t,
-                n_iter,
-                pairs,
-                converged,
-            } => {
-                let mut state = LbfgsState {
-                    ro,
-                    h_diag,
-                    t,
-                    n_iter,
-                    converged,
-                    ..Default::default()
-                };
-                for i in 0..pairs {
-                    state
-                        .old_dirs
-                        .push(device_tensor(get(&format!("lbfgs.y.{i}"))?, device));
-                    state
-                        .old_stps
-                        .push(device_tensor(get(&format!("lbfgs.s.{i}"))?, device));
-                }
-                state.d = tensors.get("lbfgs.d").map(|h| device_tensor(h, device));
-                state.prev_flat_grad = tensors
-                    .get("lbfgs.prev_grad")
-                    .map(|h| device_tensor(h, device));
-                let mut l = Lbfgs::new(history);
-                l.state = state;
-                Optimizer::Lbfgs(l)
-            }
-        };
+        let optimizer = optimizer_from(scalars.optimizer, &tensors, device).ok_or_else(broken)?;
         let ema = match (scalars.ema_count, tensors.get("ema")) {
             (Some(count), Some(avg)) => Some(Ema {
                 avg: device_tensor(avg, device),

@@ -6,6 +6,7 @@
 //! backend moves the network, the image and the optimiser state between iterations.
 
 pub mod checkpoint;
+mod divergence;
 mod inputs;
 pub mod schedule;
 mod worker;
@@ -13,6 +14,7 @@ mod worker;
 use crate::backend::{Backend, BackendChoice};
 use crate::preset::Preset;
 use crate::run_dir::{Record, RunDir};
+use crate::settings::Settings;
 use crate::vgg::Layer;
 use image::RgbImage;
 use std::path::PathBuf;
@@ -21,29 +23,7 @@ use std::thread::JoinHandle;
 
 pub use checkpoint::{Checkpoint, Ema, Point};
 
-/// A setting that can change mid-run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Setting {
-    Alpha,
-    Beta,
-    /// The lambda of one style layer.
-    StyleLayer(Layer),
-    LearningRate,
-    TvWeight,
-}
-
-impl Setting {
-    /// The preset key this setting is stored under (dotted for nested keys).
-    pub fn key(&self) -> String {
-        match self {
-            Setting::Alpha => "alpha".into(),
-            Setting::Beta => "beta".into(),
-            Setting::StyleLayer(l) => format!("style_layers.{l}"),
-            Setting::LearningRate => "optimizer.lr".into(),
-            Setting::TvWeight => "tv_weight".into(),
-        }
-    }
-}
+pub use crate::settings::Setting;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -93,19 +73,24 @@ impl RunState {
     }
 }
 
+/// What a run is, once it has started.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub run_dir: PathBuf,
+    /// The backend's description (and for `auto`, why it was chosen).
+    pub backend: String,
+    pub width: usize,
+    pub height: usize,
+    /// The iteration the run starts at (non-zero when resumed).
+    pub start_iter: u64,
+    pub preset: Preset,
+    /// Records already in `losses.jsonl` (when resumed).
+    pub history: Vec<Record>,
+}
+
 #[derive(Debug, Clone)]
 pub enum Event {
-    Started {
-        run_dir: PathBuf,
-        backend: String,
-        width: usize,
-        height: usize,
-        /// The iteration the run starts at (non-zero when resumed).
-        start_iter: u64,
-        preset: Box<Preset>,
-        /// Records already in `losses.jsonl` (when resumed).
-        history: Vec<Record>,
-    },
+    Started(Box<Started>),
     Iteration(Record),
     Preview {
         iter: u64,
@@ -119,7 +104,7 @@ pub enum Event {
         /// The new value as YAML text.
         value: String,
         /// All settings as they now are.
-        settings: Box<Preset>,
+        settings: Box<Settings>,
     },
     BackendChanged {
         iter: u64,

@@ -4,30 +4,7 @@
 //! target, at most `steps` of them; each scale starts from the upsampled result of the
 //! last (crowsonkb/style-transfer-pytorch does the same).
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Scales {
-    /// Long side of the first scale, in pixels.
-    #[serde(default = "default_min_side")]
-    pub min_side: u32,
-    /// The most scales to use (the last is the target size).
-    #[serde(default = "default_steps")]
-    pub steps: u32,
-    /// Iterations at each scale but the last, which runs to `iterations`; by default
-    /// the iterations are shared equally. Give it to extend a run later with `resume
-    /// --set iterations=N`: the shared split moves with the total.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iterations: Option<u64>,
-}
-
-fn default_min_side() -> u32 {
-    128
-}
-fn default_steps() -> u32 {
-    5
-}
+pub use crate::preset::Scales;
 
 /// One scale: its size and the iteration it ends at (exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

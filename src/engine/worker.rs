@@ -1,9 +1,12 @@
 //! The engine's worker thread: prepares a run, then alternates between taking commands
 //! and taking optimiser steps until the run finishes or is stopped.
 
+use super::divergence::{DivergenceGuard, MAX_ROLLBACKS};
 use super::inputs::{Inputs, Sources};
 use super::schedule::{self, Stage};
-use super::{Checkpoint, Command, Destination, Ema, Event, Point, RunSpec, RunState, Setting};
+use super::{
+    Checkpoint, Command, Destination, Ema, Event, Point, RunSpec, RunState, Setting, Started,
+};
 use crate::backend::{Backend, BackendChoice};
 use crate::image as img;
 use crate::loss::{CostWeights, Targets};
@@ -13,15 +16,10 @@ use crate::preset::{Change, Preset};
 use crate::run_dir::{self, Record, RunDir};
 use crate::vgg::Layer;
 use crate::weights;
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use burn::tensor::Tensor;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Instant;
-
-/// J rising more than this factor over its best counts as divergence.
-const DIVERGENCE_FACTOR: f64 = 100.0;
-/// Rollbacks in a row after which the run pauses.
-const MAX_ROLLBACKS: u32 = 3;
 
 pub(super) fn run(spec: RunSpec, rx: Receiver<Command>, tx: Sender<Event>) {
     let _ = tx.send(Event::State(RunState::Preparing));
@@ -46,18 +44,45 @@ struct Worker {
     targets: Targets,
     point: Point,
     elapsed_s: f64,
-    best_j: f64,
     state: RunState,
     stop: bool,
     tx: Sender<Event>,
-    /// The last state whose cost was sound: where a divergence rolls back to.
-    good: Option<Point>,
-    rollbacks_in_a_row: u32,
-    /// The iteration of the last divergence: the streak of rollbacks ends only once
-    /// the run gets past it.
-    diverged_at: u64,
+    guard: DivergenceGuard,
     last_preview: Instant,
     preview_every_s: f64,
+}
+
+/// The run directory and first checkpoint of a new run from its initial image `x`.
+fn start(base: &std::path::Path, preset: &Preset, x: Tensor<4>) -> Result<(RunDir, Checkpoint)> {
+    let ema = (preset.ema > 0.0).then(|| Ema::start(&x));
+    let start = Checkpoint {
+        point: Point {
+            iter: 0,
+            x,
+            optimizer: Optimizer::new(&preset.settings.optimizer),
+            ema,
+        },
+        elapsed_s: 0.0,
+        best_j: f64::INFINITY,
+    };
+    let run_dir = RunDir::create(base, &preset.name, |dir| {
+        preset.save(&dir.join(run_dir::PRESET))?;
+        start.save(&dir.join(run_dir::CHECKPOINT))
+    })?;
+    Ok((run_dir, start))
+}
+
+/// A stopped run's checkpoint and the records before it.
+fn resume(
+    run_dir: RunDir,
+    preset: &Preset,
+    backend: &Backend,
+) -> Result<(RunDir, Checkpoint, Vec<Record>)> {
+    let cp = Checkpoint::load(&run_dir.file(run_dir::CHECKPOINT), &backend.device)?;
+    let history = run_dir.truncate_records(cp.point.iter)?;
+    // Overrides given to `resume` (e.g. more iterations) are the run's now.
+    run_dir.write_preset(preset)?;
+    Ok((run_dir, cp, history))
 }
 
 impl Worker {
@@ -71,43 +96,27 @@ impl Worker {
         } = spec;
         let sources = Sources::load(&preset)?;
         let (w, h) = sources.output_size(&preset);
-        crate::backend::check_memory(w as usize, h as usize, &preset.optimizer)?;
+        crate::backend::check_memory(w as usize, h as usize, &preset.settings.optimizer)?;
         crate::backend::check_device_memory(&backend, w as usize, h as usize)?;
         let stages = schedule::stages(preset.scales.as_ref(), w, h, preset.iterations);
         let vgg = weights::load(&weights_path, &backend.device)?.with_pooling(preset.pooling);
         let network = Network::new(vgg, &backend, ConvChoice::Winograd, preset.precision)?;
         let cost_weights = preset.cost_weights();
-        let (run_dir, point, elapsed_s, best_j, history) = match destination {
-            Destination::Resume(run_dir) => {
-                let cp = Checkpoint::load(&run_dir.file(run_dir::CHECKPOINT), &backend.device)?;
-                let history = run_dir.truncate_records(cp.point.iter)?;
-                // Overrides given to `resume` (e.g. more iterations) are the run's now.
-                run_dir.write_preset(&preset)?;
-                (run_dir, cp.point, cp.elapsed_s, cp.best_j, history)
-            }
+        let first = stages[0];
+        let (run_dir, start, history) = match destination {
+            Destination::Resume(run_dir) => resume(run_dir, &preset, &backend)?,
             Destination::New(base) => {
-                let first = stages[0];
                 let inputs = sources.at(first.width, first.height, &backend.device);
                 let x = inputs.initial(&preset, &backend.device)?;
-                let ema = (preset.ema > 0.0).then(|| Ema::start(&x));
-                let point = Point {
-                    iter: 0,
-                    x,
-                    optimizer: Optimizer::new(&preset.optimizer),
-                    ema,
-                };
-                let start = Checkpoint {
-                    point: point.clone(),
-                    elapsed_s: 0.0,
-                    best_j: f64::INFINITY,
-                };
-                let run_dir = RunDir::create(&base, &preset.name, |dir| {
-                    preset.save(&dir.join(run_dir::PRESET))?;
-                    start.save(&dir.join(run_dir::CHECKPOINT))
-                })?;
-                (run_dir, point, 0.0, f64::INFINITY, Vec::new())
+                let (run_dir, start) = start(&base, &preset, x)?;
+                (run_dir, start, Vec::new())
             }
         };
+        let Checkpoint {
+            point,
+            elapsed_s,
+            best_j,
+        } = start;
         let stage = schedule::stage_of(&stages, point.iter);
         let Stage { width, height, .. } = stages[stage];
         let [_, _, ch, cw] = point.x.dims();
@@ -120,15 +129,15 @@ impl Worker {
         }
         let inputs = sources.at(width, height, &backend.device);
         let targets = network.targets(inputs.content.clone(), &inputs.styles, &cost_weights)?;
-        let _ = tx.send(Event::Started {
+        let _ = tx.send(Event::Started(Box::new(Started {
             run_dir: run_dir.path.clone(),
             backend: backend.description.clone(),
             width: w as usize,
             height: h as usize,
             start_iter: point.iter,
-            preset: Box::new(preset.clone()),
+            preset: preset.clone(),
             history,
-        });
+        })));
         Ok(Worker {
             weights: cost_weights,
             preset,
@@ -142,13 +151,10 @@ impl Worker {
             targets,
             point,
             elapsed_s,
-            best_j,
             state: RunState::Running,
             stop: false,
             tx,
-            good: None,
-            rollbacks_in_a_row: 0,
-            diverged_at: 0,
+            guard: DivergenceGuard::new(best_j),
             last_preview: Instant::now(),
             preview_every_s,
         })
@@ -198,7 +204,7 @@ impl Worker {
         match command {
             Command::Pause if self.state == RunState::Running => self.set_state(RunState::Paused),
             Command::Resume if self.state == RunState::Paused => {
-                self.rollbacks_in_a_row = 0;
+                self.guard.resumed();
                 self.set_state(RunState::Running)
             }
             Command::Pause | Command::Resume => {}
@@ -244,33 +250,14 @@ impl Worker {
 
     /// Applies a setting from the next iteration on and records it in `preset.yaml`.
     fn set(&mut self, setting: Setting, value: f64) -> Result<()> {
-        let key = setting.key();
-        if !value.is_finite() || value < 0.0 || (setting == Setting::LearningRate && value == 0.0) {
-            bail!(
-                "{key} = {value} is not allowed: give a finite value >= 0 (> 0 for the learning rate)"
-            );
-        }
-        match setting {
-            Setting::Alpha => self.preset.alpha = value,
-            Setting::Beta => self.preset.beta = value,
-            Setting::StyleLayer(l) => {
-                let lambda = self
-                    .preset
-                    .style_layers
-                    .get_mut(l.name())
-                    .ok_or_else(|| anyhow!("{l} is not a style layer of this run"))?;
-                *lambda = value;
-            }
-            Setting::LearningRate => self.preset.optimizer.set_lr(value),
-            Setting::TvWeight => self.preset.tv_weight = value,
-        }
+        self.preset.settings.set(setting, value)?;
         self.weights = self.preset.cost_weights();
         if setting != Setting::LearningRate {
             // The cost itself changed: old curvature pairs and the best J no longer apply.
             self.point.optimizer.cost_changed();
-            self.best_j = f64::INFINITY;
+            self.guard.cost_changed();
         }
-        self.record_change(key, serde_yaml_ng::Value::from(value))
+        self.record_change(setting.key(), serde_yaml_ng::Value::from(value))
     }
 
     /// Records a change in `preset.yaml` and tells the front ends.
@@ -289,7 +276,7 @@ impl Worker {
             iter: self.point.iter,
             key,
             value: text,
-            settings: Box::new(self.preset.clone()),
+            settings: Box::new(self.preset.settings.clone()),
         });
         Ok(())
     }
@@ -309,7 +296,7 @@ impl Worker {
     }
 
     fn set_content_layer(&mut self, layer: Layer) {
-        self.preset.content_layer = layer.name().to_string();
+        self.preset.settings.content_layer = layer;
         self.weights = self.preset.cost_weights();
         let content = match self.network.activation(self.inputs.content.clone(), layer) {
             Ok(a) => a,
@@ -322,7 +309,7 @@ impl Worker {
         };
         self.targets = self.targets.clone().with_content(layer, content);
         self.point.optimizer.cost_changed();
-        self.best_j = f64::INFINITY;
+        self.guard.cost_changed();
         let value = serde_yaml_ng::Value::String(layer.name().into());
         if let Err(e) = self.record_change("content_layer".into(), value) {
             self.emit(Event::Notice(format!("{e:#}")));
@@ -360,7 +347,7 @@ impl Worker {
         if let Some(ema) = &mut self.point.ema {
             ema.avg = ema.avg.clone().to_device(device);
         }
-        self.good = None;
+        self.guard.state_moved();
         self.emit(Event::BackendChanged {
             iter: self.point.iter,
             backend: backend.description.clone(),
@@ -374,7 +361,7 @@ impl Worker {
         }
         let started = Instant::now();
         let candidate = self.point.clone();
-        let lr = self.preset.optimizer.lr();
+        let lr = self.preset.settings.optimizer.lr();
         let result = {
             let (network, targets, weights) = (&self.network, &self.targets, &self.weights);
             let mut eval = |x: &Tensor<4>| network.evaluate(x, targets, weights);
@@ -385,19 +372,11 @@ impl Worker {
         let elapsed_before = self.elapsed_s;
         self.elapsed_s += started.elapsed().as_secs_f64();
         let (next, costs) = match result {
-            Ok((next, costs))
-                if costs.is_finite() && costs.total <= DIVERGENCE_FACTOR * self.best_j =>
-            {
-                (next, costs)
-            }
+            Ok((next, costs)) if self.guard.accepts(&costs) => (next, costs),
             Ok((_, costs)) => return self.roll_back(&format!("J = {:e}", costs.total)),
             Err(e) => return self.roll_back(&format!("{e:#}")),
         };
-        self.good = Some(candidate);
-        if self.point.iter > self.diverged_at {
-            self.rollbacks_in_a_row = 0;
-        }
-        self.best_j = self.best_j.min(costs.total);
+        self.guard.passed(candidate, costs.total);
         let record = Record {
             iter: self.point.iter,
             j: costs.total,
@@ -435,24 +414,22 @@ impl Worker {
     /// Goes back to the last sound state with half the learning rate.
     fn roll_back(&mut self, reason: &str) -> Result<()> {
         let at = self.point.iter;
-        let Some(good) = self.good.clone() else {
+        let Some((good, pause)) = self.guard.roll_back(at) else {
             bail!(
                 "the run diverged at iteration {at} ({reason}) with no earlier sound state to return to; lower the learning rate or the weights"
             );
         };
-        self.rollbacks_in_a_row += 1;
-        self.diverged_at = at;
         let iter = good.iter;
         self.point = good;
         self.point.optimizer.cost_changed();
-        let lr = self.preset.optimizer.lr() / 2.0;
-        self.preset.optimizer.set_lr(lr);
+        let lr = self.preset.settings.optimizer.lr() / 2.0;
+        self.preset.settings.optimizer.set_lr(lr);
         self.run_dir.truncate_records(iter)?;
         self.record_change("optimizer.lr".into(), serde_yaml_ng::Value::from(lr))?;
         self.emit(Event::Notice(format!(
             "diverged at iteration {at} ({reason}): rolled back to iteration {iter} and halved the learning rate to {lr}"
         )));
-        if self.rollbacks_in_a_row >= MAX_ROLLBACKS {
+        if pause {
             self.emit(Event::Notice(format!(
                 "paused: {MAX_ROLLBACKS} rollbacks in a row. The cost keeps blowing up; lower the style/content weights or the learning rate, then resume"
             )));
@@ -465,7 +442,7 @@ impl Worker {
         Checkpoint {
             point: self.point.clone(),
             elapsed_s: self.elapsed_s,
-            best_j: self.best_j,
+            best_j: self.guard.best_j(),
         }
     }
 
@@ -488,8 +465,8 @@ impl Worker {
             &self.inputs.styles,
             &self.weights,
         )?;
-        self.best_j = f64::INFINITY;
-        self.good = None;
+        self.guard.cost_changed();
+        self.guard.state_moved();
         self.emit(Event::Notice(format!(
             "scale {}/{}: {width}x{height} from iteration {}",
             self.stage + 1,

@@ -4,11 +4,14 @@
 
 pub mod signals;
 
-use crate::engine::{EngineHandle, Event, RunState};
+use crate::engine::{Command, EngineHandle, Event, RunState};
 use anyhow::{Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,109 +28,180 @@ pub struct Outcome {
     pub final_image: Option<PathBuf>,
 }
 
+/// What every front end does with a run besides showing it: turn a signal into one
+/// `Stop`, and fold the events into how the run ended.
+pub struct Driver {
+    signal: Arc<AtomicBool>,
+    stop_sent: bool,
+    pub outcome: Outcome,
+}
+
+impl Driver {
+    /// Installs the signal handlers.
+    pub fn new() -> Result<Driver> {
+        Ok(Driver {
+            signal: signals::install()?,
+            stop_sent: false,
+            outcome: Outcome {
+                state: RunState::Preparing,
+                run_dir: None,
+                final_image: None,
+            },
+        })
+    }
+
+    /// Asks the engine to stop, once; true the first time.
+    pub fn stop(&mut self, engine: &EngineHandle) -> bool {
+        if self.stop_sent {
+            return false;
+        }
+        engine.send(Command::Stop);
+        self.stop_sent = true;
+        true
+    }
+
+    /// Stops the run when a signal has arrived; true when it did so now.
+    pub fn stop_on_signal(&mut self, engine: &EngineHandle) -> bool {
+        signals::requested(&self.signal) && self.stop(engine)
+    }
+
+    /// Folds an event into the outcome.
+    pub fn observe(&mut self, event: &Event) {
+        match event {
+            Event::Started(s) => self.outcome.run_dir = Some(s.run_dir.clone()),
+            Event::State(state) => self.outcome.state = *state,
+            Event::Finished { final_image, state } => {
+                self.outcome.state = *state;
+                self.outcome.final_image = Some(final_image.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Drives a run to its end, printing progress. Returns how it ended.
 pub fn drive(mut engine: EngineHandle, mode: Mode) -> Result<Outcome> {
-    let stop = signals::install()?;
-    let tty = std::io::stderr().is_terminal();
-    let bar = ProgressBar::with_draw_target(
-        None,
-        if tty {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        },
-    );
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    let mut outcome = Outcome {
-        state: RunState::Preparing,
-        run_dir: None,
-        final_image: None,
-    };
-    let mut stop_sent = false;
-    let mut last_line = Instant::now();
-    let stdout = std::io::stdout();
+    let mut driver = Driver::new()?;
+    let mut out = Printer::new(mode);
     loop {
-        if !stop_sent && signals::requested(&stop) {
-            bar.println("stopping: writing the checkpoint, the losses and the final image (interrupt again to quit at once)");
-            engine.send(crate::engine::Command::Stop);
-            stop_sent = true;
+        if driver.stop_on_signal(&engine) {
+            out.note("stopping: writing the checkpoint, the losses and the final image (interrupt again to quit at once)");
         }
         let event = match engine.events.recv_timeout(Duration::from_millis(100)) {
             Ok(e) => e,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
         };
+        driver.observe(&event);
         match event {
-            Event::Started {
-                run_dir,
-                backend,
-                width,
-                height,
-                start_iter,
-                preset,
-                ..
-            } => {
-                bar.println(format!(
-                    "run {} on {backend}: {width}x{height}, {} iterations",
-                    run_dir.display(),
-                    preset.iterations
-                ));
-                bar.set_length(preset.iterations);
-                bar.set_position(start_iter);
-                bar.reset_eta();
-                bar.set_prefix(preset.name.clone());
-                outcome.run_dir = Some(run_dir);
-            }
-            Event::Iteration(record) => {
-                if mode == Mode::Jsonl {
-                    let mut out = stdout.lock();
-                    writeln!(out, "{}", serde_json::to_string(&record)?)?;
-                    out.flush()?;
-                }
-                bar.set_position(record.iter + 1);
-                bar.set_message(format!("J {:.3e}", record.j));
-                if !tty && mode == Mode::Plain && last_line.elapsed() >= Duration::from_secs(10) {
-                    eprintln!(
-                        "iter {} J {:.4e} J_content {:.4e} J_style {:.4e} ({:.1} s)",
-                        record.iter, record.j, record.j_content, record.j_style, record.elapsed_s
-                    );
-                    last_line = Instant::now();
-                }
-            }
-            Event::Notice(text) => bar.println(format!("note: {text}")),
-            Event::Changed {
-                iter, key, value, ..
-            } => bar.println(format!("iteration {iter}: {key} = {value}")),
-            Event::BackendChanged { iter, backend } => {
-                bar.println(format!("iteration {iter}: now on {backend}"))
-            }
-            Event::State(state) => {
-                outcome.state = state;
-                // Only the engine pauses a run here (after repeated divergence), and
-                // without a keyboard nobody can resume it: stop with a checkpoint.
-                if state == RunState::Paused && !stop_sent {
-                    bar.println("stopping the paused run; change its settings and continue with `easel resume RUN_DIR --set KEY=VALUE`");
-                    engine.send(crate::engine::Command::Stop);
-                    stop_sent = true;
-                }
-            }
-            Event::Finished { final_image, state } => {
-                outcome.state = state;
-                outcome.final_image = Some(final_image);
+            // Only the engine pauses a run here (after repeated divergence), and without
+            // a keyboard nobody can resume it: stop with a checkpoint.
+            Event::State(RunState::Paused) if driver.stop(&engine) => {
+                out.note("stopping the paused run; change its settings and continue with `easel resume RUN_DIR --set KEY=VALUE`");
             }
             Event::Failed(message) => {
-                bar.finish_and_clear();
+                out.bar.finish_and_clear();
                 engine.join();
                 bail!("{message}");
             }
-            Event::Preview { .. } | Event::Saved(_) => {}
+            other => out.show(&other)?,
         }
     }
-    bar.finish_and_clear();
+    out.bar.finish_and_clear();
     engine.join();
-    Ok(outcome)
+    Ok(driver.outcome)
+}
+
+/// Progress on stderr (a bar on a terminal, a line every ten seconds elsewhere) and,
+/// in jsonl mode, the records on stdout.
+struct Printer {
+    mode: Mode,
+    tty: bool,
+    bar: ProgressBar,
+    last_line: Instant,
+}
+
+impl Printer {
+    fn new(mode: Mode) -> Printer {
+        let tty = std::io::stderr().is_terminal();
+        let target = if tty {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(None, target);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Printer {
+            mode,
+            tty,
+            bar,
+            last_line: Instant::now(),
+        }
+    }
+
+    /// A line above the bar; plainly on stderr where the bar is hidden.
+    fn note(&self, text: impl Into<String>) {
+        let text = text.into();
+        if self.tty {
+            self.bar.println(text);
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    fn show(&mut self, event: &Event) -> Result<()> {
+        match event {
+            Event::Started(s) => {
+                self.note(format!(
+                    "run {} on {}: {}x{}, {} iterations",
+                    s.run_dir.display(),
+                    s.backend,
+                    s.width,
+                    s.height,
+                    s.preset.iterations
+                ));
+                self.bar.set_length(s.preset.iterations);
+                self.bar.set_position(s.start_iter);
+                self.bar.reset_eta();
+                self.bar.set_prefix(s.preset.name.clone());
+            }
+            Event::Iteration(record) => self.record(record)?,
+            Event::Notice(text) => self.note(format!("note: {text}")),
+            Event::Changed {
+                iter, key, value, ..
+            } => self.note(format!("iteration {iter}: {key} = {value}")),
+            Event::BackendChanged { iter, backend } => {
+                self.note(format!("iteration {iter}: now on {backend}"))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, record: &crate::run_dir::Record) -> Result<()> {
+        if self.mode == Mode::Jsonl {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", serde_json::to_string(record)?)?;
+            out.flush()?;
+        }
+        self.bar.set_position(record.iter + 1);
+        self.bar.set_message(format!("J {:.3e}", record.j));
+        if !self.tty
+            && self.mode == Mode::Plain
+            && self.last_line.elapsed() >= Duration::from_secs(10)
+        {
+            eprintln!(
+                "iter {} J {:.4e} J_content {:.4e} J_style {:.4e} ({:.1} s)",
+                record.iter, record.j, record.j_content, record.j_style, record.elapsed_s
+            );
+            self.last_line = Instant::now();
+        }
+        Ok(())
+    }
 }

@@ -1,14 +1,25 @@
 //! The workbench's state and what keys do to it, with no drawing and no terminal:
 //! keys in, settings and engine commands out.
 
-use crate::engine::{Command, Event, RunState, Setting};
-use crate::preset::Preset;
+use crate::engine::{Command, Event, RunState, Setting, Started};
 use crate::run_dir::Record;
+use crate::settings::Settings;
 use crate::vgg::{LAYER_NAMES, Layer};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::crossterm;
 use std::collections::VecDeque;
 use std::path::PathBuf;
+
+/// Typing into a field: Backspace deletes, `allowed` characters are added.
+fn edit(buf: &mut String, code: KeyCode, allowed: fn(char) -> bool) {
+    match code {
+        KeyCode::Backspace => {
+            buf.pop();
+        }
+        KeyCode::Char(c) if allowed(c) => buf.push(c),
+        _ => {}
+    }
+}
 
 /// Most points kept per series; beyond it every other old point is dropped.
 pub const MAX_POINTS: usize = 1000;
@@ -112,7 +123,11 @@ impl History {
 }
 
 pub struct App {
-    pub settings: Option<Preset>,
+    /// The run's settings as they now are, once it has started.
+    pub settings: Option<Settings>,
+    /// The preset's name and the run's iterations.
+    pub name: String,
+    pub iterations: u64,
     pub rows: Vec<Row>,
     pub selected: usize,
     pub mode: Mode,
@@ -138,6 +153,8 @@ impl App {
     pub fn new(presets_dir: PathBuf) -> Self {
         App {
             settings: None,
+            name: String::new(),
+            iterations: 0,
             rows: Vec::new(),
             selected: 0,
             mode: Mode::Normal,
@@ -157,50 +174,29 @@ impl App {
         }
     }
 
-    fn set_settings(&mut self, preset: Preset) {
+    fn set_settings(&mut self, settings: Settings) {
         let mut rows = vec![Row::Alpha, Row::Beta];
-        let mut layers: Vec<Layer> = preset
-            .style_layers
-            .keys()
-            .filter_map(|n| Layer::parse(n))
-            .collect();
-        layers.sort();
-        rows.extend(layers.into_iter().map(Row::Lambda));
+        rows.extend(settings.style_layers.iter().map(|(l, _)| Row::Lambda(*l)));
         rows.extend([Row::ContentLayer, Row::LearningRate, Row::TvWeight]);
         self.rows = rows;
         self.selected = self.selected.min(self.rows.len().saturating_sub(1));
-        self.settings = Some(preset);
+        self.settings = Some(settings);
     }
 
     /// The value a row shows.
     pub fn value(&self, row: &Row) -> String {
-        let Some(p) = &self.settings else {
-            return String::new();
-        };
-        match row {
-            Row::Alpha => fmt_num(p.alpha),
-            Row::Beta => fmt_num(p.beta),
-            Row::Lambda(l) => fmt_num(p.style_layers.get(l.name()).copied().unwrap_or(0.0)),
-            Row::ContentLayer => p.content_layer.clone(),
-            Row::LearningRate => fmt_num(p.optimizer.lr()),
-            Row::TvWeight => fmt_num(p.tv_weight),
+        match (row, &self.settings) {
+            (Row::ContentLayer, Some(s)) => s.content_layer.name().to_string(),
+            _ => self.numeric(row).map(fmt_num).unwrap_or_default(),
         }
     }
 
     fn numeric(&self, row: &Row) -> Option<f64> {
-        let p = self.settings.as_ref()?;
-        Some(match row {
-            Row::Alpha => p.alpha,
-            Row::Beta => p.beta,
-            Row::Lambda(l) => p.style_layers.get(l.name()).copied().unwrap_or(0.0),
-            Row::LearningRate => p.optimizer.lr(),
-            Row::TvWeight => p.tv_weight,
-            Row::ContentLayer => return None,
-        })
+        self.settings.as_ref()?.get(row.setting()?)
     }
 
     pub fn total(&self) -> u64 {
-        self.settings.as_ref().map(|p| p.iterations).unwrap_or(0)
+        self.iterations
     }
 
     /// The iteration the run is at.
@@ -218,15 +214,16 @@ impl App {
     pub fn on_event(&mut self, event: Event) {
         self.dirty = true;
         match event {
-            Event::Started {
-                run_dir,
-                backend,
-                width,
-                height,
-                preset,
-                history,
-                ..
-            } => {
+            Event::Started(started) => {
+                let Started {
+                    run_dir,
+                    backend,
+                    width,
+                    height,
+                    preset,
+                    history,
+                    ..
+                } = *started;
                 self.run_dir = Some(run_dir);
                 self.backend = backend;
                 (self.width, self.height) = (width, height);
@@ -235,7 +232,9 @@ impl App {
                     self.changes
                         .push((c.iter, format!("{} = {}", c.key, v.trim())));
                 }
-                self.set_settings(*preset);
+                self.name = preset.name.clone();
+                self.iterations = preset.iterations;
+                self.set_settings(preset.settings);
                 history.into_iter().for_each(|r| self.history.push(r));
             }
             Event::Iteration(record) => self.history.push(record),
@@ -296,48 +295,21 @@ impl App {
             Mode::Editing(mut buf) => match key.code {
                 KeyCode::Esc => Vec::new(),
                 KeyCode::Enter => self.apply_typed(&buf),
-                KeyCode::Backspace => {
-                    buf.pop();
-                    self.mode = Mode::Editing(buf);
-                    Vec::new()
-                }
-                KeyCode::Char(c)
-                    if c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+') =>
-                {
-                    buf.push(c);
-                    self.mode = Mode::Editing(buf);
-                    Vec::new()
-                }
-                _ => {
+                code => {
+                    edit(&mut buf, code, |c| {
+                        c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')
+                    });
                     self.mode = Mode::Editing(buf);
                     Vec::new()
                 }
             },
             Mode::PresetName(mut buf) => match key.code {
                 KeyCode::Esc => Vec::new(),
-                KeyCode::Enter => {
-                    let name = buf.trim().to_string();
-                    if name.is_empty() {
-                        self.notice = Some("a preset needs a name".into());
-                        return Vec::new();
-                    }
-                    if self.preset_path(&name).exists() {
-                        self.mode = Mode::ConfirmOverwrite(name);
-                        return Vec::new();
-                    }
-                    self.save_preset(name)
-                }
-                KeyCode::Backspace => {
-                    buf.pop();
-                    self.mode = Mode::PresetName(buf);
-                    Vec::new()
-                }
-                KeyCode::Char(c) if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') => {
-                    buf.push(c);
-                    self.mode = Mode::PresetName(buf);
-                    Vec::new()
-                }
-                _ => {
+                KeyCode::Enter => self.name_entered(buf.trim().to_string()),
+                code => {
+                    edit(&mut buf, code, |c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+                    });
                     self.mode = Mode::PresetName(buf);
                     Vec::new()
                 }
@@ -404,17 +376,25 @@ impl App {
             KeyCode::Char('s') => vec![Action::Send(Command::Snapshot)],
             KeyCode::Char('r') => vec![Action::Send(Command::Preview)],
             KeyCode::Char('p') => {
-                let base = self
-                    .settings
-                    .as_ref()
-                    .map(|p| p.name.clone())
-                    .unwrap_or_default();
-                self.mode = Mode::PresetName(base);
+                self.mode = Mode::PresetName(self.name.clone());
                 Vec::new()
             }
             KeyCode::Char('b') => vec![Action::Send(Command::NextBackend)],
             _ => Vec::new(),
         }
+    }
+
+    /// Enter on a preset name: save, or ask before replacing a file.
+    fn name_entered(&mut self, name: String) -> Vec<Action> {
+        if name.is_empty() {
+            self.notice = Some("a preset needs a name".into());
+            return Vec::new();
+        }
+        if self.preset_path(&name).exists() {
+            self.mode = Mode::ConfirmOverwrite(name);
+            return Vec::new();
+        }
+        self.save_preset(name)
     }
 
     fn ask_quit(&mut self) -> Vec<Action> {
@@ -432,11 +412,9 @@ impl App {
             return Vec::new();
         };
         if row == Row::ContentLayer {
-            let current = self
-                .settings
-                .as_ref()
-                .and_then(|p| Layer::parse(&p.content_layer))
-                .unwrap_or(Layer(9));
+            let Some(current) = self.settings.as_ref().map(|s| s.content_layer) else {
+                return Vec::new();
+            };
             let next = if up {
                 (current.0 + 1).min(LAYER_NAMES.len() - 1)
             } else {

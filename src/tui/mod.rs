@@ -7,10 +7,11 @@
 //! on every exit path, panics included (ratatui's panic hook).
 
 pub mod app;
+pub mod keys;
 pub mod view;
 
 use crate::engine::{EngineHandle, Event, RunState};
-use crate::frontend::{Outcome, signals};
+use crate::frontend::{Driver, Outcome};
 use anyhow::{Result, bail};
 use app::{Action, App};
 use ratatui::crossterm::event::{self, Event as TermEvent, KeyEventKind};
@@ -62,7 +63,7 @@ pub fn run(
     protocol: Option<ProtocolType>,
     presets_dir: PathBuf,
 ) -> Result<Outcome> {
-    let signal = signals::install()?;
+    let mut driver = Driver::new()?;
     let mut terminal = ratatui::init();
     // Probe the terminal (kitty, sixel, iTerm2) before the key reader starts, so the
     // reader cannot swallow the answers; a forced protocol skips the probe.
@@ -78,35 +79,17 @@ pub fn run(
     let keys = spawn_input(Arc::clone(&stop_input));
     let mut app = App::new(presets_dir);
     let mut preview: Option<StatefulProtocol> = None;
-    let mut outcome = Outcome {
-        state: RunState::Preparing,
-        run_dir: None,
-        final_image: None,
-    };
     let mut last_draw = Instant::now() - FRAME;
-    let mut stop_sent = false;
     let result: Result<()> = (|| {
         loop {
-            if !stop_sent && signals::requested(&signal) {
-                engine.send(crate::engine::Command::Stop);
+            if driver.stop_on_signal(&engine) {
                 app.quit = true;
-                stop_sent = true;
             }
             while let Ok(ev) = engine.events.try_recv() {
-                match &ev {
-                    Event::Preview { image, .. } => {
-                        preview = Some(
-                            picker
-                                .new_resize_protocol(image::DynamicImage::ImageRgb8(image.clone())),
-                        );
-                    }
-                    Event::Started { run_dir, .. } => outcome.run_dir = Some(run_dir.clone()),
-                    Event::Finished { final_image, state } => {
-                        outcome.final_image = Some(final_image.clone());
-                        outcome.state = *state;
-                    }
-                    Event::State(s) => outcome.state = *s,
-                    _ => {}
+                driver.observe(&ev);
+                if let Event::Preview { image, .. } = &ev {
+                    let image = image::DynamicImage::ImageRgb8(image.clone());
+                    preview = Some(picker.new_resize_protocol(image));
                 }
                 app.on_event(ev);
             }
@@ -141,8 +124,8 @@ pub fn run(
     ratatui::restore();
     engine.join();
     result?;
-    if outcome.state == RunState::Failed {
+    if driver.outcome.state == RunState::Failed {
         bail!("{}", app.notice.unwrap_or_else(|| "the run failed".into()));
     }
-    Ok(outcome)
+    Ok(driver.outcome)
 }

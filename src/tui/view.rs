@@ -1,6 +1,7 @@
 //! Drawing the workbench: cost plots, settings, preview, footer, overlays.
 
 use super::app::{App, Mode};
+use super::keys::{self, BINDINGS};
 use crate::engine::RunState;
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
@@ -23,11 +24,6 @@ const LAYER_COLOURS: [Color; 8] = [
     Color::LightRed,
     Color::LightGreen,
 ];
-
-pub const FOOTER: &str = "Space pause · ↑↓ select · ←→ change · Enter type · s snapshot · p preset · b backend · ? help · q quit";
-/// The footer for terminals narrower than [`FOOTER`].
-pub const FOOTER_SHORT: &str =
-    "Spc pause ↑↓ select ←→ change ⏎ type s snap p preset b backend ? help q quit";
 
 pub fn draw(frame: &mut Frame, app: &App, preview: Option<&mut StatefulProtocol>) {
     let area = frame.area();
@@ -63,10 +59,11 @@ pub fn draw(frame: &mut Frame, app: &App, preview: Option<&mut StatefulProtocol>
         Paragraph::new(status_text).style(Style::new().fg(Color::Yellow)),
         status,
     );
-    let keys = if (footer.width as usize) < FOOTER.chars().count() {
-        FOOTER_SHORT
+    let wide = keys::footer(false);
+    let keys = if (footer.width as usize) < wide.chars().count() {
+        keys::footer(true)
     } else {
-        FOOTER
+        wide
     };
     frame.render_widget(
         Paragraph::new(keys).style(Style::new().fg(Color::DarkGray)),
@@ -103,11 +100,7 @@ pub fn draw(frame: &mut Frame, app: &App, preview: Option<&mut StatefulProtocol>
 }
 
 fn header_line(app: &App) -> Line<'static> {
-    let name = app
-        .settings
-        .as_ref()
-        .map(|p| p.name.clone())
-        .unwrap_or_default();
+    let name = app.name.clone();
     let state_style = match app.state {
         RunState::Running => Style::new().fg(Color::Green),
         RunState::Paused => Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
@@ -380,31 +373,14 @@ fn popup(frame: &mut Frame, area: Rect, title: &str, text: &str) {
     );
 }
 
-pub const HELP: &[(&str, &str)] = &[
-    ("Space", "pause / resume (nothing is computed while paused)"),
-    ("↑ ↓  k j", "select a setting"),
-    (
-        "← →  - +",
-        "change it by x1.25 (content layer: previous/next)",
-    ),
-    ("Shift ← →", "change it by x10"),
-    ("Enter", "type an exact value (Enter applies, Esc cancels)"),
-    ("s", "save a snapshot and a checkpoint now"),
-    ("r", "refresh the preview now"),
-    ("p", "save the settings as a preset in presets/"),
-    ("b", "next usable backend (cpu, cuda, wgpu)"),
-    ("?", "this help (Esc closes)"),
-    ("q  Ctrl-C", "stop the run (asks first) and quit"),
-];
-
 fn draw_help(frame: &mut Frame, area: Rect) {
-    let rect = centered(area, 72, HELP.len() as u16 + 4);
-    let mut lines: Vec<Line> = HELP
+    let rect = centered(area, 72, BINDINGS.len() as u16 + 4);
+    let mut lines: Vec<Line> = BINDINGS
         .iter()
-        .map(|(k, v)| {
+        .map(|b| {
             Line::from(vec![
-                Span::styled(format!(" {k:<11}"), Style::new().bold()),
-                Span::raw(*v),
+                Span::styled(format!(" {:<11}", b.keys), Style::new().bold()),
+                Span::raw(b.does),
             ])
         })
         .collect();

@@ -28,14 +28,22 @@ pub const CHANNELS: [usize; 16] = [
     64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512,
 ];
 
+/// Convolutions per block.
+pub const BLOCK_SIZES: [usize; 5] = [2, 2, 4, 4, 4];
+
 /// The layers after which a block ends and the image is pooled.
-pub(crate) const BLOCK_ENDS: [usize; 4] = [1, 3, 7, 11];
+pub const BLOCK_ENDS: [usize; 4] = [1, 3, 7, 11];
 
 /// A layer of the network, by index into [`LAYER_NAMES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Layer(pub usize);
 
 impl Layer {
+    /// The content layer of the paper and the seed.
+    pub const CONV4_2: Layer = Layer(9);
+    /// The deepest of the seed's style layers.
+    pub const CONV5_1: Layer = Layer(12);
+
     pub fn parse(name: &str) -> Option<Layer> {
         LAYER_NAMES.iter().position(|n| *n == name).map(Layer)
     }

@@ -43,8 +43,8 @@ impl Fixture {
             .unwrap_or_else(|| panic!("fixture has no tensor {name}"))
     }
     pub fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
-        let (shape, v) = self.host(name);
-        Tensor::from_data(TensorData::new(v.clone(), shape.clone()), device)
+        let t = self.host(name);
+        Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
     }
     pub fn f64(&self, key: &str) -> f64 {
         self.json[key]
@@ -110,12 +110,15 @@ pub fn random_network_tensors() -> HashMap<String, HostTensor> {
                 (0.01 * (2.0 * u - 1.0)) as f32
             })
             .collect();
-        out.insert(format!("conv{i}.weight"), (vec![cout, cin, 3, 3], w));
-        out.insert(format!("conv{i}.bias"), (vec![cout], b));
+        out.insert(
+            format!("conv{i}.weight"),
+            HostTensor::new(vec![cout, cin, 3, 3], w),
+        );
+        out.insert(format!("conv{i}.bias"), HostTensor::new(vec![cout], b));
         cin = cout;
     }
-    out.insert("input.scale".into(), (vec![3], vec![1.0; 3]));
-    out.insert("input.shift".into(), (vec![3], vec![0.0; 3]));
+    out.insert("input.scale".into(), HostTensor::new(vec![3], vec![1.0; 3]));
+    out.insert("input.shift".into(), HostTensor::new(vec![3], vec![0.0; 3]));
     out
 }
 
