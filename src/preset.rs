@@ -91,7 +91,8 @@ fn default_steps() -> u32 {
     5
 }
 
-/// A setting changed during a run, recorded with the iteration it took effect.
+/// A setting changed during a run, recorded with the iteration it took effect. The log
+/// belongs to the run directory (`crate::run_dir`), which keeps it in its `preset.yaml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Change {
@@ -184,8 +185,6 @@ pub struct Preset {
     pub style_scale: Option<f64>,
     pub preserve_colors: PreserveColors,
     pub clamp: bool,
-    /// Settings changed during a run (written into a run directory's `preset.yaml`).
-    pub changes: Vec<Change>,
 }
 
 impl PresetFile {
@@ -227,7 +226,6 @@ impl PresetFile {
             style_scale: self.style_scale,
             preserve_colors: self.preserve_colors,
             clamp: self.clamp,
-            changes: self.changes,
         })
     }
 }
@@ -262,7 +260,7 @@ impl From<&Preset> for PresetFile {
             style_scale: p.style_scale,
             preserve_colors: p.preserve_colors,
             clamp: p.clamp,
-            changes: p.changes.clone(),
+            changes: Vec::new(),
         }
     }
 }
@@ -425,7 +423,14 @@ impl Preset {
     }
 
     pub fn to_yaml(&self) -> Result<String> {
-        Ok(serde_yaml_ng::to_string(&PresetFile::from(self))?)
+        self.to_yaml_with(&[])
+    }
+
+    /// The preset's YAML followed by a run's change log (`changes:`).
+    pub fn to_yaml_with(&self, changes: &[Change]) -> Result<String> {
+        let mut file = PresetFile::from(self);
+        file.changes = changes.to_vec();
+        Ok(serde_yaml_ng::to_string(&file)?)
     }
 
     /// Writes the preset atomically.

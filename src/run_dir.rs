@@ -6,7 +6,7 @@
 //! keeps two processes out of one directory.
 
 use crate::atomic;
-use crate::preset::Preset;
+use crate::preset::{Change, Preset};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,10 +36,29 @@ pub const FINAL: &str = "final.png";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 const LOCK: &str = ".lock";
 
-/// An open run directory, locked for this process.
+/// An open run directory, locked for this process, with the run's change log.
 #[derive(Debug)]
 pub struct RunDir {
     pub path: PathBuf,
+    /// The settings changed during the run, oldest first (`changes:` in `preset.yaml`).
+    changes: Vec<Change>,
+}
+
+/// The change log in a run directory's `preset.yaml` (empty where there is none).
+pub fn read_changes(preset_yaml: &Path) -> Result<Vec<Change>> {
+    #[derive(Deserialize)]
+    struct Log {
+        #[serde(default)]
+        changes: Vec<Change>,
+    }
+    let text = match fs::read_to_string(preset_yaml) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", preset_yaml.display())),
+    };
+    let log: Log = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("the change log in {} is unreadable", preset_yaml.display()))?;
+    Ok(log.changes)
 }
 
 impl RunDir {
@@ -126,6 +145,7 @@ impl RunDir {
         fs::create_dir_all(path.join("snapshots"))?;
         Ok(RunDir {
             path: path.to_path_buf(),
+            changes: read_changes(&path.join(PRESET))?,
         })
     }
 
@@ -139,8 +159,20 @@ impl RunDir {
             .join(format!("iter_{iter:05}.png"))
     }
 
+    /// Writes the run's settings with its change log.
     pub fn write_preset(&self, preset: &Preset) -> Result<()> {
-        preset.save(&self.file(PRESET))
+        let yaml = preset.to_yaml_with(&self.changes)?;
+        atomic::write(&self.file(PRESET), yaml.as_bytes())
+    }
+
+    /// Records a change in the log and writes `preset.yaml` with it.
+    pub fn record_change(&mut self, preset: &Preset, change: Change) -> Result<()> {
+        self.changes.push(change);
+        self.write_preset(preset)
+    }
+
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
     }
 
     /// Appends one record to `losses.jsonl`.

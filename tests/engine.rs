@@ -76,12 +76,9 @@ fn divergence_rolls_back_halves_the_rate_and_pauses_after_three() {
     );
     let preset = Preset::load(&run_dir.join("preset.yaml"), &[]).expect("preset.yaml");
     assert_eq!(preset.settings.optimizer.lr(), 1.25e5);
+    let changes = easel::run_dir::read_changes(&run_dir.join("preset.yaml")).expect("changes");
     assert_eq!(
-        preset
-            .changes
-            .iter()
-            .filter(|c| c.key == "optimizer.lr")
-            .count(),
+        changes.iter().filter(|c| c.key == "optimizer.lr").count(),
         3
     );
 }

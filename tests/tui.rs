@@ -54,6 +54,7 @@ fn app() -> App {
         start_iter: 0,
         preset: preset(),
         history: Vec::new(),
+        changes: Vec::new(),
     })));
     app.on_event(Event::State(RunState::Running));
     for i in 0..40 {

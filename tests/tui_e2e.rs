@@ -114,7 +114,8 @@ fn workbench_in_tmux_pauses_changes_saves_and_quits() {
         .expect("the saved preset loads");
     assert_eq!(saved.name, "mine");
     assert_eq!(saved.settings.beta, 50.0);
-    assert!(saved.changes.is_empty());
+    let saved_changes = easel::run_dir::read_changes(&dir.path().join("presets/mine.yaml"));
+    assert!(saved_changes.expect("readable").is_empty());
     let runs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("out"))
         .expect("out")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -122,8 +123,8 @@ fn workbench_in_tmux_pauses_changes_saves_and_quits() {
     assert_eq!(runs.len(), 1);
     let run = easel::preset::Preset::load(&runs[0].join("preset.yaml"), &[]).expect("run preset");
     assert_eq!(run.settings.beta, 50.0);
-    let change = run
-        .changes
+    let changes = easel::run_dir::read_changes(&runs[0].join("preset.yaml")).expect("changes");
+    let change = changes
         .iter()
         .find(|c| c.key == "beta")
         .expect("the change is recorded");

@@ -8,11 +8,12 @@
 pub mod checkpoint;
 mod divergence;
 mod inputs;
+pub mod memory;
 pub mod schedule;
 mod worker;
 
 use crate::backend::{Backend, BackendChoice};
-use crate::preset::Preset;
+use crate::preset::{Change, Preset};
 use crate::run_dir::{Record, RunDir};
 use crate::settings::Settings;
 use crate::vgg::Layer;
@@ -86,6 +87,8 @@ pub struct Started {
     pub preset: Preset,
     /// Records already in `losses.jsonl` (when resumed).
     pub history: Vec<Record>,
+    /// Settings changed earlier in the run (when resumed).
+    pub changes: Vec<Change>,
 }
 
 #[derive(Debug, Clone)]

@@ -96,8 +96,8 @@ impl Worker {
         } = spec;
         let sources = Sources::load(&preset)?;
         let (w, h) = sources.output_size(&preset);
-        crate::backend::check_memory(w as usize, h as usize, &preset.settings.optimizer)?;
-        crate::backend::check_device_memory(&backend, w as usize, h as usize)?;
+        super::memory::check_memory(w as usize, h as usize, &preset.settings.optimizer)?;
+        super::memory::check_device_memory(&backend, w as usize, h as usize)?;
         let stages = schedule::stages(preset.scales.as_ref(), w, h, preset.iterations);
         let vgg = weights::load(&weights_path, &backend.device)?.with_pooling(preset.pooling);
         let network = Network::new(vgg, &backend, ConvChoice::Winograd, preset.precision)?;
@@ -137,6 +137,7 @@ impl Worker {
             start_iter: point.iter,
             preset: preset.clone(),
             history,
+            changes: run_dir.changes().to_vec(),
         })));
         Ok(Worker {
             weights: cost_weights,
@@ -266,12 +267,12 @@ impl Worker {
             .unwrap_or_default()
             .trim()
             .to_string();
-        self.preset.changes.push(Change {
+        let change = Change {
             iter: self.point.iter,
             key: key.clone(),
             value,
-        });
-        self.run_dir.write_preset(&self.preset)?;
+        };
+        self.run_dir.record_change(&self.preset, change)?;
         self.emit(Event::Changed {
             iter: self.point.iter,
             key,
@@ -285,7 +286,6 @@ impl Worker {
     fn save_preset(&mut self, path: &std::path::Path, name: &str) -> Result<()> {
         let mut preset = self.preset.clone();
         preset.name = name.to_string();
-        preset.changes.clear();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
             preset.relativize_paths(&std::path::absolute(dir)?);

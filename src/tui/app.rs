@@ -222,12 +222,13 @@ impl App {
                     height,
                     preset,
                     history,
+                    changes,
                     ..
                 } = *started;
                 self.run_dir = Some(run_dir);
                 self.backend = backend;
                 (self.width, self.height) = (width, height);
-                for c in &preset.changes {
+                for c in &changes {
                     let v = serde_yaml_ng::to_string(&c.value).unwrap_or_default();
                     self.changes
                         .push((c.iter, format!("{} = {}", c.key, v.trim())));
