@@ -79,6 +79,28 @@ fn check_costs_and_gradient(h: usize, w: usize, pooling: Pooling) {
     );
 }
 
+/// Layer by layer, so that a failure names the first layer that goes wrong.
+#[test]
+#[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
+fn cuda_features_match_the_cpu_layer_by_layer() {
+    for pooling in [Pooling::Avg, Pooling::Max] {
+        let (gpu, cpu) = networks(pooling);
+        let x = image(4, 45, 62);
+        let deepest = easel::vgg::Layer(15);
+        let got = gpu.features(x.clone(), deepest).expect("CUDA features");
+        let want = cpu.features(x, deepest).expect("CPU features");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.dims(), w.dims(), "{pooling:?}: the shape of layer {i}");
+            let e = rel_err(&values(g), &values(w));
+            let l = easel::vgg::Layer(i);
+            assert!(
+                e <= 1e-4,
+                "{pooling:?}: {l} differs from the CPU's by {e:e}"
+            );
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
 fn cuda_costs_and_gradient_match_the_cpu() {

@@ -24,46 +24,46 @@ pub struct Library {
     pub fix: &'static str,
 }
 
+const DRIVER: &str =
+    "this machine has no NVIDIA GPU, or its driver is not installed (nvidia-smi tells which)";
+const NVRTC: &str =
+    "install CUDA 13's toolkit (it lands in /usr/local/cuda) or `pip install nvidia-cuda-nvrtc`";
+const CUBLAS: &str =
+    "install CUDA 13's toolkit (it lands in /usr/local/cuda) or `pip install nvidia-cublas`";
+const CUDNN: &str = "install it with the system's packages (e.g. libcudnn9-cuda-13) or `pip install nvidia-cudnn-cu13`; PyTorch users already have it under site-packages/nvidia/cudnn/lib";
+/// The parts of cuDNN 9 that libcudnn opens by name when it needs them.
+const CUDNN_PARTS: &[&str] = &[
+    "libcudnn_graph.so.9",
+    "libcudnn_ops.so.9",
+    "libcudnn_cnn.so.9",
+    "libcudnn_adv.so.9",
+    "libcudnn_heuristic.so.9",
+    "libcudnn_engines_precompiled.so.9",
+    "libcudnn_engines_runtime_compiled.so.9",
+];
+
+const fn lib(
+    what: &'static str,
+    names: &'static [&'static str],
+    companions: &'static [&'static str],
+    fix: &'static str,
+) -> Library {
+    Library {
+        what,
+        names,
+        companions,
+        fix,
+    }
+}
+
 /// In load order: cuBLAS needs cuBLASLt, cuDNN's parts need its graph library.
+#[rustfmt::skip]
 pub const LIBRARIES: [Library; 5] = [
-    Library {
-        what: "the NVIDIA driver's CUDA library",
-        names: &["libcuda.so.1", "libcuda.so"],
-        companions: &[],
-        fix: "this machine has no NVIDIA GPU, or its driver is not installed (nvidia-smi tells which)",
-    },
-    Library {
-        what: "nvrtc 13 (CUDA's run-time compiler)",
-        names: &["libnvrtc.so.13", "libnvrtc.so"],
-        companions: &["libnvrtc-builtins.so.13.0", "libnvrtc-builtins.so"],
-        fix: "install CUDA 13's toolkit (it lands in /usr/local/cuda) or `pip install nvidia-cuda-nvrtc`",
-    },
-    Library {
-        what: "cuBLASLt 13",
-        names: &["libcublasLt.so.13", "libcublasLt.so"],
-        companions: &[],
-        fix: "install CUDA 13's toolkit (it lands in /usr/local/cuda) or `pip install nvidia-cublas`",
-    },
-    Library {
-        what: "cuBLAS 13",
-        names: &["libcublas.so.13", "libcublas.so"],
-        companions: &[],
-        fix: "install CUDA 13's toolkit (it lands in /usr/local/cuda) or `pip install nvidia-cublas`",
-    },
-    Library {
-        what: "cuDNN 9",
-        names: &["libcudnn.so.9", "libcudnn.so"],
-        companions: &[
-            "libcudnn_graph.so.9",
-            "libcudnn_ops.so.9",
-            "libcudnn_cnn.so.9",
-            "libcudnn_adv.so.9",
-            "libcudnn_heuristic.so.9",
-            "libcudnn_engines_precompiled.so.9",
-            "libcudnn_engines_runtime_compiled.so.9",
-        ],
-        fix: "install it with the system's packages (e.g. libcudnn9-cuda-13) or `pip install nvidia-cudnn-cu13`; PyTorch users already have it under site-packages/nvidia/cudnn/lib",
-    },
+    lib("the NVIDIA driver's CUDA library", &["libcuda.so.1", "libcuda.so"], &[], DRIVER),
+    lib("nvrtc 13 (CUDA's run-time compiler)", &["libnvrtc.so.13", "libnvrtc.so"], &["libnvrtc-builtins.so.13.0", "libnvrtc-builtins.so"], NVRTC),
+    lib("cuBLASLt 13", &["libcublasLt.so.13", "libcublasLt.so"], &[], CUBLAS),
+    lib("cuBLAS 13", &["libcublas.so.13", "libcublas.so"], &[], CUBLAS),
+    lib("cuDNN 9", &["libcudnn.so.9", "libcudnn.so"], CUDNN_PARTS, CUDNN),
 ];
 
 /// The folders searched, in order. `None` stands for the system's own search path.

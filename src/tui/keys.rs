@@ -12,65 +12,31 @@ pub struct Binding {
     pub footer: Option<(&'static str, &'static str)>,
 }
 
+const fn key(
+    keys: &'static str,
+    does: &'static str,
+    footer: Option<(&'static str, &'static str)>,
+) -> Binding {
+    Binding { keys, does, footer }
+}
+
 /// The widest `does` the help overlay shows whole.
 pub const DOES_WIDTH: usize = 57;
 
+// One key a line: the table reads as the help overlay does.
+#[rustfmt::skip]
 pub const BINDINGS: &[Binding] = &[
-    Binding {
-        keys: "Space",
-        does: "pause / resume (nothing is computed while paused)",
-        footer: Some(("Space pause", "Spc pause")),
-    },
-    Binding {
-        keys: "↑ ↓  k j",
-        does: "select a setting",
-        footer: Some(("↑↓ select", "↑↓ select")),
-    },
-    Binding {
-        keys: "← →  - +",
-        does: "change it by x1.25 (content layer: previous/next)",
-        footer: Some(("←→ change", "←→ change")),
-    },
-    Binding {
-        keys: "Shift ← →",
-        does: "change it by x10",
-        footer: None,
-    },
-    Binding {
-        keys: "Enter",
-        does: "type an exact value (Enter applies, Esc cancels)",
-        footer: Some(("Enter type", "⏎ type")),
-    },
-    Binding {
-        keys: "s",
-        does: "save a snapshot and a checkpoint now",
-        footer: Some(("s snapshot", "s snap")),
-    },
-    Binding {
-        keys: "r",
-        does: "refresh the preview now",
-        footer: None,
-    },
-    Binding {
-        keys: "p",
-        does: "save the settings as a preset in presets/",
-        footer: Some(("p preset", "p preset")),
-    },
-    Binding {
-        keys: "b",
-        does: "next usable backend (cpu, cuda, wgpu)",
-        footer: Some(("b backend", "b backend")),
-    },
-    Binding {
-        keys: "?",
-        does: "this help (Esc closes)",
-        footer: Some(("? help", "? help")),
-    },
-    Binding {
-        keys: "q  Ctrl-C",
-        does: "stop the run (asks first) and quit",
-        footer: Some(("q quit", "q quit")),
-    },
+    key("Space", "pause / resume (nothing is computed while paused)", Some(("Space pause", "Spc pause"))),
+    key("↑ ↓  k j", "select a setting", Some(("↑↓ select", "↑↓ select"))),
+    key("← →  - +", "change it by x1.25 (content layer: previous/next)", Some(("←→ change", "←→ change"))),
+    key("Shift ← →", "change it by x10", None),
+    key("Enter", "type an exact value (Enter applies, Esc cancels)", Some(("Enter type", "⏎ type"))),
+    key("s", "save a snapshot and a checkpoint now", Some(("s snapshot", "s snap"))),
+    key("r", "refresh the preview now", None),
+    key("p", "save the settings as a preset in presets/", Some(("p preset", "p preset"))),
+    key("b", "next usable backend (cpu, cuda, wgpu)", Some(("b backend", "b backend"))),
+    key("?", "this help (Esc closes)", Some(("? help", "? help"))),
+    key("q  Ctrl-C", "stop the run (asks first) and quit", Some(("q quit", "q quit"))),
 ];
 
 /// The footer: `narrow` for terminals too narrow for the wide one.

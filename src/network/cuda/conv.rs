@@ -149,6 +149,32 @@ impl Convs {
         Ok(())
     }
 
+    /// What a convolution of layer `layer` at `h` x `w` launches with: the convolution,
+    /// the filter and the shape's descriptors, and the workspace.
+    #[allow(clippy::type_complexity)]
+    fn parts(
+        &mut self,
+        layer: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<(
+        &ConvDescriptor<f32>,
+        &FilterDescriptor<f32>,
+        &Shape,
+        Option<&mut CudaSlice<u8>>,
+    )> {
+        self.prepare(layer, h, w)?;
+        let shape = self.shapes.get(&(layer, h, w)).ok_or_else(|| {
+            anyhow::anyhow!("cuDNN's descriptors for layer {layer} at {h}x{w} are missing")
+        })?;
+        Ok((
+            &self.conv,
+            &self.filters[layer].1,
+            shape,
+            self.workspace.as_mut(),
+        ))
+    }
+
     /// `y = conv(x, weight)` for layer `layer` on an `h` x `w` image (no bias).
     pub fn forward(
         &mut self,
@@ -158,29 +184,17 @@ impl Convs {
         weight: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        self.prepare(layer, h, w)?;
-        let Some(shape) = self.shapes.get(&(layer, h, w)) else {
-            anyhow::bail!("cuDNN's descriptors for layer {layer} at {h}x{w} are missing");
-        };
+        let (conv, filter, shape, workspace) = self.parts(layer, h, w)?;
         let op = ConvForward {
-            conv: &self.conv,
+            conv,
             x: &shape.x,
-            w: &self.filters[layer].1,
+            w: filter,
             y: &shape.y,
         };
         // SAFETY: the buffers have the sizes the descriptors say (the caller made them
         // from the same layer and size), and the workspace is the one sized for them.
-        unsafe {
-            op.launch(
-                shape.forward,
-                self.workspace.as_mut(),
-                (1.0, 0.0),
-                x,
-                weight,
-                y,
-            )
-        }
-        .with_context(|| format!("cuDNN's forward convolution at layer {layer} ({h}x{w})"))
+        unsafe { op.launch(shape.forward, workspace, (1.0, 0.0), x, weight, y) }
+            .with_context(|| format!("cuDNN's forward convolution at layer {layer} ({h}x{w})"))
     }
 
     /// `dx = conv^T(dy, weight)`: the gradient at layer `layer`'s input from the one at
@@ -193,28 +207,17 @@ impl Convs {
         weight: &CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        self.prepare(layer, h, w)?;
-        let Some(shape) = self.shapes.get(&(layer, h, w)) else {
-            anyhow::bail!("cuDNN's descriptors for layer {layer} at {h}x{w} are missing");
-        };
+        let (conv, filter, shape, workspace) = self.parts(layer, h, w)?;
         let op = ConvBackwardData {
-            conv: &self.conv,
+            conv,
             dx: &shape.x,
-            w: &self.filters[layer].1,
+            w: filter,
             dy: &shape.y,
         };
         // SAFETY: as in `forward`.
-        unsafe {
-            op.launch(
-                shape.backward,
-                self.workspace.as_mut(),
-                (1.0, 0.0),
-                dx,
-                weight,
-                dy,
-            )
-        }
-        .with_context(|| format!("cuDNN's backward-data convolution at layer {layer} ({h}x{w})"))
+        unsafe { op.launch(shape.backward, workspace, (1.0, 0.0), dx, weight, dy) }.with_context(
+            || format!("cuDNN's backward-data convolution at layer {layer} ({h}x{w})"),
+        )
     }
 }
 
