@@ -15,6 +15,17 @@ use burn::tensor::Tensor;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The settings benchmarks measure: the default preset's, from the easel folder.
+fn default_preset(overrides: &[String]) -> Result<Preset> {
+    let path = Path::new("presets/default.yaml");
+    if !path.is_file() {
+        bail!(
+            "`easel bench` measures presets/default.yaml's settings and images, and there is none here: run it from the easel folder"
+        );
+    }
+    Preset::load(path, overrides)
+}
+
 /// `(iteration, J, elapsed s)` of a run, stopped once J reaches `stop_at.1` at or
 /// after iteration `stop_at.0`.
 fn trajectory(spec: RunSpec, stop_at: Option<(u64, f64)>) -> Result<Vec<Point>> {
@@ -45,11 +56,21 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// `WIDTHxHEIGHT`, each side in the range a run allows (16..8192).
 pub fn parse_size(s: &str) -> Result<(u32, u32)> {
-    let (w, h) = s
-        .split_once('x')
-        .ok_or_else(|| anyhow!("size `{s}`: write WIDTHxHEIGHT, e.g. 400x300"))?;
-    Ok((w.trim().parse()?, h.trim().parse()?))
+    let bad =
+        || anyhow!("--sizes {s}: write WIDTHxHEIGHT with sides of 16..8192 pixels, e.g. 400x300");
+    let (w, h) = s.split_once('x').ok_or_else(bad)?;
+    let side = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|v| (16..=8192).contains(v))
+    };
+    match (side(w), side(h)) {
+        (Some(w), Some(h)) => Ok((w, h)),
+        _ => Err(bad()),
+    }
 }
 
 /// Memory in use on the device, in MiB: burn's pool on wgpu, the card's used memory
@@ -109,7 +130,12 @@ pub struct BenchOptions<'a> {
 /// Times `iters` iterations (after one warm-up) at each size with the default preset's
 /// settings on chelsea.png and starry_night.jpg.
 pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result<()> {
-    let preset = Preset::load(Path::new("presets/default.yaml"), &[])?;
+    let sizes: Vec<(u32, u32)> = opts
+        .sizes
+        .iter()
+        .map(|s| parse_size(s))
+        .collect::<Result<_>>()?;
+    let preset = default_preset(&[])?;
     let spec = match opts.optimizer {
         BenchOptimizer::Adam => OptimizerSpec::adam(2.0),
         BenchOptimizer::Lbfgs => OptimizerSpec::lbfgs(1.0, 100),
@@ -141,8 +167,10 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
         print!(" {:>12} {:>12}", "forward s", "backward+ s");
     }
     println!();
-    for s in opts.sizes {
-        let (w, h) = parse_size(s)?;
+    for (s, &(w, h)) in opts.sizes.iter().zip(&sizes) {
+        // The same limits as a run's: refused here rather than killed mid-measurement.
+        engine::memory::check_memory(w as usize, h as usize, &spec)?;
+        engine::memory::check_device_memory(&backend, w as usize, h as usize)?;
         let mut first = None;
         for network in &networks {
             let per = time_iterations(network, &content, &style, &cost, &spec, w, h, opts.iters)?;
@@ -304,7 +332,7 @@ pub fn time_to_target(
     let run = |extra: &[&str], target: Option<f64>| -> Result<(Vec<Point>, usize)> {
         let mut o = base.clone();
         o.extend(extra.iter().map(|s| s.to_string()));
-        let preset = Preset::load(Path::new("presets/default.yaml"), &o)?;
+        let preset = default_preset(&o)?;
         let last_stage_start =
             engine::schedule::stages(preset.scales.as_ref(), w, h, preset.iterations)
                 .iter()

@@ -78,8 +78,8 @@ pub enum Cmd {
         #[arg(long, default_value = "400x300,512x512", value_delimiter = ',')]
         sizes: Vec<String>,
         /// Timed iterations per size (after one warm-up iteration).
-        #[arg(long, default_value_t = 5)]
-        iters: usize,
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        iters: u64,
         #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
         backend: BackendChoice,
         /// Optimiser to time.

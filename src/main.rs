@@ -59,7 +59,17 @@ fn real_main() -> Result<ExitCode> {
                     weights::fetch(&dir)?;
                     println!("VGG-19 weights ready in {}", dir.display());
                 }
-                WeightsCmd::Info => print!("{}", weights::info(&dir)?),
+                WeightsCmd::Info => {
+                    let info = weights::info(&dir)?;
+                    print!("{}", info.text);
+                    if !info.healthy {
+                        eprintln!(
+                            "error: a weights file in {} does not verify; run `easel weights fetch`",
+                            dir.display()
+                        );
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
                 WeightsCmd::Import { path } => {
                     let out = weights::import(&path, &dir)?;
                     println!("imported {} -> {}", path.display(), out.display());
@@ -88,7 +98,7 @@ fn real_main() -> Result<ExitCode> {
             } else {
                 let opts = bench::BenchOptions {
                     sizes: &sizes,
-                    iters,
+                    iters: iters as usize,
                     optimizer,
                     profile,
                     conv,
@@ -162,9 +172,14 @@ fn run_spec(
 }
 
 fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
+    let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let ui = match args.ui {
-        Ui::Auto if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() => Ui::Tui,
+        Ui::Auto if terminal => Ui::Tui,
         Ui::Auto => Ui::Plain,
+        // Refused before the run starts, so that nothing is left behind.
+        Ui::Tui if !terminal => bail!(
+            "--ui tui needs a terminal, and stdin or stdout is not one (redirected, or no TTY over ssh: use `ssh -t`); use --ui plain or --ui jsonl, or leave --ui out"
+        ),
         other => other,
     };
     let handle = engine::spawn(spec);
@@ -189,7 +204,9 @@ fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
             if let Some(d) = &outcome.run_dir {
                 eprintln!("resume with: easel resume {}", d.display());
             }
-            ExitCode::from(130)
+            // 128 + the signal's number, as shells report it; 130 (SIGINT's) when the
+            // user stopped the run from the workbench.
+            ExitCode::from(outcome.signal.map_or(130, |s| (128 + s) as u8))
         }
         _ => ExitCode::FAILURE,
     })

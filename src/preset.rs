@@ -337,8 +337,7 @@ impl Preset {
     /// Reads a preset, applies `--set` overrides, resolves paths against the preset's
     /// folder and validates it.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Preset> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read preset {}: check the path", path.display()))?;
+        let text = read_preset_file(path)?;
         Self::parse(&text, path, overrides)
     }
 
@@ -356,8 +355,9 @@ impl Preset {
         for o in overrides {
             set_override(&mut doc, o)?;
         }
-        let file = Self::from_value(doc, path)?;
-        file.validate(path)?;
+        let file = Self::from_value(doc, path).map_err(|e| blame_override(e, overrides))?;
+        file.validate(path)
+            .map_err(|e| blame_override(e, overrides))?;
         let mut preset = file.into_preset(path)?;
         // Absolute, so the copy in a run directory still points at the images.
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
@@ -370,13 +370,24 @@ impl Preset {
     fn from_value(doc: Value, path: &Path) -> Result<PresetFile> {
         serde_path_to_error::deserialize(doc).map_err(|e| {
             let key = e.path().to_string();
-            let inner = e.into_inner();
-            let fix = if inner.to_string().contains("unknown field") {
-                "remove the key or correct its spelling (see presets/default.yaml for every key)"
-            } else if inner.to_string().contains("missing field") {
-                "add the key"
+            let inner = e.into_inner().to_string();
+            let (inner, fix) = if inner.contains("untagged enum Size") {
+                (
+                    "is not a size".to_string(),
+                    "give {width: W, height: H} or {max_side: N}, in whole pixels (16..8192)",
+                )
+            } else if inner.contains("unknown field") {
+                (
+                    inner,
+                    "remove the key or correct its spelling (see presets/default.yaml for every key)",
+                )
+            } else if inner.contains("missing field") {
+                (inner, "add the key")
             } else {
-                "give a value of the type shown (see presets/default.yaml)"
+                (
+                    inner,
+                    "give a value of the type shown (see presets/default.yaml)",
+                )
             };
             anyhow!(
                 "preset {}: key `{}`: {inner}; {fix}",
@@ -453,6 +464,10 @@ impl PresetFile {
         let fail = |key: &str, msg: &str| Some((key.to_string(), msg.to_string()));
         if self.name.trim().is_empty() || self.name.contains(['/', '\\']) {
             return fail("name", "must be a non-empty name without slashes");
+        }
+        if self.name.chars().count() > 100 {
+            // It names the run directory, and file names end at 255 bytes.
+            return fail("name", "is longer than 100 characters; give a shorter name");
         }
         let weights = [
             ("alpha", self.alpha),
@@ -576,6 +591,46 @@ impl PresetFile {
         }
         None
     }
+}
+
+/// Puts the `--set` that gave a refused value in front of the error, which names the
+/// preset file and the key: the fix is in the command line, not the file.
+fn blame_override(e: anyhow::Error, overrides: &[String]) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let culprit = overrides.iter().find(|o| {
+        o.split_once('=')
+            .is_some_and(|(k, _)| text.contains(&format!("key `{}", k.trim())))
+    });
+    match culprit {
+        Some(o) => anyhow!("--set {o}: {text}"),
+        None => e,
+    }
+}
+
+/// The most a preset file may hold: presets are a few hundred bytes.
+const MAX_PRESET_BYTES: u64 = 1 << 20;
+
+/// Reads a preset file, refusing what is not a regular file (a FIFO would block, a
+/// device would never end) or is larger than any preset.
+fn read_preset_file(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read preset {}: check the path", path.display()))?;
+    if !meta.is_file() {
+        bail!(
+            "preset {} is not a regular file (a folder, a device or a pipe); give the path of a .yaml file",
+            path.display()
+        );
+    }
+    if meta.len() > MAX_PRESET_BYTES {
+        bail!(
+            "preset {} is {} bytes; a preset is a small YAML file (at most {} bytes): check the path",
+            path.display(),
+            meta.len(),
+            MAX_PRESET_BYTES
+        );
+    }
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read preset {} as UTF-8 text", path.display()))
 }
 
 fn check_layer(name: &str) -> std::result::Result<(), String> {

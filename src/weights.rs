@@ -361,9 +361,29 @@ pub fn load(path: &Path, device: &Device) -> Result<Vgg19> {
 pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf> {
     match explicit {
         Some(p) => {
-            if !p.is_file() {
+            if p.is_dir() {
+                bail!(
+                    "--weights {} is a folder; give the converted file in it ({}), or set EASEL_WEIGHTS_DIR to the folder",
+                    p.display(),
+                    p.join(CONVERTED_FILE).display()
+                );
+            }
+            if !p.exists() {
                 bail!(
                     "weights file {} does not exist; run `easel weights fetch` or give another --weights PATH",
+                    p.display()
+                );
+            }
+            if !p.is_file() {
+                bail!(
+                    "--weights {} is not a regular file (a device or a pipe); give a .safetensors file",
+                    p.display()
+                );
+            }
+            if matches!(p.extension().and_then(|e| e.to_str()), Some("h5" | "pth")) {
+                bail!(
+                    "--weights {} is an original weights file, not easel's converted one; convert it once with `easel weights import {}`, then leave --weights out",
+                    p.display(),
                     p.display()
                 );
             }
@@ -441,11 +461,13 @@ pub fn import(path: &Path, dir: &Path) -> Result<PathBuf> {
 }
 
 /// `easel weights info`: what is in the weights folder and whether it verifies.
-pub fn info(dir: &Path) -> Result<String> {
+pub fn info(dir: &Path) -> Result<WeightsInfo> {
     let mut s = format!("weights folder: {}\n", dir.display());
+    let mut healthy = true;
     let h5 = dir.join(KERAS_FILE);
     if h5.is_file() {
         let ok = sha256_file(&h5)? == KERAS_SHA256;
+        healthy &= ok;
         s += &format!(
             "  {KERAS_FILE}: {} bytes, sha256 {}\n",
             fs::metadata(&h5)?.len(),
@@ -469,10 +491,20 @@ pub fn info(dir: &Path) -> Result<String> {
                     meta.get("source").map(String::as_str).unwrap_or("unknown")
                 )
             }
-            Err(e) => s += &format!("  {CONVERTED_FILE}: BROKEN: {e:#}\n"),
+            Err(e) => {
+                healthy = false;
+                s += &format!("  {CONVERTED_FILE}: BROKEN: {e:#}\n")
+            }
         }
     } else {
         s += &format!("  {CONVERTED_FILE}: absent (made by `easel weights fetch` or `import`)\n");
     }
-    Ok(s)
+    Ok(WeightsInfo { text: s, healthy })
+}
+
+/// What `easel weights info` reports, and whether every file present verifies (absent
+/// files are not a fault: `fetch` gets them).
+pub struct WeightsInfo {
+    pub text: String,
+    pub healthy: bool,
 }

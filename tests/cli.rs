@@ -327,3 +327,205 @@ fn a_run_too_big_for_memory_is_refused_with_what_it_needs() {
         &["8192x8192", "GiB", "lower `size`"],
     );
 }
+
+/// Not a preset: a device, a pipe, a folder, a huge file. Refused at once (a FIFO would
+/// block the read forever, /dev/zero would fill memory), nothing left behind.
+#[test]
+fn presets_that_are_not_small_regular_files_are_refused_at_once() {
+    let dir = scratch("");
+    let fifo = dir.path().join("pipe.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo made the pipe");
+    let huge = dir.path().join("huge.yaml");
+    std::fs::write(&huge, vec![b'#'; 2 << 20]).expect("write");
+    for (preset, needle) in [
+        ("/dev/zero", "not a regular file"),
+        ("pipe.yaml", "not a regular file"),
+        (".", "not a regular file"),
+        ("huge.yaml", "bytes"),
+    ] {
+        let started = std::time::Instant::now();
+        let o = easel(
+            &["run", preset, "--ui", "plain", "--out", "out"],
+            dir.path(),
+        );
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{preset} was accepted");
+        assert!(
+            err.contains(needle) && err.contains(preset),
+            "{preset}: {err}"
+        );
+        assert!(started.elapsed().as_secs() < 30, "{preset} took too long");
+        assert!(runs_in(dir.path()).is_empty(), "{preset} left a run behind");
+    }
+}
+
+/// The workbench without a terminal is refused before the run starts: no run directory,
+/// no stale lock, no panic.
+#[test]
+fn the_workbench_without_a_terminal_is_refused_before_the_run_starts() {
+    let dir = scratch("");
+    let o = easel(
+        &["run", "p.yaml", "--ui", "tui", "--out", "out"],
+        dir.path(),
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--ui tui needs a terminal") && err.contains("--ui plain"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        runs_in(dir.path()).is_empty(),
+        "a run directory was left behind"
+    );
+}
+
+/// `bench` takes the sizes a run takes, and at least one iteration.
+#[test]
+fn bench_refuses_sizes_and_iterations_a_run_would_not_take() {
+    let dir = scratch("");
+    for size in ["0x0", "8x8", "1x1", "100000x100000", "-5x10", "400"] {
+        let o = easel(&["bench", &format!("--sizes={size}")], dir.path());
+        let err = stderr(&o);
+        assert!(!o.status.success(), "--sizes {size} was accepted");
+        assert!(
+            err.contains("16..8192") && !err.contains("panicked"),
+            "{size}: {err}"
+        );
+    }
+    let o = easel(&["bench", "--iters", "0"], dir.path());
+    assert!(!o.status.success(), "--iters 0 was accepted");
+}
+
+/// Under an address-space limit the memory check counts the limit, not the machine's
+/// RAM: the run is refused before it starts instead of aborting on an allocation.
+#[test]
+fn the_memory_check_counts_an_address_space_limit() {
+    let dir = scratch("");
+    let weights = common::real_weights();
+    let o = std::process::Command::new("prlimit")
+        .arg("--as=3000000000")
+        .arg(env!("CARGO_BIN_EXE_easel"))
+        .args(["run", "p.yaml", "--ui", "plain", "--out", "out"])
+        .args(["--set", "size={width: 1024, height: 1024}"])
+        .current_dir(dir.path())
+        .env(
+            "EASEL_WEIGHTS_DIR",
+            weights.parent().expect("weights folder"),
+        )
+        .output()
+        .expect("prlimit (util-linux) runs easel");
+    let err = stderr(&o);
+    assert!(!o.status.success(), "the run was not refused: {err}");
+    assert!(err.contains("1024x1024") && err.contains("GiB"), "{err}");
+    assert!(
+        runs_in(dir.path()).is_empty(),
+        "a run directory was left behind"
+    );
+}
+
+/// SIGTERM and SIGHUP stop a run cleanly, and the exit code says which signal it was
+/// (128 + its number, as shells report it).
+#[test]
+fn a_run_stopped_by_a_signal_exits_with_its_code() {
+    use std::io::BufRead;
+    for (signal, code) in [("-TERM", 143), ("-HUP", 129), ("-INT", 130)] {
+        let dir = scratch("");
+        let mut child = common::easel_command(dir.path())
+            .args(["run", "p.yaml", "--ui", "plain", "--out", "out"])
+            .args(["--set", "iterations=100000"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("easel starts");
+        let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let header = lines.next().expect("a first line").expect("text");
+        assert!(header.starts_with("run "), "{header}");
+        std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let status = child.wait().expect("easel ends");
+        assert_eq!(status.code(), Some(code), "{signal}: {rest:?}");
+        let runs = runs_in(dir.path());
+        assert_eq!(runs.len(), 1);
+        assert!(
+            runs[0].join("final.png").is_file(),
+            "{signal}: no final image"
+        );
+    }
+}
+
+/// Errors say what is wrong with what the user gave and how to fix it, naming the
+/// `--set` that gave a bad value, and the weights path for what it really is.
+#[test]
+fn errors_name_what_the_user_gave_and_the_fix() {
+    assert_refused(
+        "",
+        &["--set", "alpha=-1"],
+        &["--set alpha=-1", "alpha", ">= 0"],
+    );
+    assert_refused(
+        "",
+        &["--set", "size={width: -5, height: 10}"],
+        &["size", "is not a size", "{width: W, height: H}"],
+    );
+    let long = format!("name={}", "x".repeat(2000));
+    assert_refused(
+        "",
+        &["--set", &long],
+        &["name", "longer than 100 characters"],
+    );
+    let dir = scratch("");
+    std::fs::create_dir(dir.path().join("wdir")).expect("mkdir");
+    std::fs::write(dir.path().join("vgg.h5"), b"HDF5 stand-in").expect("write");
+    for (weights, needles) in [
+        ("wdir", ["is a folder", "EASEL_WEIGHTS_DIR"]),
+        ("/dev/zero", ["not a regular file", "safetensors"]),
+        ("vgg.h5", ["easel weights import", "vgg.h5"]),
+    ] {
+        let args = [
+            "run",
+            "p.yaml",
+            "--ui",
+            "plain",
+            "--out",
+            "out",
+            "--weights",
+            weights,
+        ];
+        let err = stderr(&easel(&args, dir.path()));
+        for n in needles {
+            assert!(err.contains(n), "--weights {weights}: {err}");
+        }
+        assert!(runs_in(dir.path()).is_empty());
+    }
+}
+
+/// A damaged checkpoint is named as one, with a fix that is about the run, not the
+/// weights.
+#[test]
+fn a_damaged_checkpoint_is_named_with_the_right_fix() {
+    let dir = scratch("");
+    let o = easel(
+        &["run", "p.yaml", "--ui", "plain", "--out", "out"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = runs_in(dir.path()).pop().expect("the run");
+    std::fs::write(run.join("checkpoint.safetensors"), b"torn").expect("write");
+    let o = easel(&["resume", run.to_str().expect("utf-8 path")], dir.path());
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("checkpoint") && err.contains("damaged"),
+        "{err}"
+    );
+    assert!(!err.contains("weights fetch"), "{err}");
+}

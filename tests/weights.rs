@@ -194,5 +194,23 @@ fn damaged_and_wrong_weights_files_are_refused() {
         "a failed import replaces nothing"
     );
     let info = weights::info(Path::new(dir.path())).expect("info");
-    assert!(info.contains("absent"), "{info}");
+    assert!(info.text.contains("absent"), "{}", info.text);
+    assert!(info.healthy, "absent files are not a fault");
+    // A damaged converted file is reported, and `easel weights info` fails.
+    std::fs::write(dir.path().join(weights::CONVERTED_FILE), b"not safetensors").expect("write");
+    let info = weights::info(Path::new(dir.path())).expect("info");
+    assert!(
+        info.text.contains("BROKEN") && !info.healthy,
+        "{}",
+        info.text
+    );
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_easel"))
+        .args(["weights", "info"])
+        .env("EASEL_WEIGHTS_DIR", dir.path())
+        .output()
+        .expect("easel runs");
+    assert!(
+        !o.status.success(),
+        "weights info exits non-zero on a broken file"
+    );
 }

@@ -22,12 +22,36 @@ pub fn memory_estimate(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
     800 * 1024 * 1024 + pixels * 4000 + state
 }
 
-/// Memory the system can give this process now (Linux: MemAvailable), if known.
+/// Memory the system can give this process now (Linux: MemAvailable, and no more than
+/// its address-space limit leaves), if known.
 pub fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let ram = kib_field(&info, "MemAvailable:")?;
+    // Under an address-space limit (ulimit -v, prlimit --as) the process gets no more
+    // than the limit less what it has mapped already, whatever the RAM.
+    Some(match address_space_left() {
+        Some(left) => ram.min(left),
+        None => ram,
+    })
+}
+
+/// A `Name:  N kB` field of a /proc file, in bytes.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// The address space this process may still map under its soft limit, if it has one.
+fn address_space_left() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
+    let limit: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let mapped = kib_field(&status, "VmSize:")?;
+    Some(limit.saturating_sub(mapped))
 }
 
 /// Refuses a run that cannot fit in memory, saying how much it would need.

@@ -9,8 +9,6 @@ use anyhow::{Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
@@ -24,6 +22,8 @@ pub enum Mode {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub state: RunState,
+    /// The signal that stopped the run, if one did.
+    pub signal: Option<i32>,
     pub run_dir: Option<PathBuf>,
     pub final_image: Option<PathBuf>,
 }
@@ -31,7 +31,7 @@ pub struct Outcome {
 /// What every front end does with a run besides showing it: turn a signal into one
 /// `Stop`, and fold the events into how the run ended.
 pub struct Driver {
-    signal: Arc<AtomicBool>,
+    signal: signals::Flag,
     stop_sent: bool,
     pub outcome: Outcome,
 }
@@ -44,6 +44,7 @@ impl Driver {
             stop_sent: false,
             outcome: Outcome {
                 state: RunState::Preparing,
+                signal: None,
                 run_dir: None,
                 final_image: None,
             },
@@ -62,7 +63,11 @@ impl Driver {
 
     /// Stops the run when a signal has arrived; true when it did so now.
     pub fn stop_on_signal(&mut self, engine: &EngineHandle) -> bool {
-        signals::requested(&self.signal) && self.stop(engine)
+        let Some(sig) = signals::requested(&self.signal) else {
+            return false;
+        };
+        self.outcome.signal.get_or_insert(sig);
+        self.stop(engine)
     }
 
     /// Folds an event into the outcome.
