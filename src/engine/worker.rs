@@ -16,14 +16,24 @@ use crate::preset::{Change, Preset};
 use crate::run_dir::{self, Record, RunDir};
 use crate::vgg::Layer;
 use crate::weights;
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
 pub(super) fn run(spec: RunSpec, rx: Receiver<Command>, tx: Sender<Event>) {
     let _ = tx.send(Event::State(RunState::Preparing));
-    let result = Worker::prepare(spec, tx.clone()).and_then(|w| w.run(rx));
+    // A panic (a bug, a GPU library giving up) still ends as a failure the front end
+    // reports, never as a silent thread death that leaves it waiting.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Worker::prepare(spec, tx.clone()).and_then(|w| w.run(rx))
+    }))
+    .unwrap_or_else(|panic| {
+        Err(anyhow!(
+            "easel's engine stopped on an internal error ({}); the last checkpoint in the run directory resumes the run. Please report this",
+            panic_message(&panic)
+        ))
+    });
     if let Err(e) = result {
         let _ = tx.send(Event::State(RunState::Failed));
         let _ = tx.send(Event::Failed(format!("{e:#}")));
@@ -50,6 +60,15 @@ struct Worker {
     guard: DivergenceGuard,
     last_preview: Instant,
     preview_every_s: f64,
+}
+
+/// What a panic said, where it said something.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// The run directory and first checkpoint of a new run from its initial image `x`.
@@ -196,7 +215,13 @@ impl Worker {
             if self.point.iter >= self.preset.iterations {
                 break RunState::Finished;
             }
-            self.step()?;
+            if let Err(e) = self.step() {
+                // Keep the work: the checkpoint of the last sound state.
+                let _ = self
+                    .checkpoint()
+                    .save(&self.run_dir.file(run_dir::CHECKPOINT));
+                return Err(e);
+            }
         };
         self.finish(end)
     }
@@ -362,12 +387,25 @@ impl Worker {
         let started = Instant::now();
         let candidate = self.point.clone();
         let lr = self.preset.settings.optimizer.lr();
-        let result = {
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let (network, targets, weights) = (&self.network, &self.targets, &self.weights);
             let mut eval = |x: &Tensor<4>| network.evaluate(x, targets, weights);
             self.point
                 .optimizer
                 .step(lr, self.point.x.clone(), &mut eval)
+        }));
+        let result = match stepped {
+            Ok(result) => result,
+            Err(panic) => {
+                // The optimiser may be half-updated: go back to where the step began.
+                self.point = candidate;
+                bail!(
+                    "the {} path stopped on an internal error at iteration {} ({}); the run's checkpoint resumes it, on another backend with `easel resume RUN_DIR --backend cpu`",
+                    self.network.path_name(),
+                    self.point.iter,
+                    panic_message(&panic)
+                );
+            }
         };
         let elapsed_before = self.elapsed_s;
         self.elapsed_s += started.elapsed().as_secs_f64();

@@ -114,6 +114,11 @@ pub fn drive(mut engine: EngineHandle, mode: Mode) -> Result<Outcome> {
     }
     out.bar.finish_and_clear();
     engine.join();
+    if driver.outcome.final_image.is_none() {
+        bail!(
+            "the engine stopped without a word (no final image); the run directory's checkpoint resumes the run"
+        );
+    }
     Ok(driver.outcome)
 }
 

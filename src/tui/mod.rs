@@ -22,7 +22,7 @@ use ratatui_image::protocol::StatefulProtocol;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::{Receiver, TryRecvError, channel};
 use std::time::{Duration, Instant};
 
 /// Parses `--image-protocol`.
@@ -85,7 +85,16 @@ pub fn run(
             if driver.stop_on_signal(&engine) {
                 app.quit = true;
             }
-            while let Ok(ev) = engine.events.try_recv() {
+            loop {
+                let ev = match engine.events.try_recv() {
+                    Ok(ev) => ev,
+                    Err(TryRecvError::Empty) => break,
+                    // The engine is gone without saying how it ended.
+                    Err(TryRecvError::Disconnected) if !app.finished => {
+                        Event::Failed("the engine stopped without a word".into())
+                    }
+                    Err(TryRecvError::Disconnected) => break,
+                };
                 driver.observe(&ev);
                 if let Event::Preview { image, .. } = &ev {
                     let image = image::DynamicImage::ImageRgb8(image.clone());
