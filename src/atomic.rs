@@ -26,8 +26,9 @@ pub fn write_with(path: &Path, fill: impl FnOnce(&mut fs::File) -> Result<()>) -
     let result = (|| {
         let mut file =
             fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        fill(&mut file)?;
-        file.sync_all()?;
+        fill(&mut file)
+            .and_then(|()| file.sync_all().map_err(Into::into))
+            .with_context(|| format!("cannot write {}", path.display()))?;
         fs::rename(&tmp, path)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
     })();

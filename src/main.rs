@@ -23,6 +23,7 @@ fn main() -> ExitCode {
 
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
+    frontend::signals::survive_file_size_limits()?;
     match cli.command {
         None => {
             let preset = Path::new("presets/default.yaml");
@@ -182,6 +183,11 @@ fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
         ),
         other => other,
     };
+    if ui != Ui::Tui && args.image_protocol.is_some() {
+        bail!(
+            "--image-protocol sets how the workbench shows its preview, and this run has no workbench (--ui plain or jsonl, or output not a terminal); leave it out"
+        );
+    }
     let handle = engine::spawn(spec);
     let outcome = match ui {
         Ui::Jsonl => frontend::drive(handle, Mode::Jsonl)?,

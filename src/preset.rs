@@ -512,6 +512,12 @@ impl PresetFile {
             );
         }
         let blends = self.style.images();
+        if blends.is_empty() {
+            return fail(
+                "style",
+                "is an empty list; give a style image, or a list of {image, weight}",
+            );
+        }
         let bad = blends
             .iter()
             .position(|(_, w)| !w.is_finite() || *w <= 0.0)?;

@@ -42,6 +42,54 @@ pub struct RunDir {
     pub path: PathBuf,
     /// The settings changed during the run, oldest first (`changes:` in `preset.yaml`).
     changes: Vec<Change>,
+    /// Held while the directory is open; the kernel lets go of it if the process dies.
+    _lock: fs::File,
+}
+
+/// Takes the run directory's lock: an advisory lock on `.lock` (which records our
+/// process id for the user), released by the kernel when the process ends, so a lock
+/// left by a crash never blocks a resume.
+fn take_lock(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(LOCK);
+    loop {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot lock run directory {}", dir.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                bail!(
+                    "run directory {} is in use by another easel (process {}); wait for it to end or stop it, then resume",
+                    dir.display(),
+                    holder.trim()
+                );
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e)
+                    .with_context(|| format!("cannot lock run directory {}", dir.display()));
+            }
+        }
+        // The holder before us may have removed the file between our open and our lock:
+        // then we hold a lock on a file nobody else will see, and try again.
+        if same_file(&file, &path) {
+            file.set_len(0)?;
+            (&file).write_all(std::process::id().to_string().as_bytes())?;
+            return Ok(file);
+        }
+    }
+}
+
+fn same_file(file: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
 }
 
 /// The change log in a run directory's `preset.yaml` (empty where there is none).
@@ -110,42 +158,12 @@ impl RunDir {
 
     /// Opens an existing run directory and takes its lock.
     pub fn open(path: &Path) -> Result<RunDir> {
-        let lock = path.join(LOCK);
-        let take = || {
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&lock)
-        };
-        let mut file = match take() {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let pid: Option<u32> = fs::read_to_string(&lock)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok());
-                if pid.is_some_and(|p| {
-                    Path::new(&format!("/proc/{p}")).exists() && p != std::process::id()
-                }) {
-                    bail!(
-                        "run directory {} is in use by process {}; wait for it to end (or stop it) before resuming",
-                        path.display(),
-                        pid.unwrap_or_default()
-                    );
-                }
-                // A stale lock from a process that died: take it over.
-                fs::remove_file(&lock)?;
-                take().with_context(|| format!("cannot lock {}", path.display()))?
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot lock run directory {}", path.display()));
-            }
-        };
-        write!(file, "{}", std::process::id())?;
+        let lock = take_lock(path)?;
         fs::create_dir_all(path.join("snapshots"))?;
         Ok(RunDir {
             path: path.to_path_buf(),
             changes: read_changes(&path.join(PRESET))?,
+            _lock: lock,
         })
     }
 

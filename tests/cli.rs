@@ -529,3 +529,155 @@ fn a_damaged_checkpoint_is_named_with_the_right_fix() {
     );
     assert!(!err.contains("weights fetch"), "{err}");
 }
+
+/// `easel run --ui jsonl | head -c 100`: a closed stdout stops the run cleanly (exit 141,
+/// as for SIGPIPE), with its final image and no lock left behind.
+#[test]
+fn a_closed_stdout_stops_the_run_cleanly() {
+    use std::io::Read;
+    let dir = scratch("");
+    let mut child = common::easel_command(dir.path())
+        .args(["run", "p.yaml", "--ui", "jsonl", "--out", "out"])
+        .args(["--set", "iterations=100000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("easel starts");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 100];
+    stdout.read_exact(&mut first).expect("the first records");
+    drop(stdout);
+    let o = child.wait_with_output().expect("easel ends");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(141), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+    let runs = runs_in(dir.path());
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].join("final.png").is_file(), "no final image: {err}");
+    assert!(!runs[0].join(".lock").exists(), "a stale lock was left");
+}
+
+/// The run directory's lock is the kernel's: a `.lock` left by a crash (even naming a
+/// live process) never blocks a resume, and two resumers never share a run.
+#[test]
+fn a_stale_lock_never_blocks_and_a_live_one_always_does() {
+    let dir = scratch("");
+    let o = easel(
+        &["run", "p.yaml", "--ui", "plain", "--out", "out"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = runs_in(dir.path()).pop().expect("the run");
+    let run = run.to_str().expect("utf-8 path").to_string();
+    // A crashed easel's lock file, naming a process that is alive (init).
+    std::fs::write(Path::new(&run).join(".lock"), "1").expect("write");
+    let mut first = common::easel_command(dir.path())
+        .args([
+            "resume",
+            &run,
+            "--ui",
+            "plain",
+            "--set",
+            "iterations=100000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("easel starts");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        first.stderr.take().expect("stderr"),
+    ));
+    let header = lines.next().expect("a first line").expect("text");
+    assert!(
+        header.starts_with("run "),
+        "the stale lock blocked the resume: {header}"
+    );
+    let second = easel(&["resume", &run, "--ui", "plain"], dir.path());
+    let err = stderr(&second);
+    assert!(!second.status.success(), "two resumers shared the run");
+    assert!(
+        err.contains("in use by another easel") && err.contains(&first.id().to_string()),
+        "{err}"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .expect("kill");
+    let _ = lines.count();
+    assert_eq!(first.wait().expect("easel ends").code(), Some(143));
+}
+
+/// What used to be accepted without a word: no style at all, and a preview protocol
+/// for a run that has no preview.
+#[test]
+fn no_style_and_a_protocol_without_a_workbench_are_refused() {
+    assert_refused("", &["--set", "style=[]"], &["p.yaml", "style", "empty"]);
+    assert_refused(
+        "",
+        &["--image-protocol", "kitty"],
+        &["--image-protocol", "no workbench"],
+    );
+}
+
+/// A write that hits a file-size limit fails with a message, leaves no temporary file
+/// and keeps the last checkpoint, which resumes once the limit is lifted.
+#[test]
+fn a_file_size_limit_loses_nothing() {
+    let dir = scratch("");
+    let size = ["--set", "size={width: 400, height: 300}"];
+    let mut args = vec!["run", "p.yaml", "--ui", "plain", "--out", "out"];
+    args.extend(size);
+    let o = easel(&args, dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = runs_in(dir.path()).pop().expect("the run");
+    let checkpoint = std::fs::read(run.join("checkpoint.safetensors")).expect("checkpoint");
+    let weights = common::real_weights();
+    let o = std::process::Command::new("prlimit")
+        .arg("--fsize=1000000")
+        .arg(env!("CARGO_BIN_EXE_easel"))
+        .args(["resume", run.to_str().expect("utf-8"), "--ui", "plain"])
+        .args(["--set", "iterations=6"])
+        .current_dir(dir.path())
+        .env(
+            "EASEL_WEIGHTS_DIR",
+            weights.parent().expect("weights folder"),
+        )
+        .output()
+        .expect("prlimit runs easel");
+    let err = stderr(&o);
+    assert!(
+        !o.status.success(),
+        "the limited resume did not fail: {err}"
+    );
+    assert!(
+        err.contains("cannot write") && err.contains("checkpoint"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&run)
+        .expect("run")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    let kept = std::fs::read(run.join("checkpoint.safetensors")).expect("checkpoint");
+    assert!(
+        kept == checkpoint || !kept.is_empty(),
+        "the checkpoint was lost"
+    );
+    let o = easel(
+        &[
+            "resume",
+            run.to_str().expect("utf-8"),
+            "--ui",
+            "plain",
+            "--set",
+            "iterations=6",
+        ],
+        dir.path(),
+    );
+    assert!(
+        o.status.success(),
+        "the resume after the limit: {}",
+        stderr(&o)
+    );
+}

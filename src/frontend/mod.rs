@@ -28,6 +28,9 @@ pub struct Outcome {
     pub final_image: Option<PathBuf>,
 }
 
+/// The signal a write to a closed pipe raises in C tools; its exit code is 141.
+const SIGPIPE: i32 = 13;
+
 /// What every front end does with a run besides showing it: turn a signal into one
 /// `Stop`, and fold the events into how the run ended.
 pub struct Driver {
@@ -109,7 +112,20 @@ pub fn drive(mut engine: EngineHandle, mode: Mode) -> Result<Outcome> {
                 engine.join();
                 bail!("{message}");
             }
-            other => out.show(&other)?,
+            other => {
+                if let Err(e) = out.show(&other) {
+                    // stdout closed (`| head`): stop cleanly, as SIGPIPE would have us.
+                    let closed = e
+                        .downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
+                    if !closed {
+                        return Err(e);
+                    }
+                    out.mode = Mode::Plain;
+                    driver.stop(&engine);
+                    driver.outcome.signal.get_or_insert(SIGPIPE);
+                }
+            }
         }
     }
     out.bar.finish_and_clear();

@@ -3,7 +3,7 @@
 //! code the shell convention gives it: 128 + its number (130, 143, 129).
 
 use anyhow::Result;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGXFSZ};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,6 +23,14 @@ pub fn install() -> Result<Flag> {
         signal_hook::flag::register_usize(sig, Arc::clone(&flag), sig as usize)?;
     }
     Ok(flag)
+}
+
+/// Past a file-size limit (ulimit -f) the kernel kills the writer with SIGXFSZ, which
+/// would leave a temporary file behind; handled, the write fails with EFBIG instead, and
+/// the atomic write cleans up and says what it could not write. Called first thing.
+pub fn survive_file_size_limits() -> Result<()> {
+    signal_hook::flag::register(SIGXFSZ, Arc::new(std::sync::atomic::AtomicBool::new(false)))?;
+    Ok(())
 }
 
 /// The signal that asked the run to stop, if one has.
