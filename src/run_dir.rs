@@ -84,6 +84,22 @@ fn take_lock(dir: &Path) -> Result<fs::File> {
     }
 }
 
+/// Removes the temporary files of atomic writes that a killed process left (we hold the
+/// lock, so no live writer owns one).
+fn remove_stale_temporaries(dir: &Path) {
+    for sub in [dir.to_path_buf(), dir.join("snapshots")] {
+        let Ok(entries) = fs::read_dir(&sub) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 fn same_file(file: &fs::File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (file.metadata(), fs::metadata(path)) {
@@ -159,6 +175,7 @@ impl RunDir {
     /// Opens an existing run directory and takes its lock.
     pub fn open(path: &Path) -> Result<RunDir> {
         let lock = take_lock(path)?;
+        remove_stale_temporaries(path);
         fs::create_dir_all(path.join("snapshots"))?;
         Ok(RunDir {
             path: path.to_path_buf(),

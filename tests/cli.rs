@@ -519,7 +519,21 @@ fn a_damaged_checkpoint_is_named_with_the_right_fix() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let run = runs_in(dir.path()).pop().expect("the run");
-    std::fs::write(run.join("checkpoint.safetensors"), b"torn").expect("write");
+    let path = run.join("checkpoint.safetensors");
+    // Whole as a file, but with a tensor of the wrong shape: refused, not a panic.
+    let (mut tensors, meta) = easel::tensor_file::read(&path, "checkpoint", "").expect("read");
+    let x = tensors.get_mut("x").expect("the image");
+    x.shape = vec![x.data.len()];
+    easel::tensor_file::write(&path, &tensors, meta).expect("write");
+    let o = easel(&["resume", run.to_str().expect("utf-8 path")], dir.path());
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("not one easel wrote") && err.contains("[1, 3, H, W]"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    std::fs::write(&path, b"torn").expect("write");
     let o = easel(&["resume", run.to_str().expect("utf-8 path")], dir.path());
     let err = stderr(&o);
     assert!(!o.status.success());

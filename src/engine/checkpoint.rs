@@ -98,6 +98,30 @@ fn host<const D: usize>(t: &Tensor<D>) -> HostTensor {
     )
 }
 
+/// Every tensor has the shape its name says: the image `[1, 3, H, W]`, Adam's moments
+/// and the average like it, L-BFGS's vectors flat over its pixels.
+fn check_shapes(tensors: &tensor_file::Tensors) -> Result<()> {
+    let x = tensors
+        .get("x")
+        .ok_or_else(|| anyhow!("it holds no image"))?;
+    let ok = matches!(x.shape[..], [1, 3, h, w] if h > 0 && w > 0);
+    anyhow::ensure!(ok, "the image has shape {:?}, not [1, 3, H, W]", x.shape);
+    let flat = [x.data.len()];
+    for (name, t) in tensors {
+        let want: &[usize] = if name.starts_with("lbfgs.") {
+            &flat
+        } else {
+            &x.shape
+        };
+        anyhow::ensure!(
+            t.shape == want,
+            "{name} has shape {:?}, not {want:?}",
+            t.shape
+        );
+    }
+    Ok(())
+}
+
 fn device_tensor<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
 }
@@ -227,6 +251,12 @@ impl Checkpoint {
         };
         let scalars: Scalars = serde_json::from_str(meta.get("easel").ok_or_else(broken)?)
             .with_context(|| format!("checkpoint {} has unreadable metadata", path.display()))?;
+        check_shapes(&tensors).map_err(|e| {
+            anyhow!(
+                "checkpoint {} is not one easel wrote ({e}); resume from an earlier copy or start the run again",
+                path.display()
+            )
+        })?;
         let get = |name: &str| tensors.get(name).ok_or_else(broken);
         let x = device_tensor::<4>(get("x")?, device);
         let optimizer = optimizer_from(scalars.optimizer, &tensors, device).ok_or_else(broken)?;
