@@ -408,6 +408,16 @@ impl Preset {
         self.for_each_path(rel);
     }
 
+    /// The image files the run reads: content, styles, and the initial image if any.
+    pub fn input_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.content.clone()];
+        paths.extend(self.style.images().into_iter().map(|(p, _)| p));
+        if let Init::File { path } = &self.init {
+            paths.push(path.clone());
+        }
+        paths
+    }
+
     fn for_each_path(&mut self, mut f: impl FnMut(&mut PathBuf)) {
         f(&mut self.content);
         match &mut self.style {

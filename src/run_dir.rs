@@ -34,6 +34,8 @@ pub const PRESET: &str = "preset.yaml";
 pub const LOSSES: &str = "losses.jsonl";
 pub const FINAL: &str = "final.png";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
+/// The sha256 of each input image when the run started, as `sha256sum` prints them.
+pub const INPUTS: &str = "inputs.sha256";
 const LOCK: &str = ".lock";
 
 /// An open run directory, locked for this process, with the run's change log.
@@ -106,6 +108,15 @@ fn same_file(file: &fs::File, path: &Path) -> bool {
         (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
         _ => false,
     }
+}
+
+/// Records the sha256 of the run's input images in `dir`.
+pub fn write_inputs(dir: &Path, paths: &[PathBuf]) -> Result<()> {
+    let mut text = String::new();
+    for p in paths {
+        text += &format!("{}  {}\n", crate::weights::sha256_file(p)?, p.display());
+    }
+    atomic::write(&dir.join(INPUTS), text.as_bytes())
 }
 
 /// The change log in a run directory's `preset.yaml` (empty where there is none).
@@ -208,6 +219,28 @@ impl RunDir {
 
     pub fn changes(&self) -> &[Change] {
         &self.changes
+    }
+
+    /// The input images whose content differs from when the run started (none where the
+    /// run recorded no sums, as runs before this record did not).
+    pub fn changed_inputs(&self, paths: &[PathBuf]) -> Vec<PathBuf> {
+        let Ok(text) = fs::read_to_string(self.file(INPUTS)) else {
+            return Vec::new();
+        };
+        let recorded: BTreeMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| l.split_once("  ").map(|(sum, path)| (path, sum)))
+            .collect();
+        paths
+            .iter()
+            .filter(|p| {
+                let now = crate::weights::sha256_file(p).ok();
+                recorded
+                    .get(p.display().to_string().as_str())
+                    .is_some_and(|sum| now.as_deref() != Some(*sum))
+            })
+            .cloned()
+            .collect()
     }
 
     /// Appends one record to `losses.jsonl`.

@@ -695,3 +695,45 @@ fn a_file_size_limit_loses_nothing() {
         stderr(&o)
     );
 }
+
+/// An input image replaced between a run and its resume is used, but not silently.
+#[test]
+fn a_resume_says_when_an_input_image_changed() {
+    let dir = scratch("");
+    let o = easel(
+        &["run", "p.yaml", "--ui", "plain", "--out", "out"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = runs_in(dir.path()).pop().expect("the run");
+    let run = run.to_str().expect("utf-8 path").to_string();
+    let args = [
+        "resume",
+        run.as_str(),
+        "--ui",
+        "plain",
+        "--set",
+        "iterations=4",
+    ];
+    let o = easel(&args, dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("has changed"), "{}", stderr(&o));
+    image::RgbImage::from_pixel(64, 48, image::Rgb([10, 20, 30]))
+        .save(dir.path().join("chelsea.png"))
+        .expect("write another content image");
+    let args = [
+        "resume",
+        run.as_str(),
+        "--ui",
+        "plain",
+        "--set",
+        "iterations=5",
+    ];
+    let o = easel(&args, dir.path());
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("chelsea.png has changed since the run started"),
+        "{err}"
+    );
+}

@@ -86,6 +86,7 @@ fn start(base: &std::path::Path, preset: &Preset, x: Tensor<4>) -> Result<(RunDi
     };
     let run_dir = RunDir::create(base, &preset.name, |dir| {
         preset.save(&dir.join(run_dir::PRESET))?;
+        run_dir::write_inputs(dir, &preset.input_paths())?;
         start.save(&dir.join(run_dir::CHECKPOINT))
     })?;
     Ok((run_dir, start))
@@ -158,6 +159,12 @@ impl Worker {
             history,
             changes: run_dir.changes().to_vec(),
         })));
+        for changed in run_dir.changed_inputs(&preset.input_paths()) {
+            let _ = tx.send(Event::Notice(format!(
+                "{} has changed since the run started (its sha256 differs); the run goes on with the file as it is now",
+                changed.display()
+            )));
+        }
         Ok(Worker {
             weights: cost_weights,
             preset,
