@@ -26,6 +26,15 @@ fn default_preset(overrides: &[String]) -> Result<Preset> {
     Preset::load(path, overrides)
 }
 
+/// A folder for the benchmark's runs, removed however the benchmark ends.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// `(iteration, J, elapsed s)` of a run, stopped once J reaches `stop_at.1` at or
 /// after iteration `stop_at.0`.
 fn trajectory(spec: RunSpec, stop_at: Option<(u64, f64)>) -> Result<Vec<Point>> {
@@ -328,7 +337,8 @@ pub fn time_to_target(
         format!("iterations={iterations}"),
         "save_every=0".into(),
     ];
-    let out = std::env::temp_dir().join(format!("easel-bench-{}", std::process::id()));
+    let scratch = Scratch(std::env::temp_dir().join(format!("easel-bench-{}", std::process::id())));
+    let out = &scratch.0;
     let run = |extra: &[&str], target: Option<f64>| -> Result<(Vec<Point>, usize)> {
         let mut o = base.clone();
         o.extend(extra.iter().map(|s| s.to_string()));
@@ -377,6 +387,5 @@ pub fn time_to_target(
             iterations * 2
         ),
     }
-    let _ = std::fs::remove_dir_all(&out);
     Ok(())
 }
