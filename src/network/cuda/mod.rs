@@ -307,6 +307,9 @@ impl CudaVgg {
         let sums = sums.context("copying the costs back from the CUDA device")?;
         let grad = s.clone_dtoh(&g);
         let grad = grad.context("copying the image gradient back from the CUDA device")?;
+        // A copy to pageable memory returns once done; said here rather than assumed.
+        s.synchronize()
+            .context("waiting for the CUDA device to finish the iteration")?;
         let content = &acts[weights.content_layer.0];
         let parts = CudaCosts {
             content: sums[0] / (4 * content.data.len()) as f64,
