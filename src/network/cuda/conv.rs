@@ -17,6 +17,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 const NCHW: cudnnTensorFormat_t = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+/// The most workspace one convolution may ask for before a leaner algorithm is used.
+const WORKSPACE_LIMIT: usize = 1 << 30;
+const FWD_FALLBACK: cudnnConvolutionFwdAlgo_t =
+    cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+const BWD_FALLBACK: cudnnConvolutionBwdDataAlgo_t =
+    cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
 
 /// One layer at one image size: its input and output descriptors and the algorithms
 /// cuDNN's heuristics picked for them.
@@ -113,24 +119,38 @@ impl Convs {
             w: filter,
             y: &y,
         };
-        let forward = fwd
+        let size_fwd = |algo| {
+            fwd.get_workspace_size(algo)
+                .with_context(|| format!("sizing cuDNN's forward workspace for {}", what()))
+        };
+        let mut forward = fwd
             .pick_algorithm()
             .with_context(|| format!("picking cuDNN's forward algorithm for {}", what()))?;
-        let fwd_bytes = fwd
-            .get_workspace_size(forward)
-            .with_context(|| format!("sizing cuDNN's forward workspace for {}", what()))?;
+        let mut fwd_bytes = size_fwd(forward)?;
+        if fwd_bytes > WORKSPACE_LIMIT {
+            // cuDNN's heuristics rank by speed alone; an FFT algorithm's workspace at
+            // 2048x2048 can take gigabytes. Implicit GEMM needs next to none.
+            forward = FWD_FALLBACK;
+            fwd_bytes = size_fwd(forward)?;
+        }
         let bwd = ConvBackwardData {
             conv: &self.conv,
             dx: &x,
             w: filter,
             dy: &y,
         };
-        let backward = bwd
+        let size_bwd = |algo| {
+            bwd.get_workspace_size(algo)
+                .with_context(|| format!("sizing cuDNN's backward workspace for {}", what()))
+        };
+        let mut backward = bwd
             .pick_algorithm()
             .with_context(|| format!("picking cuDNN's backward algorithm for {}", what()))?;
-        let bwd_bytes = bwd
-            .get_workspace_size(backward)
-            .with_context(|| format!("sizing cuDNN's backward workspace for {}", what()))?;
+        let mut bwd_bytes = size_bwd(backward)?;
+        if bwd_bytes > WORKSPACE_LIMIT {
+            backward = BWD_FALLBACK;
+            bwd_bytes = size_bwd(backward)?;
+        }
         let need = fwd_bytes.max(bwd_bytes);
         if need > self.workspace.as_ref().map_or(0, |ws| ws.len()) {
             // The old workspace is freed in stream order, after the work that uses it.
