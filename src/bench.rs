@@ -17,13 +17,7 @@ use std::time::{Duration, Instant};
 
 /// The settings benchmarks measure: the default preset's, from the easel folder.
 fn default_preset(overrides: &[String]) -> Result<Preset> {
-    let path = Path::new("presets/default.yaml");
-    if !path.is_file() {
-        bail!(
-            "`easel bench` measures presets/default.yaml's settings and images, and there is none here: run it from the easel folder"
-        );
-    }
-    Preset::load(path, overrides)
+    Preset::load(&crate::builtin::default_preset()?, overrides)
 }
 
 /// A folder for the benchmark's runs, removed however the benchmark ends.

@@ -67,6 +67,8 @@ pub enum Cmd {
         #[command(flatten)]
         args: RunArgs,
     },
+    /// List the built-in presets and those in presets/ here.
+    Presets,
     /// Fetch, check or import the VGG-19 weights.
     Weights {
         #[command(subcommand)]

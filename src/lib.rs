@@ -12,6 +12,7 @@
 pub mod atomic;
 pub mod backend;
 pub mod bench;
+pub mod builtin;
 pub mod cli;
 pub mod color;
 pub mod engine;

@@ -26,19 +26,13 @@ fn real_main() -> Result<ExitCode> {
     frontend::signals::survive_file_size_limits()?;
     match cli.command {
         None => {
-            let preset = Path::new("presets/default.yaml");
-            if !preset.is_file() {
-                bail!(
-                    "{} not found: run `easel` from the easel folder, or give a preset with `easel run PRESET`",
-                    preset.display()
-                );
-            }
+            let preset = easel::builtin::default_preset()?;
             let args = RunArgs {
                 ui: Ui::Auto,
                 weights: None,
                 image_protocol: None,
             };
-            run(preset, &[], None, None, &args)
+            run(&preset, &[], None, None, &args)
         }
         Some(Cmd::Run {
             preset,
@@ -53,6 +47,10 @@ fn real_main() -> Result<ExitCode> {
             backend,
             args,
         }) => resume(&run_dir, &set, backend, &args),
+        Some(Cmd::Presets) => {
+            print!("{}", easel::builtin::list_presets(Path::new("presets"))?);
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Cmd::Weights { action }) => {
             let dir = weights::default_dir();
             match action {

@@ -30,11 +30,21 @@ const PIP_MEMBER: &str =
 /// The converted file `fetch` writes and runs load.
 pub const CONVERTED_FILE: &str = "vgg19.safetensors";
 
-/// Where weights live: `$EASEL_WEIGHTS_DIR`, else `weights/` in the current directory.
+/// Where weights live: `$EASEL_WEIGHTS_DIR`; else `weights/` in the current folder where
+/// a checkout fetched them before; else easel's folder in the user's cache
+/// (`~/.cache/easel/weights` on Linux).
 pub fn default_dir() -> PathBuf {
-    std::env::var_os("EASEL_WEIGHTS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("weights"))
+    if let Some(dir) = std::env::var_os("EASEL_WEIGHTS_DIR") {
+        return PathBuf::from(dir);
+    }
+    // A checkout that fetched them before keeps its copy.
+    let local = PathBuf::from("weights");
+    if local.join(CONVERTED_FILE).is_file() {
+        return local;
+    }
+    crate::builtin::cache_dir()
+        .map(|d| d.join("weights"))
+        .unwrap_or(local)
 }
 
 /// Makes sure converted weights exist in `dir`, fetching and converting on first use.

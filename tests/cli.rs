@@ -737,3 +737,33 @@ fn a_resume_says_when_an_input_image_changed() {
         "{err}"
     );
 }
+
+/// Outside a checkout: the built-in default preset and its images come from the binary
+/// (written into the user's cache folder), for `easel presets` and `easel bench`.
+#[test]
+fn the_default_preset_is_built_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let with_cache = |args: &[&str]| {
+        common::easel_command(dir.path())
+            .args(args)
+            .env("XDG_CACHE_HOME", &cache)
+            .output()
+            .expect("easel runs")
+    };
+    let o = with_cache(&["presets"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains("chelsea-starry") && out.contains("400x300"),
+        "{out}"
+    );
+    assert!(cache.join("easel/presets/images/chelsea.png").is_file());
+    let o = with_cache(&["bench", "--sizes", "16x16", "--iters", "1"]);
+    assert!(
+        o.status.success(),
+        "bench outside a checkout: {}",
+        stderr(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("16x16"));
+}

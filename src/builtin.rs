@@ -1,0 +1,107 @@
+//! The presets built into the binary, so that `easel` and `easel bench` work outside a
+//! checkout: the default preset and its two images, written once into the user's cache
+//! folder and read from there like any preset.
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// A built-in preset: its name, its YAML, and the images its paths name.
+pub struct Builtin {
+    pub name: &'static str,
+    pub yaml: &'static str,
+    pub images: &'static [(&'static str, &'static [u8])],
+}
+
+pub const BUILTINS: &[Builtin] = &[Builtin {
+    name: "default",
+    yaml: include_str!("../presets/default.yaml"),
+    images: &[
+        (
+            "chelsea.png",
+            include_bytes!("../presets/images/chelsea.png"),
+        ),
+        (
+            "starry_night.jpg",
+            include_bytes!("../presets/images/starry_night.jpg"),
+        ),
+    ],
+}];
+
+/// easel's folder in the user's cache (XDG on Linux, the platform's elsewhere), where
+/// the weights and the built-in presets live; `None` where the platform has none.
+pub fn cache_dir() -> Option<PathBuf> {
+    dirs::cache_dir().map(|d| d.join("easel"))
+}
+
+/// The default preset: `presets/default.yaml` in a checkout (the current folder), else
+/// the built-in one.
+pub fn default_preset() -> Result<PathBuf> {
+    let local = Path::new("presets/default.yaml");
+    if local.is_file() {
+        return Ok(local.to_path_buf());
+    }
+    materialize(&BUILTINS[0])
+}
+
+/// Writes a built-in preset and its images under the cache folder (where they are not
+/// already as built in) and returns the preset's path.
+pub fn materialize(builtin: &Builtin) -> Result<PathBuf> {
+    let dir = cache_dir()
+        .context("this system has no cache folder for the built-in presets; run easel from its checkout, or give a preset with `easel run PRESET`")?
+        .join("presets");
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images)
+        .with_context(|| format!("cannot create {}", images.display()))?;
+    let preset = dir.join(format!("{}.yaml", builtin.name));
+    let files = builtin
+        .images
+        .iter()
+        .map(|(name, bytes)| (images.join(name), *bytes))
+        .chain([(preset.clone(), builtin.yaml.as_bytes())]);
+    for (path, bytes) in files {
+        if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+            crate::atomic::write(&path, bytes)?;
+        }
+    }
+    Ok(preset)
+}
+
+/// `easel presets`: the built-in presets, then the `.yaml` files in `local`, each with
+/// its name, size and iterations (or why it does not load).
+pub fn list_presets(local: &Path) -> Result<String> {
+    let mut out = String::from("built in (`easel` runs the default):\n");
+    for b in BUILTINS {
+        out += &describe(&materialize(b)?);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(local)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"));
+    files.sort();
+    out += &format!("in {}/ (`easel run PRESET`):\n", local.display());
+    if files.is_empty() {
+        out += "  none\n";
+    }
+    for f in files {
+        out += &describe(&f);
+    }
+    Ok(out)
+}
+
+fn describe(path: &Path) -> String {
+    match crate::preset::Preset::load(path, &[]) {
+        Ok(p) => {
+            let size = match p.size {
+                crate::image::Size::Exact { width, height } => format!("{width}x{height}"),
+                crate::image::Size::MaxSide { max_side } => format!("long side {max_side}"),
+            };
+            format!(
+                "  {:<24} {size}, {} iterations  {}\n",
+                p.name,
+                p.iterations,
+                path.display()
+            )
+        }
+        Err(e) => format!("  {:<24} does not load: {e:#}\n", path.display()),
+    }
+}
