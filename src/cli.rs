@@ -69,6 +69,11 @@ pub enum Cmd {
     },
     /// List the built-in presets and those in presets/ here.
     Presets,
+    /// Print a completion script for a shell, e.g. `easel completions bash > ~/.local/share/bash-completion/completions/easel`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Fetch, check or import the VGG-19 weights.
     Weights {
         #[command(subcommand)]

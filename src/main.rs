@@ -47,6 +47,11 @@ fn real_main() -> Result<ExitCode> {
             backend,
             args,
         }) => resume(&run_dir, &set, backend, &args),
+        Some(Cmd::Completions { shell }) => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "easel", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Cmd::Presets) => {
             print!("{}", easel::builtin::list_presets(Path::new("presets"))?);
             Ok(ExitCode::SUCCESS)

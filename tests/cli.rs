@@ -767,3 +767,26 @@ fn the_default_preset_is_built_in() {
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("16x16"));
 }
+
+/// Shell completions name the subcommands and the backends, and bash accepts its script.
+#[test]
+fn completions_are_generated_for_the_shells() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for shell in ["bash", "zsh", "fish"] {
+        let o = easel(&["completions", shell], dir.path());
+        let script = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        assert!(
+            script.contains("resume") && script.contains("cuda"),
+            "{shell}"
+        );
+    }
+    let script = dir.path().join("easel.bash");
+    std::fs::write(&script, easel(&["completions", "bash"], dir.path()).stdout).expect("write");
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .expect("bash runs");
+    assert!(check.success(), "bash -n refused the script");
+}
