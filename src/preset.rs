@@ -13,9 +13,9 @@ use crate::settings::{Setting, Settings};
 use crate::vgg::{LAYER_NAMES, Layer, Pooling};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
-use serde_yaml_ng::{Mapping, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use yaml_serde::{Mapping, Value};
 
 /// The style: one image, or several with blend weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -309,8 +309,7 @@ pub fn set_override(doc: &mut Value, assignment: &str) -> Result<()> {
     let (key, raw) = assignment.split_once('=').ok_or_else(|| {
         anyhow!("--set {assignment}: expected KEY=VALUE, e.g. --set optimizer.lr=1.0")
     })?;
-    let value: Value =
-        serde_yaml_ng::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let value: Value = yaml_serde::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
     let mut node = doc;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
@@ -344,7 +343,7 @@ impl Preset {
     /// Parses preset text as if read from `path` (which names it in errors and anchors
     /// its relative paths), applies overrides and validates.
     pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Preset> {
-        let mut doc: Value = serde_yaml_ng::from_str(text)
+        let mut doc: Value = yaml_serde::from_str(text)
             .map_err(|e| anyhow!("preset {} is not valid YAML: {e}", path.display()))?;
         if doc.is_null() {
             bail!(
@@ -451,7 +450,7 @@ impl Preset {
     pub fn to_yaml_with(&self, changes: &[Change]) -> Result<String> {
         let mut file = PresetFile::from(self);
         file.changes = changes.to_vec();
-        Ok(serde_yaml_ng::to_string(&file)?)
+        Ok(yaml_serde::to_string(&file)?)
     }
 
     /// Writes the preset atomically.

@@ -131,7 +131,7 @@ pub fn read_changes(preset_yaml: &Path) -> Result<Vec<Change>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", preset_yaml.display())),
     };
-    let log: Log = serde_yaml_ng::from_str(&text)
+    let log: Log = yaml_serde::from_str(&text)
         .with_context(|| format!("the change log in {} is unreadable", preset_yaml.display()))?;
     Ok(log.changes)
 }

@@ -290,12 +290,12 @@ impl Worker {
             self.point.optimizer.cost_changed();
             self.guard.cost_changed();
         }
-        self.record_change(setting.key(), serde_yaml_ng::Value::from(value))
+        self.record_change(setting.key(), yaml_serde::Value::from(value))
     }
 
     /// Records a change in `preset.yaml` and tells the front ends.
-    fn record_change(&mut self, key: String, value: serde_yaml_ng::Value) -> Result<()> {
-        let text = serde_yaml_ng::to_string(&value)
+    fn record_change(&mut self, key: String, value: yaml_serde::Value) -> Result<()> {
+        let text = yaml_serde::to_string(&value)
             .unwrap_or_default()
             .trim()
             .to_string();
@@ -342,7 +342,7 @@ impl Worker {
         self.targets = self.targets.clone().with_content(layer, content);
         self.point.optimizer.cost_changed();
         self.guard.cost_changed();
-        let value = serde_yaml_ng::Value::String(layer.name().into());
+        let value = yaml_serde::Value::String(layer.name().into());
         if let Err(e) = self.record_change("content_layer".into(), value) {
             self.emit(Event::Notice(format!("{e:#}")));
         }
@@ -470,7 +470,7 @@ impl Worker {
         let lr = self.preset.settings.optimizer.lr() / 2.0;
         self.preset.settings.optimizer.set_lr(lr);
         self.run_dir.truncate_records(iter)?;
-        self.record_change("optimizer.lr".into(), serde_yaml_ng::Value::from(lr))?;
+        self.record_change("optimizer.lr".into(), yaml_serde::Value::from(lr))?;
         self.emit(Event::Notice(format!(
             "diverged at iteration {at} ({reason}): rolled back to iteration {iter} and halved the learning rate to {lr}"
         )));

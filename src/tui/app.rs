@@ -229,7 +229,7 @@ impl App {
                 self.backend = backend;
                 (self.width, self.height) = (width, height);
                 for c in &changes {
-                    let v = serde_yaml_ng::to_string(&c.value).unwrap_or_default();
+                    let v = yaml_serde::to_string(&c.value).unwrap_or_default();
                     self.changes
                         .push((c.iter, format!("{} = {}", c.key, v.trim())));
                 }
