@@ -18,6 +18,7 @@ pub mod color;
 pub mod engine;
 pub mod frontend;
 pub mod image;
+pub mod logging;
 pub mod loss;
 pub mod network;
 pub mod optim;

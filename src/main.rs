@@ -24,6 +24,7 @@ fn main() -> ExitCode {
 fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     frontend::signals::survive_file_size_limits()?;
+    easel::logging::init(cli.verbose, cli.quiet)?;
     match cli.command {
         None => {
             let preset = easel::builtin::default_preset()?;
@@ -195,6 +196,10 @@ fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
     let outcome = match ui {
         Ui::Jsonl => frontend::drive(handle, Mode::Jsonl)?,
         Ui::Tui => {
+            // The screen is the workbench's: log lines wait for the run directory.
+            if let Some(log) = easel::logging::sink() {
+                log.hold();
+            }
             let protocol = args
                 .image_protocol
                 .as_deref()

@@ -790,3 +790,22 @@ fn completions_are_generated_for_the_shells() {
         .expect("bash runs");
     assert!(check.success(), "bash -n refused the script");
 }
+
+/// `-v` shows what easel decided (the backend and why); `-q` keeps errors only.
+#[test]
+fn verbose_and_quiet_set_what_is_logged() {
+    let dir = scratch("");
+    let args = ["run", "p.yaml", "--ui", "plain", "--out", "out"];
+    let verbose = easel(&[&["-v"], &args[..]].concat(), dir.path());
+    assert!(verbose.status.success(), "{}", stderr(&verbose));
+    assert!(
+        stderr(&verbose).contains("INFO easel::backend: backend Cpu"),
+        "{}",
+        stderr(&verbose)
+    );
+    let quiet = easel(&[&["-q"], &args[..]].concat(), dir.path());
+    assert!(quiet.status.success(), "{}", stderr(&quiet));
+    assert!(!stderr(&quiet).contains("INFO"), "{}", stderr(&quiet));
+    let both = easel(&[&["-q", "-v"], &args[..]].concat(), dir.path());
+    assert!(!both.status.success(), "-q and -v together were accepted");
+}

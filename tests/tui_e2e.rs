@@ -131,6 +131,10 @@ fn workbench_in_tmux_pauses_changes_saves_and_quits() {
     assert_eq!(change.value.as_f64(), Some(50.0));
     assert!(runs[0].join("final.png").is_file());
     assert!(
+        runs[0].join("easel.log").is_file(),
+        "the workbench's log goes to the run directory"
+    );
+    assert!(
         std::fs::read_to_string(runs[0].join("losses.jsonl"))
             .expect("losses")
             .lines()

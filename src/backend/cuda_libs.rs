@@ -199,7 +199,13 @@ pub fn load_from(dirs: &[Option<PathBuf>]) -> Result<Loaded> {
     let mut found = Vec::new();
     for lib in &LIBRARIES {
         match load_one(lib, dirs) {
-            Some(dir) => found.push((lib.what, dir)),
+            Some(dir) => {
+                let from = dir
+                    .as_ref()
+                    .map_or("the system's path".into(), |d| d.display().to_string());
+                tracing::debug!("{} loaded from {from}", lib.what);
+                found.push((lib.what, dir))
+            }
             None => bail!("{}", missing_message(lib, dirs)),
         }
     }

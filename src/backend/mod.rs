@@ -117,6 +117,15 @@ impl Backend {
     /// exists and says why; `gpu`, `cuda` and `wgpu` without one are errors that say what
     /// was found.
     pub fn resolve(choice: BackendChoice) -> Result<Self> {
+        let backend = Self::resolve_quietly(choice);
+        match &backend {
+            Ok(b) => tracing::info!("backend {choice:?}: {}", b.description),
+            Err(e) => tracing::info!("backend {choice:?} unavailable: {e:#}"),
+        }
+        backend
+    }
+
+    fn resolve_quietly(choice: BackendChoice) -> Result<Self> {
         match choice {
             BackendChoice::Cpu => Ok(Self::cpu()),
             BackendChoice::Cuda => Self::cuda(),

@@ -35,6 +35,7 @@ pub(super) fn run(spec: RunSpec, rx: Receiver<Command>, tx: Sender<Event>) {
         ))
     });
     if let Err(e) = result {
+        tracing::info!("the run failed: {e:#}");
         let _ = tx.send(Event::State(RunState::Failed));
         let _ = tx.send(Event::Failed(format!("{e:#}")));
     }
@@ -471,9 +472,11 @@ impl Worker {
         self.preset.settings.optimizer.set_lr(lr);
         self.run_dir.truncate_records(iter)?;
         self.record_change("optimizer.lr".into(), yaml_serde::Value::from(lr))?;
-        self.emit(Event::Notice(format!(
+        let notice = format!(
             "diverged at iteration {at} ({reason}): rolled back to iteration {iter} and halved the learning rate to {lr}"
-        )));
+        );
+        tracing::info!("{notice}");
+        self.emit(Event::Notice(notice));
         if pause {
             self.emit(Event::Notice(format!(
                 "paused: {MAX_ROLLBACKS} rollbacks in a row. The cost keeps blowing up; lower the style/content weights or the learning rate, then resume"

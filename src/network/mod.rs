@@ -80,12 +80,14 @@ impl Network {
             #[cfg(not(feature = "cuda"))]
             (BackendKind::Cuda, _) => anyhow::bail!("this easel was built without CUDA"),
         };
-        Ok(Network {
+        let network = Network {
             vgg,
             path,
             conv,
             precision,
-        })
+        };
+        tracing::debug!("network on the {} path", network.path_name());
+        Ok(network)
     }
 
     /// The same network on another backend.

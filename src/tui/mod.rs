@@ -96,6 +96,9 @@ pub fn run(
                     Err(TryRecvError::Disconnected) => break,
                 };
                 driver.observe(&ev);
+                if let (Event::Started(s), Some(log)) = (&ev, crate::logging::sink()) {
+                    let _ = log.to_file(&s.run_dir.join("easel.log"));
+                }
                 if let Event::Preview { image, .. } = &ev {
                     let image = image::DynamicImage::ImageRgb8(image.clone());
                     preview = Some(picker.new_resize_protocol(image));
