@@ -407,19 +407,9 @@ fn bench_refuses_sizes_and_iterations_a_run_would_not_take() {
 #[test]
 fn the_memory_check_counts_an_address_space_limit() {
     let dir = scratch("");
-    let weights = common::real_weights();
-    let o = std::process::Command::new("prlimit")
-        .arg("--as=3000000000")
-        .arg(env!("CARGO_BIN_EXE_easel"))
-        .args(["run", "p.yaml", "--ui", "plain", "--out", "out"])
-        .args(["--set", "size={width: 1024, height: 1024}"])
-        .current_dir(dir.path())
-        .env(
-            "EASEL_WEIGHTS_DIR",
-            weights.parent().expect("weights folder"),
-        )
-        .output()
-        .expect("prlimit (util-linux) runs easel");
+    let args = ["run", "p.yaml", "--ui", "plain", "--out", "out"];
+    let size = ["--set", "size={width: 1024, height: 1024}"];
+    let o = common::easel_limited("--as=3000000000", &[&args[..], &size].concat(), dir.path());
     let err = stderr(&o);
     assert!(!o.status.success(), "the run was not refused: {err}");
     assert!(err.contains("1024x1024") && err.contains("GiB"), "{err}");
@@ -645,19 +635,13 @@ fn a_file_size_limit_loses_nothing() {
     assert!(o.status.success(), "{}", stderr(&o));
     let run = runs_in(dir.path()).pop().expect("the run");
     let checkpoint = std::fs::read(run.join("checkpoint.safetensors")).expect("checkpoint");
-    let weights = common::real_weights();
-    let o = std::process::Command::new("prlimit")
-        .arg("--fsize=1000000")
-        .arg(env!("CARGO_BIN_EXE_easel"))
-        .args(["resume", run.to_str().expect("utf-8"), "--ui", "plain"])
-        .args(["--set", "iterations=6"])
-        .current_dir(dir.path())
-        .env(
-            "EASEL_WEIGHTS_DIR",
-            weights.parent().expect("weights folder"),
-        )
-        .output()
-        .expect("prlimit runs easel");
+    let resume = ["resume", run.to_str().expect("utf-8"), "--ui", "plain"];
+    let more = ["--set", "iterations=6"];
+    let o = common::easel_limited(
+        "--fsize=1000000",
+        &[&resume[..], &more].concat(),
+        dir.path(),
+    );
     let err = stderr(&o);
     assert!(
         !o.status.success(),
@@ -667,16 +651,12 @@ fn a_file_size_limit_loses_nothing() {
         err.contains("cannot write") && err.contains("checkpoint"),
         "{err}"
     );
-    let left: Vec<_> = std::fs::read_dir(&run)
-        .expect("run")
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
-        .collect();
+    let left = common::temp_files(&run);
     assert!(left.is_empty(), "temporary files left: {left:?}");
     let kept = std::fs::read(run.join("checkpoint.safetensors")).expect("checkpoint");
     assert!(
-        kept == checkpoint || !kept.is_empty(),
-        "the checkpoint was lost"
+        kept == checkpoint,
+        "the last checkpoint was not kept as it was"
     );
     let o = easel(
         &[

@@ -40,6 +40,19 @@ fn assert_whole(run: &Path) {
     }
 }
 
+/// Resumes the run in `out` and lets it finish; returns its directory.
+fn resume_to_end(dir: &Path, out: &Path) -> PathBuf {
+    let run = only_run(out).expect("run dir");
+    let status = easel(
+        dir,
+        &["resume", run.to_str().expect("utf-8"), "--ui", "plain"],
+    )
+    .wait()
+    .expect("wait");
+    assert!(status.success(), "the last resume completes");
+    run
+}
+
 fn only_run(out: &Path) -> Option<PathBuf> {
     common::run_dirs(out).into_iter().next()
 }
@@ -93,14 +106,7 @@ fn killed_runs_resume_to_the_same_trajectory() {
         }
     }
     if !finished {
-        let run = only_run(&out).expect("run dir");
-        let status = easel(
-            dir.path(),
-            &["resume", run.to_str().expect("utf-8"), "--ui", "plain"],
-        )
-        .wait()
-        .expect("wait");
-        assert!(status.success(), "the last resume completes");
+        resume_to_end(dir.path(), &out);
     }
     assert!(kills >= 3, "the run was interrupted only {kills} times");
     let run = only_run(&out).expect("run dir");
@@ -147,12 +153,7 @@ fn a_hundred_kills_at_random_points_lose_nothing() {
         }
         if let Some(run) = only_run(&out) {
             assert_whole(&run);
-            let temps: Vec<_> = std::fs::read_dir(&run)
-                .expect("run")
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
-                .map(|e| e.file_name())
-                .collect();
+            let temps = common::temp_files(&run);
             // A SIGKILL mid-write may leave its own temporary file until the next
             // resume clears it; never more than that one.
             assert!(temps.len() <= 1, "temporary files pile up: {temps:?}");
@@ -162,20 +163,9 @@ fn a_hundred_kills_at_random_points_lose_nothing() {
         kills >= 100,
         "the run finished after {kills} kills; give it more iterations"
     );
-    let run = only_run(&out).expect("run dir");
-    let status = easel(
-        dir.path(),
-        &["resume", run.to_str().expect("utf-8"), "--ui", "plain"],
-    )
-    .wait()
-    .expect("wait");
-    assert!(status.success(), "the last resume completes");
+    let run = resume_to_end(dir.path(), &out);
     assert_whole(&run);
-    let temps = std::fs::read_dir(&run)
-        .expect("run")
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
-        .count();
+    let temps = common::temp_files(&run).len();
     assert_eq!(temps, 0, "temporary files left after the last resume");
     let resumed = common::records(&run);
     assert_eq!(resumed.len(), reference.len(), "every iteration once");

@@ -278,3 +278,30 @@ pub fn assert_same_costs(
         assert!(rel(*a, *b) <= tol, "{what}: J_style[{l}] {a} vs {b}");
     }
 }
+
+/// The temporary files of atomic writes in a run directory.
+pub fn temp_files(run: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(run)
+        .expect("the run directory")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains(".tmp-"))
+        .collect()
+}
+
+/// Runs `easel ARGS` in `cwd` under a resource limit set by util-linux's prlimit,
+/// e.g. `--as=3000000000`.
+pub fn easel_limited(limit: &str, args: &[&str], cwd: &Path) -> std::process::Output {
+    let weights = real_weights();
+    std::process::Command::new("prlimit")
+        .arg(limit)
+        .arg(env!("CARGO_BIN_EXE_easel"))
+        .args(args)
+        .current_dir(cwd)
+        .env(
+            "EASEL_WEIGHTS_DIR",
+            weights.parent().expect("weights folder"),
+        )
+        .output()
+        .expect("prlimit (util-linux) runs easel")
+}
