@@ -28,20 +28,24 @@ fn assert_refused(extra: &str, args: &[&str], needles: &[&str]) {
     let mut all = vec!["run", "p.yaml", "--ui", "plain", "--out", "out"];
     all.extend_from_slice(args);
     let o = easel(&all, dir.path());
-    let err = stderr(&o);
-    assert!(
-        !o.status.success(),
-        "easel accepted {extra:?} {args:?}: {err}"
-    );
+    refused(&o, dir.path(), needles, &format!("{extra:?} {args:?}"));
+}
+
+/// `o` is a refusal: a failure whose message mentions every needle, no panic, and no
+/// run directory left in `dir`.
+fn refused(o: &Output, dir: &Path, needles: &[&str], what: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "easel accepted {what}: {err}");
     for n in needles {
         assert!(
             err.contains(n),
-            "error for {extra:?} {args:?} does not mention {n:?}:\n{err}"
+            "error for {what} does not mention {n:?}:\n{err}"
         );
     }
+    assert!(!err.contains("panicked"), "{what}: {err}");
     assert!(
-        runs_in(dir.path()).is_empty(),
-        "a refused run left output behind"
+        runs_in(dir).is_empty(),
+        "a refused run left output behind ({what})"
     );
 }
 
@@ -352,14 +356,8 @@ fn presets_that_are_not_small_regular_files_are_refused_at_once() {
             &["run", preset, "--ui", "plain", "--out", "out"],
             dir.path(),
         );
-        let err = stderr(&o);
-        assert!(!o.status.success(), "{preset} was accepted");
-        assert!(
-            err.contains(needle) && err.contains(preset),
-            "{preset}: {err}"
-        );
+        refused(&o, dir.path(), &[needle, preset], preset);
         assert!(started.elapsed().as_secs() < 30, "{preset} took too long");
-        assert!(runs_in(dir.path()).is_empty(), "{preset} left a run behind");
     }
 }
 
@@ -372,17 +370,8 @@ fn the_workbench_without_a_terminal_is_refused_before_the_run_starts() {
         &["run", "p.yaml", "--ui", "tui", "--out", "out"],
         dir.path(),
     );
-    let err = stderr(&o);
-    assert!(!o.status.success());
-    assert!(
-        err.contains("--ui tui needs a terminal") && err.contains("--ui plain"),
-        "{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(
-        runs_in(dir.path()).is_empty(),
-        "a run directory was left behind"
-    );
+    let needles = ["--ui tui needs a terminal", "--ui plain"];
+    refused(&o, dir.path(), &needles, "--ui tui without a terminal");
 }
 
 /// `bench` takes the sizes a run takes, and at least one iteration.
@@ -410,12 +399,11 @@ fn the_memory_check_counts_an_address_space_limit() {
     let args = ["run", "p.yaml", "--ui", "plain", "--out", "out"];
     let size = ["--set", "size={width: 1024, height: 1024}"];
     let o = common::easel_limited("--as=3000000000", &[&args[..], &size].concat(), dir.path());
-    let err = stderr(&o);
-    assert!(!o.status.success(), "the run was not refused: {err}");
-    assert!(err.contains("1024x1024") && err.contains("GiB"), "{err}");
-    assert!(
-        runs_in(dir.path()).is_empty(),
-        "a run directory was left behind"
+    refused(
+        &o,
+        dir.path(),
+        &["1024x1024", "GiB"],
+        "1024x1024 under --as=3e9",
     );
 }
 
@@ -490,11 +478,8 @@ fn errors_name_what_the_user_gave_and_the_fix() {
             "--weights",
             weights,
         ];
-        let err = stderr(&easel(&args, dir.path()));
-        for n in needles {
-            assert!(err.contains(n), "--weights {weights}: {err}");
-        }
-        assert!(runs_in(dir.path()).is_empty());
+        let o = easel(&args, dir.path());
+        refused(&o, dir.path(), &needles, &format!("--weights {weights}"));
     }
 }
 
