@@ -20,9 +20,6 @@ use easel::preset::Preset;
 use easel::vgg::Pooling;
 use std::path::{Path, PathBuf};
 
-const NEEDS_GPU: &str =
-    "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh";
-
 /// The repository: the GPU machine runs this binary from a copy at another path.
 fn root() -> PathBuf {
     std::env::var_os("EASEL_REPO_ROOT")
@@ -39,7 +36,6 @@ fn weights_file() -> PathBuf {
 }
 
 fn cuda() -> Backend {
-    let _ = NEEDS_GPU;
     Backend::resolve(BackendChoice::Cuda).expect("the CUDA backend on this machine")
 }
 
