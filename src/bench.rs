@@ -143,7 +143,9 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
         BenchOptimizer::Adam => OptimizerSpec::adam(2.0),
         BenchOptimizer::Lbfgs => OptimizerSpec::lbfgs(1.0, 100),
     };
-    let vgg = weights::load(weights_path, &backend.device)?.with_pooling(preset.pooling);
+    let vgg = weights::load(weights_path, &backend.device)?
+        .with_pooling(preset.pooling)
+        .with_padding(preset.padding);
     let networks: Vec<Network> = match backend.kind {
         // Only the CPU has a choice of convolution.
         BackendKind::Cpu => opts.conv.choices(),

@@ -10,7 +10,7 @@ use crate::image::Size;
 use crate::loss::CostWeights;
 use crate::optim::OptimizerSpec;
 use crate::settings::{Setting, Settings};
-use crate::vgg::{LAYER_NAMES, Layer, Pooling};
+use crate::vgg::{LAYER_NAMES, Layer, Padding, Pooling};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -123,6 +123,9 @@ struct PresetFile {
     pub style_layers: BTreeMap<String, f64>,
     #[serde(default)]
     pub pooling: Pooling,
+    /// What conv1_1 sees beyond the image's edge: zero (the paper's) or replicate.
+    #[serde(default, skip_serializing_if = "is_zero_padding")]
+    pub padding: Padding,
     #[serde(default)]
     pub optimizer: OptimizerSpec,
     #[serde(default = "default_iterations")]
@@ -171,6 +174,7 @@ pub struct Preset {
     pub init: Init,
     pub settings: Settings,
     pub pooling: Pooling,
+    pub padding: Padding,
     pub iterations: u64,
     pub seed: u64,
     pub save_every: u64,
@@ -216,6 +220,7 @@ impl PresetFile {
             init: self.init,
             settings,
             pooling: self.pooling,
+            padding: self.padding,
             iterations: self.iterations,
             seed: self.seed,
             save_every: self.save_every,
@@ -248,6 +253,7 @@ impl From<&Preset> for PresetFile {
                 .map(|(l, w)| (l.name().to_string(), *w))
                 .collect(),
             pooling: p.pooling,
+            padding: p.padding,
             optimizer: s.optimizer.clone(),
             iterations: p.iterations,
             tv_weight: s.tv_weight,
@@ -267,6 +273,10 @@ impl From<&Preset> for PresetFile {
 
 fn is_fp32(p: &Precision) -> bool {
     *p == Precision::Fp32
+}
+
+fn is_zero_padding(p: &Padding) -> bool {
+    *p == Padding::Zero
 }
 
 fn is_zero(v: &f64) -> bool {

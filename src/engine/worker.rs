@@ -120,7 +120,9 @@ impl Worker {
         super::memory::check_memory(w as usize, h as usize, &preset.settings.optimizer)?;
         super::memory::check_device_memory(&backend, w as usize, h as usize)?;
         let stages = schedule::stages(preset.scales.as_ref(), w, h, preset.iterations);
-        let vgg = weights::load(&weights_path, &backend.device)?.with_pooling(preset.pooling);
+        let vgg = weights::load(&weights_path, &backend.device)?
+            .with_pooling(preset.pooling)
+            .with_padding(preset.padding);
         let network = Network::new(vgg, &backend, ConvChoice::Winograd, preset.precision)?;
         let cost_weights = preset.cost_weights();
         let first = stages[0];

@@ -5,7 +5,7 @@ use super::cuda::{CudaCostWeights, CudaTargets, CudaVgg};
 use super::{floats, image_floats};
 use crate::backend::Precision;
 use crate::loss::{CostWeights, Costs, Targets};
-use crate::vgg::{HostWeights, Layer, Pooling};
+use crate::vgg::{HostWeights, Layer, Padding, Pooling};
 use anyhow::Result;
 use burn::tensor::{Tensor, TensorData};
 use std::sync::Mutex;
@@ -17,13 +17,13 @@ pub struct CudaPath {
 }
 
 impl CudaPath {
-    pub fn new(weights: &HostWeights, precision: Precision) -> Result<CudaPath> {
+    pub fn new(weights: &HostWeights, padding: Padding, precision: Precision) -> Result<CudaPath> {
         crate::backend::cuda_libs::load()?;
         let vgg = CudaVgg::new(
             0,
             &weights.convs,
-            weights.input_scale,
-            weights.input_shift,
+            (weights.input_scale, weights.input_shift),
+            padding,
             precision == Precision::Tf32,
         )?;
         Ok(CudaPath {

@@ -69,12 +69,13 @@ impl Network {
         let vgg = vgg.to_device(&backend.device);
         let path = match (backend.kind, conv) {
             (BackendKind::Cpu, ConvChoice::Winograd) => {
-                Path::Winograd(Arc::new(CpuVgg::new(&vgg.host_weights()?)))
+                Path::Winograd(Arc::new(CpuVgg::new(&vgg.host_weights()?, vgg.padding)))
             }
             (BackendKind::Cpu, ConvChoice::Direct) | (BackendKind::Wgpu, _) => Path::Burn,
             #[cfg(feature = "cuda")]
             (BackendKind::Cuda, _) => Path::Cuda(Arc::new(cuda_path::CudaPath::new(
                 &vgg.host_weights()?,
+                vgg.padding,
                 precision,
             )?)),
             #[cfg(not(feature = "cuda"))]

@@ -8,7 +8,7 @@
 
 use super::matmul::{View, matmul};
 use super::winograd::{Epilogue, WinogradKernel, conv3x3};
-use super::{BLOCK_ENDS, CHANNELS, HostWeights, Layer, Pooling, buffers};
+use super::{BLOCK_ENDS, CHANNELS, HostWeights, Layer, Padding, Pooling, buffers, padding};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -39,6 +39,7 @@ pub struct CpuVgg {
     convs: Vec<CpuConv>,
     input_scale: [f32; 3],
     input_shift: [f32; 3],
+    padding: Padding,
 }
 
 /// Every layer's output after its ReLU, `[C][H][W]`, with its size.
@@ -63,7 +64,7 @@ impl std::fmt::Debug for CpuVgg {
 }
 
 impl CpuVgg {
-    pub fn new(weights: &HostWeights) -> Self {
+    pub fn new(weights: &HostWeights, padding: Padding) -> Self {
         let mut convs = Vec::with_capacity(16);
         let mut c = 3;
         for (i, (weight, bias)) in weights.convs.iter().enumerate() {
@@ -82,6 +83,7 @@ impl CpuVgg {
             convs,
             input_scale: weights.input_scale,
             input_shift: weights.input_shift,
+            padding,
         }
     }
 
@@ -131,7 +133,17 @@ impl CpuVgg {
                 bias: Some(&conv.bias),
                 relu: true,
             };
-            let out = conv3x3(input, None, hh, ww, conv.forward(), epilogue);
+            let out = if i == 0 && self.padding == Padding::Replicate {
+                // The kernels pad with zeros: run them on the image with its edge
+                // repeated and keep the inside, which never reads their zeros.
+                let padded = padding::replicate(input, 3, hh, ww);
+                let full = conv3x3(&padded, None, hh + 2, ww + 2, conv.forward(), epilogue);
+                let inside = padding::crop(&full, conv.k, hh, ww);
+                buffers::give(full);
+                inside
+            } else {
+                conv3x3(input, None, hh, ww, conv.forward(), epilogue)
+            };
             if let Some(p) = pooled {
                 buffers::give(p);
             }
@@ -179,14 +191,19 @@ impl CpuVgg {
                 bias: None,
                 relu: false,
             };
-            let mut gin = conv3x3(
-                &grad,
-                Some(&act.data),
-                act.height,
-                act.width,
-                conv.input_gradient(),
-                none,
-            );
+            let mut gin = if i == 0 && self.padding == Padding::Replicate {
+                let (h, w) = (act.height, act.width);
+                let grad_p = padding::embed(&grad, conv.k, h, w);
+                let act_p = padding::embed(&act.data, conv.k, h, w);
+                let kernel = conv.input_gradient();
+                let full = conv3x3(&grad_p, Some(&act_p), h + 2, w + 2, kernel, none);
+                let folded = padding::fold(&full, 3, h, w);
+                buffers::give(full);
+                folded
+            } else {
+                let (h, w) = (act.height, act.width);
+                conv3x3(&grad, Some(&act.data), h, w, conv.input_gradient(), none)
+            };
             buffers::give(grad);
             if i > 0 && BLOCK_ENDS.contains(&(i - 1)) {
                 let prev = &acts.layers[i - 1];

@@ -8,11 +8,12 @@
 pub mod buffers;
 pub mod cpu;
 pub mod matmul;
+pub mod padding;
 pub mod winograd;
 
 use anyhow::{Result, bail};
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions, PadMode};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -70,6 +71,20 @@ pub enum Pooling {
     Max,
 }
 
+/// What the first convolution sees beyond the image's edge. The paper's network (and
+/// the seed) pads every convolution with zeros, which makes the border a feature of its
+/// own: the optimiser darkens or saturates the outer pixels to match it. `Replicate`
+/// repeats the edge pixel for conv1_1 only, as crowsonkb's style-transfer-pytorch does;
+/// the deeper layers keep zero padding (their inputs are ReLU outputs, where zero is
+/// "no feature"). docs/design.md §1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    #[default]
+    Zero,
+    Replicate,
+}
+
 /// One convolution: weight `[out, in, 3, 3]`, bias `[out]`.
 #[derive(Debug, Clone)]
 pub struct Conv {
@@ -89,6 +104,7 @@ pub struct Vgg19 {
     pub input_scale: Tensor<4>,
     pub input_shift: Tensor<4>,
     pub pooling: Pooling,
+    pub padding: Padding,
 }
 
 /// The weights as plain floats, for the compute paths that run outside burn.
@@ -136,11 +152,17 @@ impl Vgg19 {
             input_scale,
             input_shift,
             pooling: Pooling::Avg,
+            padding: Padding::Zero,
         })
     }
 
     pub fn with_pooling(mut self, pooling: Pooling) -> Self {
         self.pooling = pooling;
+        self
+    }
+
+    pub fn with_padding(mut self, padding: Padding) -> Self {
+        self.padding = padding;
         self
     }
 
@@ -180,6 +202,7 @@ impl Vgg19 {
             input_scale: self.input_scale.clone().to_device(device),
             input_shift: self.input_shift.clone().to_device(device),
             pooling: self.pooling,
+            padding: self.padding,
         }
     }
 
@@ -188,15 +211,16 @@ impl Vgg19 {
     pub fn forward(&self, x: Tensor<4>, deepest: Layer) -> Vec<Tensor<4>> {
         let mut h = x * self.input_scale.clone() + self.input_shift.clone();
         let mut taps = Vec::with_capacity(deepest.0 + 1);
-        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let padded = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
         for i in 0..=deepest.0 {
             let conv = &self.convs[i];
-            h = conv2d(
-                h,
-                conv.weight.clone(),
-                Some(conv.bias.clone()),
-                options.clone(),
-            );
+            let mut options = padded.clone();
+            if i == 0 && self.padding == Padding::Replicate {
+                // The edge repeated by hand, then a convolution without padding.
+                h = h.pad([(1, 1), (1, 1)], PadMode::Edge);
+                options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+            }
+            h = conv2d(h, conv.weight.clone(), Some(conv.bias.clone()), options);
             h = burn::tensor::activation::relu(h);
             taps.push(h.clone());
             if BLOCK_ENDS.contains(&i) && i < deepest.0 {

@@ -37,8 +37,12 @@ struct Shape {
 pub(super) struct Convs {
     cudnn: Arc<Cudnn>,
     stream: Arc<CudaStream>,
-    /// Padding 1, stride 1, cross-correlation: the same for every layer.
+    /// Padding 1, stride 1, cross-correlation: every layer's but, with replicate
+    /// padding, the first's.
     conv: ConvDescriptor<f32>,
+    /// Padding 0 for the first layer, which then reads an image padded on the host
+    /// (replicate padding, `crate::vgg::Padding`); `None` with zero padding.
+    first_valid: Option<ConvDescriptor<f32>>,
     /// Per layer: `(C_in, C_out)` and the filter `[C_out][C_in][3][3]`.
     filters: Vec<((usize, usize), FilterDescriptor<f32>)>,
     /// By `(layer, h, w)`.
@@ -62,23 +66,30 @@ impl Convs {
     /// TF32; otherwise FMA math only, since cuDNN's *default* math lets Ampere and later
     /// cards use TF32 for FP32 data. (`TENSOR_OP_MATH_ALLOW_CONVERSION` is avoided: it may
     /// also convert FP32 data to FP16.)
-    pub fn new(stream: Arc<CudaStream>, channels: &[(usize, usize)], tf32: bool) -> Result<Convs> {
+    /// `first_valid`: the first layer convolves without padding (its input comes padded).
+    pub fn new(
+        stream: Arc<CudaStream>,
+        channels: &[(usize, usize)],
+        tf32: bool,
+        first_valid: bool,
+    ) -> Result<Convs> {
         let cudnn = Cudnn::new(stream.clone()).context("creating the cuDNN handle")?;
-        let mut conv = cudnn
-            .create_conv2d::<f32>(
-                [1, 1],
-                [1, 1],
-                [1, 1],
-                cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-            )
-            .context("creating cuDNN's convolution descriptor")?;
         let math = if tf32 {
             cudnnMathType_t::CUDNN_TENSOR_OP_MATH
         } else {
             cudnnMathType_t::CUDNN_FMA_MATH
         };
-        conv.set_math_type(math)
-            .context("setting cuDNN's convolution math type")?;
+        let descriptor = |pad: i32| -> Result<ConvDescriptor<f32>> {
+            let mode = cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
+            let mut conv = cudnn
+                .create_conv2d::<f32>([pad, pad], [1, 1], [1, 1], mode)
+                .context("creating cuDNN's convolution descriptor")?;
+            conv.set_math_type(math)
+                .context("setting cuDNN's convolution math type")?;
+            Ok(conv)
+        };
+        let conv = descriptor(1)?;
+        let first_valid = first_valid.then(|| descriptor(0)).transpose()?;
         let filters = channels
             .iter()
             .enumerate()
@@ -93,6 +104,7 @@ impl Convs {
             cudnn,
             stream,
             conv,
+            first_valid,
             filters,
             shapes: HashMap::new(),
             workspace: None,
@@ -107,14 +119,18 @@ impl Convs {
         }
         let ((c, k), filter) = &self.filters[layer];
         let what = || format!("layer {layer} at {h}x{w}");
-        let tensor = |ch: usize| {
+        let tensor = |ch: usize, margin: usize| {
+            let dims = [1, int(ch), int(h + margin), int(w + margin)];
             self.cudnn
-                .create_4d_tensor::<f32>(NCHW, [1, int(ch), int(h), int(w)])
+                .create_4d_tensor::<f32>(NCHW, dims)
                 .with_context(|| format!("creating cuDNN's tensor descriptor for {}", what()))
         };
-        let (x, y) = (tensor(*c)?, tensor(*k)?);
+        // A padded input is two pixels taller and wider than the output.
+        let margin = if self.descriptor(layer).1 { 2 } else { 0 };
+        let (x, y) = (tensor(*c, margin)?, tensor(*k, 0)?);
+        let conv = self.descriptor(layer).0;
         let fwd = ConvForward {
-            conv: &self.conv,
+            conv,
             x: &x,
             w: filter,
             y: &y,
@@ -134,7 +150,7 @@ impl Convs {
             fwd_bytes = size_fwd(forward)?;
         }
         let bwd = ConvBackwardData {
-            conv: &self.conv,
+            conv,
             dx: &x,
             w: filter,
             dy: &y,
@@ -169,6 +185,14 @@ impl Convs {
         Ok(())
     }
 
+    /// Layer `layer`'s convolution descriptor, and whether it reads a padded input.
+    fn descriptor(&self, layer: usize) -> (&ConvDescriptor<f32>, bool) {
+        match (&self.first_valid, layer) {
+            (Some(valid), 0) => (valid, true),
+            _ => (&self.conv, false),
+        }
+    }
+
     /// What a convolution of layer `layer` at `h` x `w` launches with: the convolution,
     /// the filter and the shape's descriptors, and the workspace.
     #[allow(clippy::type_complexity)]
@@ -187,12 +211,12 @@ impl Convs {
         let shape = self.shapes.get(&(layer, h, w)).ok_or_else(|| {
             anyhow::anyhow!("cuDNN's descriptors for layer {layer} at {h}x{w} are missing")
         })?;
-        Ok((
-            &self.conv,
-            &self.filters[layer].1,
-            shape,
-            self.workspace.as_mut(),
-        ))
+        // Field by field, so that the workspace can be lent mutably beside them.
+        let conv = match (&self.first_valid, layer) {
+            (Some(valid), 0) => valid,
+            _ => &self.conv,
+        };
+        Ok((conv, &self.filters[layer].1, shape, self.workspace.as_mut()))
     }
 
     /// `y = conv(x, weight)` for layer `layer` on an `h` x `w` image (no bias).
@@ -265,8 +289,9 @@ pub(super) fn check_size(h: usize, w: usize, deepest: Layer) -> Result<()> {
 }
 
 impl CudaVgg {
-    /// The forward pass on the card from the pixel-space image `x` (`[3][h][w]`), as
-    /// `CpuVgg::forward`; the caller has run [`check_size`].
+    /// The forward pass on the card from the pixel-space image `x` (`[3][h][w]`, or
+    /// `[3][h + 2][w + 2]` when padded on the host), as `CpuVgg::forward`; the caller
+    /// has run [`check_size`].
     pub(super) fn run(
         &self,
         st: &mut State,
@@ -277,10 +302,11 @@ impl CudaVgg {
         pooling: Pooling,
     ) -> Result<Vec<Act>> {
         let s = &self.stream;
-        let mut normalised = st.f32s.take(s, 3 * h * w)?;
+        let plane = (h + 2 * self.pad) * (w + 2 * self.pad);
+        let mut normalised = st.f32s.take(s, 3 * plane)?;
         let (scale, shift) = (self.scale, self.shift);
         self.kernels
-            .normalize(s, x, &mut normalised, h * w, scale, shift)?;
+            .normalize(s, x, &mut normalised, plane, scale, shift)?;
         // The input of the next layer where it is not the previous activation.
         let mut input = Some(normalised);
         let mut acts: Vec<Act> = Vec::with_capacity(deepest.0 + 1);

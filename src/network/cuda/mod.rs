@@ -10,7 +10,7 @@ mod conv;
 mod gram;
 mod kernels;
 
-use crate::vgg::{BLOCK_ENDS, CHANNELS, Layer, Pooling};
+use crate::vgg::{BLOCK_ENDS, CHANNELS, Layer, Padding, Pooling, padding};
 use anyhow::{Context, Result, anyhow, ensure};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use std::collections::HashMap;
@@ -27,6 +27,9 @@ pub struct CudaVgg {
     weights: Vec<(CudaSlice<f32>, CudaSlice<f32>)>,
     scale: [f32; 3],
     shift: [f32; 3],
+    /// Pixels the host pads the image by on each side: 1 for replicate padding, where
+    /// conv1_1 runs without padding of its own; else 0.
+    pad: usize,
     state: Mutex<State>,
 }
 
@@ -116,12 +119,13 @@ const _: fn() = || {
 impl CudaVgg {
     /// `convs[i]` = (weight `[K][C][3][3]`, bias `[K]`) for the 16 layers in order;
     /// the image is mapped `x * input_scale[c] + input_shift[c]` first. `tf32`: allow
-    /// TF32 tensor-core math in cuDNN and cuBLAS.
+    /// TF32 tensor-core math in cuDNN and cuBLAS. `padding`: what conv1_1 sees beyond
+    /// the edge.
     pub fn new(
         ordinal: usize,
         convs: &[(Vec<f32>, Vec<f32>)],
-        input_scale: [f32; 3],
-        input_shift: [f32; 3],
+        (input_scale, input_shift): ([f32; 3], [f32; 3]),
+        padding: Padding,
         tf32: bool,
     ) -> Result<CudaVgg> {
         ensure!(
@@ -150,8 +154,9 @@ impl CudaVgg {
             weights.push((up(w)?, up(b)?));
             channels.push((c, k));
         }
+        let pad = usize::from(padding == Padding::Replicate);
         let state = State {
-            convs: conv::Convs::new(stream.clone(), &channels, tf32)?,
+            convs: conv::Convs::new(stream.clone(), &channels, tf32, pad == 1)?,
             gram: gram::Gram::new(stream.clone(), tf32)?,
             f32s: Pool(HashMap::new()),
             f64s: Pool(HashMap::new()),
@@ -165,6 +170,7 @@ impl CudaVgg {
             weights,
             scale: input_scale,
             shift: input_shift,
+            pad,
             state: Mutex::new(state),
         })
     }
@@ -286,8 +292,11 @@ impl CudaVgg {
         for (i, a) in acts.iter().enumerate().rev() {
             self.taps(st, a, i, targets, weights, &mut g, &mut costs)?;
             self.kernels.relu_mask(s, &mut g, &a.data)?;
-            let c_in = if i == 0 { 3 } else { CHANNELS[i - 1] };
-            let mut dx = st.f32s.take(s, c_in * a.h * a.w)?;
+            let (c_in, margin) = match i {
+                0 => (3, 2 * self.pad),
+                _ => (CHANNELS[i - 1], 0),
+            };
+            let mut dx = st.f32s.take(s, c_in * (a.h + margin) * (a.w + margin))?;
             let weight = &self.weights[i].0;
             st.convs.backward_data(i, (a.h, a.w), &g, weight, &mut dx)?;
             st.f32s.give(std::mem::replace(&mut g, dx));
@@ -300,9 +309,12 @@ impl CudaVgg {
                 st.f32s.give(std::mem::replace(&mut g, up));
             }
         }
+        // On a padded image TV is unchanged (the copies add no differences) and its
+        // gradient folds back exactly with the rest.
         let tv = weights.tv_weight;
+        let padded = (h + 2 * self.pad, w + 2 * self.pad);
         self.kernels
-            .finish(s, &mut g, &x, (h, w), self.scale, tv, &mut costs, 1)?;
+            .finish(s, &mut g, &x, padded, self.scale, tv, &mut costs, 1)?;
         let sums = s.clone_dtoh(&costs);
         let sums = sums.context("copying the costs back from the CUDA device")?;
         let grad = s.clone_dtoh(&g);
@@ -320,6 +332,10 @@ impl CudaVgg {
         st.f32s.give(g);
         st.f64s.give(costs);
         acts.into_iter().for_each(|a| st.f32s.give(a.data));
+        let grad = match self.pad {
+            0 => grad,
+            _ => padding::fold(&grad, 3, h, w),
+        };
         Ok((parts, grad))
     }
 
@@ -335,7 +351,15 @@ impl CudaVgg {
             "the image holds {} floats, not 3x{h}x{w}",
             image.len()
         );
-        let mut x = st.f32s.take(&self.stream, 3 * h * w)?;
+        let padded;
+        let image = match self.pad {
+            0 => image,
+            _ => {
+                padded = padding::replicate(image, 3, h, w);
+                &padded
+            }
+        };
+        let mut x = st.f32s.take(&self.stream, image.len())?;
         self.stream
             .memcpy_htod(image, &mut x)
             .context("copying the image to the CUDA device")?;
