@@ -152,6 +152,9 @@ struct PresetFile {
     /// absent the style is resized to the output size, as in the seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub style_scale: Option<f64>,
+    /// Cut flat borders (a frame, a mat) off the style images before use.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub trim_style: bool,
     /// Colour preservation: none, luminance or histogram.
     #[serde(default)]
     pub preserve_colors: PreserveColors,
@@ -187,6 +190,8 @@ pub struct Preset {
     pub ema: f64,
     /// The style image's long side relative to the output's.
     pub style_scale: Option<f64>,
+    /// Cut flat borders off the style images (`crate::image::trim_border`).
+    pub trim_style: bool,
     pub preserve_colors: PreserveColors,
     pub clamp: bool,
 }
@@ -229,6 +234,7 @@ impl PresetFile {
             scales: self.scales,
             ema: self.ema,
             style_scale: self.style_scale,
+            trim_style: self.trim_style,
             preserve_colors: self.preserve_colors,
             clamp: self.clamp,
         })
@@ -264,6 +270,7 @@ impl From<&Preset> for PresetFile {
             scales: p.scales.clone(),
             ema: p.ema,
             style_scale: p.style_scale,
+            trim_style: p.trim_style,
             preserve_colors: p.preserve_colors,
             clamp: p.clamp,
             changes: Vec::new(),
@@ -277,6 +284,10 @@ fn is_fp32(p: &Precision) -> bool {
 
 fn is_zero_padding(p: &Padding) -> bool {
     *p == Padding::Zero
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 fn is_zero(v: &f64) -> bool {

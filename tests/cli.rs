@@ -774,3 +774,39 @@ fn verbose_and_quiet_set_what_is_logged() {
     let both = easel(&[&["-q", "-v"], &args[..]].concat(), dir.path());
     assert!(!both.status.success(), "-q and -v together were accepted");
 }
+
+/// Every preset shipped in presets/ (best.yaml among them) loads and runs, at a tiny
+/// size, and its run directory keeps what it asked for.
+#[test]
+fn every_shipped_preset_runs() {
+    let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("presets");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&presets)
+        .expect("presets/")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    names.sort();
+    assert!(
+        names.iter().any(|p| p.ends_with("best.yaml")),
+        "presets/best.yaml is missing: {names:?}"
+    );
+    for preset in names {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = preset.to_str().expect("a UTF-8 path");
+        let args = [
+            "run", path, "--ui", "plain", "--out", "out", "--backend", "cpu", "--set",
+            "size.width=48", "--set", "size.height=32", "--set", "iterations=4",
+        ];
+        let o = easel(&args, dir.path());
+        assert!(o.status.success(), "{path}: {}", stderr(&o));
+        let run = runs_in(dir.path()).pop().expect("a run directory");
+        assert!(run.join("final.png").is_file(), "{path}: no final.png");
+        let wanted = std::fs::read_to_string(&preset).expect("the preset");
+        let kept = std::fs::read_to_string(run.join("preset.yaml")).expect("preset.yaml");
+        for key in ["padding: replicate", "ema:", "scales:"] {
+            if wanted.lines().any(|l| l.starts_with(key)) {
+                assert!(kept.contains(key), "{path}: the run lost `{key}`:\n{kept}");
+            }
+        }
+    }
+}

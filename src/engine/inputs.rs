@@ -32,7 +32,23 @@ impl Sources {
             .style
             .images()
             .into_iter()
-            .map(|(path, blend)| Ok((img::load_rgb(&path)?, blend)))
+            .map(|(path, blend)| {
+                let style = img::load_rgb(&path)?;
+                if !preset.trim_style {
+                    return Ok((style, blend));
+                }
+                let (trimmed, b) = img::trim_border(&style);
+                if b != img::Border::default() {
+                    tracing::info!(
+                        "trimmed {path:?}: top {}, bottom {}, left {}, right {} pixels of border",
+                        b.top,
+                        b.bottom,
+                        b.left,
+                        b.right
+                    );
+                }
+                Ok((trimmed, blend))
+            })
             .collect::<Result<_>>()?;
         Ok(Sources {
             content,
