@@ -152,15 +152,16 @@ def main():
     args.size = tuple(int(v) for v in args.size.lower().split("x"))
     pairs = [tuple(image_file(s) for s in pair.split(":")) for pair in args.pairs.split(",")]
 
-    rows = []
-    for pair in pairs:
-        for v in args.variants:
-            if "=" in v:
-                name, sets = v.split("=", 1)
-                sets = sets.split(";")
-            else:
-                name, sets = v, VARIANTS[v]
-            rows.append(run(args, pair, name, sets))
+    variants = []
+    for v in args.variants:
+        if "=" in v:
+            name, sets = v.split("=", 1)
+            variants.append((name, sets.split(";")))
+        elif v in VARIANTS:
+            variants.append((v, VARIANTS[v]))
+        else:
+            sys.exit(f"unknown variant {v!r}: give one of {', '.join(VARIANTS)} or NAME=KEY=VALUE;KEY=VALUE")
+    rows = [run(args, pair, name, sets) for pair in pairs for name, sets in variants]
     print("| pair | variant | border | SSIM | axis | J_style | J | time s |")
     print("|---|---|---|---|---|---|---|---|")
     for content, style in pairs:

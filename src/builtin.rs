@@ -1,6 +1,7 @@
 //! The presets built into the binary, so that `easel` and `easel bench` work outside a
-//! checkout: the default preset and its two images, written once into the user's cache
-//! folder and read from there like any preset.
+//! checkout: the default preset (the seed's settings), `best` (presets/best.yaml) and
+//! their two images, written once into the user's cache folder and read from there like
+//! any preset.
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -12,20 +13,30 @@ pub struct Builtin {
     pub images: &'static [(&'static str, &'static [u8])],
 }
 
-pub const BUILTINS: &[Builtin] = &[Builtin {
-    name: "default",
-    yaml: include_str!("../presets/default.yaml"),
-    images: &[
-        (
-            "chelsea.png",
-            include_bytes!("../presets/images/chelsea.png"),
-        ),
-        (
-            "starry_night.jpg",
-            include_bytes!("../presets/images/starry_night.jpg"),
-        ),
-    ],
-}];
+/// The demo's images, which both built-in presets use.
+const DEMO_IMAGES: &[(&str, &[u8])] = &[
+    (
+        "chelsea.png",
+        include_bytes!("../presets/images/chelsea.png"),
+    ),
+    (
+        "starry_night.jpg",
+        include_bytes!("../presets/images/starry_night.jpg"),
+    ),
+];
+
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "default",
+        yaml: include_str!("../presets/default.yaml"),
+        images: DEMO_IMAGES,
+    },
+    Builtin {
+        name: "best",
+        yaml: include_str!("../presets/best.yaml"),
+        images: DEMO_IMAGES,
+    },
+];
 
 /// easel's folder in the user's cache (XDG on Linux, the platform's elsewhere), where
 /// the weights and the built-in presets live; `None` where the platform has none.
@@ -41,6 +52,24 @@ pub fn default_preset() -> Result<PathBuf> {
         return Ok(local.to_path_buf());
     }
     materialize(&BUILTINS[0])
+}
+
+/// The preset `easel run ARG` means: the file `arg` where it exists; else, for the bare
+/// name of a built-in preset (`best`), presets/NAME.yaml in a checkout or the built-in
+/// copy; else `arg` itself, for the loader to say what is wrong with it.
+pub fn resolve(arg: &Path) -> Result<PathBuf> {
+    let name = arg.to_str().unwrap_or_default();
+    let Some(builtin) = BUILTINS.iter().find(|b| b.name == name) else {
+        return Ok(arg.to_path_buf());
+    };
+    if arg.exists() {
+        return Ok(arg.to_path_buf());
+    }
+    let local = Path::new("presets").join(format!("{name}.yaml"));
+    if local.is_file() {
+        return Ok(local);
+    }
+    materialize(builtin)
 }
 
 /// Writes a built-in preset and its images under the cache folder (where they are not

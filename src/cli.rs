@@ -48,7 +48,7 @@ pub struct RunArgs {
 pub enum Cmd {
     /// Run a preset.
     Run {
-        /// The preset YAML file.
+        /// The preset YAML file, or the name of a built-in preset (`default`, `best`).
         preset: PathBuf,
         /// Override a preset key, e.g. --set optimizer.lr=1.0 --set iterations=50.
         #[arg(long = "set", value_name = "KEY=VALUE")]

@@ -123,7 +123,7 @@ fn run(
     backend: Option<BackendChoice>,
     args: &RunArgs,
 ) -> Result<ExitCode> {
-    let preset = Preset::load(preset_path, set)?;
+    let preset = Preset::load(&easel::builtin::resolve(preset_path)?, set)?;
     let base = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("runs"));

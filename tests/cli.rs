@@ -94,10 +94,14 @@ fn bad_images_are_refused() {
     std::fs::write(dir.path().join("notes.png"), b"this is not an image at all").expect("write");
     let png = std::fs::read(dir.path().join("chelsea.png")).expect("read");
     std::fs::write(dir.path().join("cut.png"), &png[..png.len() / 3]).expect("write");
+    // A JPEG decoder fills a cut-off scan with grey and says nothing.
+    let jpeg = std::fs::read(dir.path().join("starry_night.jpg")).expect("read");
+    std::fs::write(dir.path().join("cut.jpg"), &jpeg[..jpeg.len() * 2 / 3]).expect("write");
     for (file, needle) in [
         ("empty.png", "empty"),
         ("notes.png", "not an image"),
         ("cut.png", "damaged or truncated"),
+        ("cut.jpg", "truncated"),
     ] {
         let o = easel(
             &[
@@ -723,7 +727,24 @@ fn the_default_preset_is_built_in() {
         out.contains("chelsea-starry") && out.contains("400x300"),
         "{out}"
     );
+    assert!(out.contains("best-chelsea-starry"), "{out}");
     assert!(cache.join("easel/presets/images/chelsea.png").is_file());
+    // A built-in preset by name, outside a checkout.
+    let tiny = [
+        "--set",
+        "size.width=32",
+        "--set",
+        "size.height=24",
+        "--set",
+        "iterations=2",
+    ];
+    let o = with_cache(&[&["run", "best", "--ui", "plain", "--out", "out"], &tiny[..]].concat());
+    assert!(o.status.success(), "easel run best: {}", stderr(&o));
+    let run = common::run_dirs(&dir.path().join("out"))
+        .pop()
+        .expect("a run");
+    let kept = std::fs::read_to_string(run.join("preset.yaml")).expect("preset.yaml");
+    assert!(kept.contains("best-chelsea-starry"), "{kept}");
     let o = with_cache(&["bench", "--sizes", "16x16", "--iters", "1"]);
     assert!(
         o.status.success(),
@@ -794,8 +815,20 @@ fn every_shipped_preset_runs() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = preset.to_str().expect("a UTF-8 path");
         let args = [
-            "run", path, "--ui", "plain", "--out", "out", "--backend", "cpu", "--set",
-            "size.width=48", "--set", "size.height=32", "--set", "iterations=4",
+            "run",
+            path,
+            "--ui",
+            "plain",
+            "--out",
+            "out",
+            "--backend",
+            "cpu",
+            "--set",
+            "size.width=48",
+            "--set",
+            "size.height=32",
+            "--set",
+            "iterations=4",
         ];
         let o = easel(&args, dir.path());
         assert!(o.status.success(), "{path}: {}", stderr(&o));
@@ -803,7 +836,7 @@ fn every_shipped_preset_runs() {
         assert!(run.join("final.png").is_file(), "{path}: no final.png");
         let wanted = std::fs::read_to_string(&preset).expect("the preset");
         let kept = std::fs::read_to_string(run.join("preset.yaml")).expect("preset.yaml");
-        for key in ["padding: replicate", "ema:", "scales:"] {
+        for key in ["padding: replicate", "trim_style: true", "ema:", "scales:"] {
             if wanted.lines().any(|l| l.starts_with(key)) {
                 assert!(kept.contains(key), "{path}: the run lost `{key}`:\n{kept}");
             }

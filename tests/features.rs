@@ -1,6 +1,6 @@
 //! The features beyond the seed: scale schedule, iterate averaging, blended styles,
-//! colour preservation, clamping, and a full run using them all (with a resume across
-//! a scale change).
+//! colour preservation, clamping, the content init of coarse to fine, and a full run
+//! using them all (with a resume across a scale change).
 
 mod common;
 
@@ -280,7 +280,8 @@ fn clamping_keeps_pixels_in_range() {
 fn a_run_with_every_feature_finishes_and_resumes_across_scales() {
     let preset = "name: all\ncontent: chelsea.png\nstyle: [{image: starry_night.jpg, weight: 2}, {image: coffee.png, weight: 1}]\n\
         size: {width: 64, height: 48}\niterations: 8\nsave_every: 3\nbackend: cpu\nscales: {min_side: 32, steps: 2, iterations: 4}\n\
-        ema: 0.9\nstyle_scale: 1.5\npreserve_colors: luminance\nclamp: true\ntv_weight: 0.01\n";
+        ema: 0.9\nstyle_scale: 1.5\npreserve_colors: luminance\nclamp: true\ntv_weight: 0.01\n\
+        trim_style: true\npadding: replicate\n";
     let dir = common::scratch(&["chelsea.png", "starry_night.jpg", "coffee.png"], preset);
     let ok = |o: &std::process::Output| {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr))
@@ -328,4 +329,24 @@ fn a_run_with_every_feature_finishes_and_resumes_across_scales() {
     let (ja, jb) = (common::records(&a), common::records(&b));
     assert_eq!(ja.len(), 8);
     common::assert_same_trajectory(&ja, &jb, "resumed across scales");
+}
+
+/// Coarse to fine starts from the content where the preset names no `init`; a named one
+/// is kept, and without `scales` the seed's noise stays the default.
+#[test]
+fn coarse_to_fine_starts_from_the_content_unless_told_otherwise() {
+    use easel::preset::{Init, Preset};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("presets/p.yaml");
+    let init = |extra: &str| {
+        let text = format!(
+            "name: t\ncontent: images/chelsea.png\nstyle: images/starry_night.jpg\n{extra}"
+        );
+        Preset::parse(&text, &path, &[])
+            .expect("the preset parses")
+            .init
+    };
+    let noise = Init::Noise { noise_ratio: 0.6 };
+    assert_eq!(init("scales: {min_side: 64}\n"), Init::Content);
+    assert_eq!(init(""), noise);
+    assert_eq!(init("scales: {min_side: 64}\ninit: {kind: noise}\n"), noise);
 }
