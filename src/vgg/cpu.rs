@@ -134,13 +134,7 @@ impl CpuVgg {
                 relu: true,
             };
             let out = if i == 0 && self.padding == Padding::Replicate {
-                // The kernels pad with zeros: run them on the image with its edge
-                // repeated and keep the inside, which never reads their zeros.
-                let padded = padding::replicate(input, 3, hh, ww);
-                let full = conv3x3(&padded, None, hh + 2, ww + 2, conv.forward(), epilogue);
-                let inside = padding::crop(&full, conv.k, hh, ww);
-                buffers::give(full);
-                inside
+                self.replicate_first_layer(input, hh, ww)
             } else {
                 conv3x3(input, None, hh, ww, conv.forward(), epilogue)
             };
@@ -192,19 +186,13 @@ impl CpuVgg {
                 relu: false,
             };
             let mut gin = if i == 0 && self.padding == Padding::Replicate {
-                let (h, w) = (act.height, act.width);
-                let grad_p = padding::embed(&grad, conv.k, h, w);
-                let act_p = padding::embed(&act.data, conv.k, h, w);
-                let kernel = conv.input_gradient();
-                let full = conv3x3(&grad_p, Some(&act_p), h + 2, w + 2, kernel, none);
-                let folded = padding::fold(&full, 3, h, w);
-                buffers::give(full);
-                folded
+                self.replicate_input_gradient(grad, act)
             } else {
                 let (h, w) = (act.height, act.width);
-                conv3x3(&grad, Some(&act.data), h, w, conv.input_gradient(), none)
+                let gin = conv3x3(&grad, Some(&act.data), h, w, conv.input_gradient(), none);
+                buffers::give(grad);
+                gin
             };
-            buffers::give(grad);
             if i > 0 && BLOCK_ENDS.contains(&(i - 1)) {
                 let prev = &acts.layers[i - 1];
                 let pooled = gin;
@@ -226,6 +214,45 @@ impl CpuVgg {
             .enumerate()
             .for_each(|(ch, p)| p.iter_mut().for_each(|v| *v *= self.input_scale[ch]));
         g
+    }
+}
+
+impl CpuVgg {
+    /// conv1_1 with replicate padding: the kernels pad with zeros, so they run on the
+    /// image with its edge repeated, and the inside, which never reads their zeros, is
+    /// kept.
+    fn replicate_first_layer(&self, input: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let conv = &self.convs[0];
+        let epilogue = Epilogue {
+            bias: Some(&conv.bias),
+            relu: true,
+        };
+        let padded = padding::replicate(input, 3, h, w);
+        let full = conv3x3(&padded, None, h + 2, w + 2, conv.forward(), epilogue);
+        let inside = padding::crop(&full, conv.k, h, w);
+        buffers::give(full);
+        inside
+    }
+
+    /// The adjoint of [`Self::replicate_first_layer`]: the ReLU mask on the gradient at
+    /// conv1_1, a zero border (where the forward pass kept nothing), the convolution's
+    /// input gradient, and the padded image's gradient folded onto its pixels.
+    fn replicate_input_gradient(&self, mut grad: Vec<f32>, act: &Activation) -> Vec<f32> {
+        let conv = &self.convs[0];
+        let (h, w) = (act.height, act.width);
+        grad.par_iter_mut()
+            .zip(act.data.par_iter())
+            .for_each(|(g, a)| *g = if *a > 0.0 { *g } else { 0.0 });
+        let grad_p = padding::embed(&grad, conv.k, h, w);
+        buffers::give(grad);
+        let none = Epilogue {
+            bias: None,
+            relu: false,
+        };
+        let full = conv3x3(&grad_p, None, h + 2, w + 2, conv.input_gradient(), none);
+        let folded = padding::fold(&full, 3, h, w);
+        buffers::give(full);
+        folded
     }
 }
 

@@ -2,6 +2,8 @@
 //! run outside an autodiff tape pad the image, run conv1_1 over the padded image, and
 //! fold the gradient of the padded image back onto the image's own pixels.
 
+use rayon::prelude::*;
+
 /// `x` (`[C][h][w]`) with its edge repeated once on every side: `[C][h + 2][w + 2]`.
 pub fn replicate(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     assert_eq!(x.len(), c * h * w, "the input is not {c}x{h}x{w}");
@@ -37,15 +39,18 @@ pub fn fold(g: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     out
 }
 
-/// The interior `[C][h][w]` of `x` (`[C][h + 2][w + 2]`).
+/// The interior `[C][h][w]` of `x` (`[C][h + 2][w + 2]`), a channel per task: at
+/// conv1_1's 64 channels this is a large copy every iteration.
 pub fn crop(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     let wp = w + 2;
-    let mut out = Vec::with_capacity(c * h * w);
-    for plane in x.chunks((h + 2) * wp) {
-        for row in plane.chunks(wp).skip(1).take(h) {
-            out.extend_from_slice(&row[1..=w]);
-        }
-    }
+    let mut out = vec![0f32; c * h * w];
+    out.par_chunks_mut(h * w)
+        .zip(x.par_chunks((h + 2) * wp))
+        .for_each(|(dst, plane)| {
+            for (line, row) in dst.chunks_mut(w).zip(plane.chunks(wp).skip(1)) {
+                line.copy_from_slice(&row[1..=w]);
+            }
+        });
     out
 }
 
@@ -53,11 +58,13 @@ pub fn crop(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
 pub fn embed(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     let (hp, wp) = (h + 2, w + 2);
     let mut out = vec![0f32; c * hp * wp];
-    for (src, dst) in x.chunks(h * w).zip(out.chunks_mut(hp * wp)) {
-        for (line, row) in src.chunks(w).zip(dst.chunks_mut(wp).skip(1)) {
-            row[1..=w].copy_from_slice(line);
-        }
-    }
+    out.par_chunks_mut(hp * wp)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(dst, src)| {
+            for (line, row) in src.chunks(w).zip(dst.chunks_mut(wp).skip(1)) {
+                row[1..=w].copy_from_slice(line);
+            }
+        });
     out
 }
 
