@@ -8,7 +8,7 @@ use crate::network::{ConvChoice, Network};
 use crate::optim::{Optimizer, OptimizerSpec};
 use crate::preset::Preset;
 use crate::vgg::cpu::{CpuVgg, pool, unpool};
-use crate::vgg::{BLOCK_ENDS, Layer, Pooling};
+use crate::vgg::{BLOCK_ENDS, Layer, Padding, Pooling};
 use crate::weights;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
@@ -120,6 +120,24 @@ impl BenchConv {
     }
 }
 
+/// The first convolution's padding to time: the preset's own, the other, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPadding {
+    Zero,
+    Replicate,
+    Both,
+}
+
+impl BenchPadding {
+    fn choices(self) -> Vec<Padding> {
+        match self {
+            BenchPadding::Zero => vec![Padding::Zero],
+            BenchPadding::Replicate => vec![Padding::Replicate],
+            BenchPadding::Both => vec![Padding::Zero, Padding::Replicate],
+        }
+    }
+}
+
 pub struct BenchOptions<'a> {
     pub sizes: &'a [String],
     pub iters: usize,
@@ -127,6 +145,7 @@ pub struct BenchOptions<'a> {
     /// Also time the forward pass alone (the rest is the backward pass and the costs).
     pub profile: bool,
     pub conv: BenchConv,
+    pub padding: BenchPadding,
     pub precision: Precision,
 }
 
@@ -143,17 +162,24 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
         BenchOptimizer::Adam => OptimizerSpec::adam(2.0),
         BenchOptimizer::Lbfgs => OptimizerSpec::lbfgs(1.0, 100),
     };
-    let vgg = weights::load(weights_path, &backend.device)?
-        .with_pooling(preset.pooling)
-        .with_padding(preset.padding);
-    let networks: Vec<Network> = match backend.kind {
+    let vgg = weights::load(weights_path, &backend.device)?.with_pooling(preset.pooling);
+    let convs = match backend.kind {
         // Only the CPU has a choice of convolution.
         BackendKind::Cpu => opts.conv.choices(),
         _ => vec![ConvChoice::Winograd],
+    };
+    let mut networks = Vec::new();
+    for conv in convs {
+        for padding in opts.padding.choices() {
+            let vgg = vgg.clone().with_padding(padding);
+            let network = Network::new(vgg, &backend, conv, opts.precision)?;
+            let label = match padding {
+                Padding::Zero => network.path_name().to_string(),
+                Padding::Replicate => format!("{}+replicate", network.path_name()),
+            };
+            networks.push((label, network));
+        }
     }
-    .into_iter()
-    .map(|conv| Network::new(vgg.clone(), &backend, conv, opts.precision))
-    .collect::<Result<_>>()?;
     let content = img::load_rgb(&preset.content)?;
     let style = img::load_rgb(&preset.style.images()[0].0)?;
     let cost = preset.cost_weights();
@@ -162,7 +188,7 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
         opts.optimizer, backend.description, opts.iters
     );
     print!(
-        "{:>10} {:>9} {:>12} {:>14}",
+        "{:>10} {:>18} {:>12} {:>14}",
         "size", "conv", "s/iteration", "peak RSS MiB"
     );
     if backend.kind.is_gpu() {
@@ -177,10 +203,9 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
         engine::memory::check_memory(w as usize, h as usize, &spec)?;
         engine::memory::check_device_memory(&backend, w as usize, h as usize)?;
         let mut first = None;
-        for network in &networks {
+        for (conv, network) in &networks {
             let per = time_iterations(network, &content, &style, &cost, &spec, w, h, opts.iters)?;
-            let conv = network.path_name();
-            print!("{s:>10} {conv:>9} {per:>12.3} {:>14}", mib(peak_rss_mib()));
+            print!("{s:>10} {conv:>18} {per:>12.3} {:>14}", mib(peak_rss_mib()));
             if backend.kind.is_gpu() {
                 print!(" {:>14}", mib(device_mib(&backend)));
             }

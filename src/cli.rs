@@ -1,7 +1,7 @@
 //! The command line (docs/design.md §2).
 
 use crate::backend::{BackendChoice, Precision};
-use crate::bench::{BenchConv, BenchOptimizer};
+use crate::bench::{BenchConv, BenchOptimizer, BenchPadding};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -105,6 +105,10 @@ pub enum Cmd {
         /// timed one after the other at each size.
         #[arg(long, value_enum, default_value_t = BenchConv::Winograd)]
         conv: BenchConv,
+        /// conv1_1's padding: zero (the seed's), replicate, or both, timed one after
+        /// the other at each size.
+        #[arg(long, value_enum, default_value_t = BenchPadding::Zero)]
+        padding: BenchPadding,
         /// The CUDA path's arithmetic.
         #[arg(long, value_enum, default_value_t = Precision::Fp32)]
         precision: Precision,

@@ -89,6 +89,7 @@ fn real_main() -> Result<ExitCode> {
             optimizer,
             profile,
             conv,
+            padding,
             precision,
             time_to_target,
             target_iterations,
@@ -107,6 +108,7 @@ fn real_main() -> Result<ExitCode> {
                     optimizer,
                     profile,
                     conv,
+                    padding,
                     precision,
                 };
                 bench::run(&weights_path, backend, &opts)?;
