@@ -2,6 +2,7 @@
 //! run outside an autodiff tape pad the image, run conv1_1 over the padded image, and
 //! fold the gradient of the padded image back onto the image's own pixels.
 
+use super::buffers;
 use rayon::prelude::*;
 
 /// `x` (`[C][h][w]`) with its edge repeated once on every side: `[C][h + 2][w + 2]`.
@@ -39,11 +40,11 @@ pub fn fold(g: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     out
 }
 
-/// The interior `[C][h][w]` of `x` (`[C][h + 2][w + 2]`), a channel per task: at
-/// conv1_1's 64 channels this is a large copy every iteration.
+/// The interior `[C][h][w]` of `x` (`[C][h + 2][w + 2]`), a channel per task and in a
+/// recycled buffer: at conv1_1's 64 channels this is a large copy every iteration.
 pub fn crop(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     let wp = w + 2;
-    let mut out = vec![0f32; c * h * w];
+    let mut out = buffers::any(c * h * w);
     out.par_chunks_mut(h * w)
         .zip(x.par_chunks((h + 2) * wp))
         .for_each(|(dst, plane)| {
@@ -57,7 +58,7 @@ pub fn crop(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
 /// The adjoint of [`crop`]: `x` (`[C][h][w]`) inside a border of zeros.
 pub fn embed(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
     let (hp, wp) = (h + 2, w + 2);
-    let mut out = vec![0f32; c * hp * wp];
+    let mut out = buffers::zeroed(c * hp * wp);
     out.par_chunks_mut(hp * wp)
         .zip(x.par_chunks(h * w))
         .for_each(|(dst, src)| {
