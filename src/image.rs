@@ -236,9 +236,9 @@ const FLAT_LINE: f64 = 4.0;
 
 /// `img` without the flat lines along its edges: the frame or mat around a photographed
 /// painting (The Starry Night of the demo has an 8-pixel black one), and 1% of the side
-/// more where there was one. At most a quarter of each side goes. Gram matching copies a frame's long straight edges into the
-/// picture as rectangles, so style images are trimmed when a preset asks
-/// (`trim_style: true`).
+/// more where there was one. At most a quarter of each side goes. Gram matching copies a
+/// frame's long straight edges into the picture as rectangles, so style images are
+/// trimmed when a preset asks (`trim_style: true`).
 pub fn trim_border(img: &RgbImage) -> (RgbImage, Border) {
     let (w, h) = (img.width(), img.height());
     let lum = |x: u32, y: u32| {

@@ -188,6 +188,40 @@ fn download_http(url: &str, part: &Path) -> Result<()> {
     Ok(())
 }
 
+/// SIGINT, SIGTERM and SIGHUP caught while pip runs; the handlers go when it is dropped.
+struct CaughtSignals {
+    caught: Arc<std::sync::atomic::AtomicUsize>,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl CaughtSignals {
+    fn register() -> Result<Self> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let caught = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ids = [SIGINT, SIGTERM, SIGHUP]
+            .into_iter()
+            .map(|sig| signal_hook::flag::register_usize(sig, caught.clone(), sig as usize))
+            .collect::<std::io::Result<_>>()?;
+        Ok(CaughtSignals { caught, ids })
+    }
+
+    /// The first signal caught, if any.
+    fn first(&self) -> Option<i32> {
+        match self.caught.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            sig => Some(sig as i32),
+        }
+    }
+}
+
+impl Drop for CaughtSignals {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
 /// Waits for `child`. A SIGINT, SIGTERM or SIGHUP meanwhile stops the child too and
 /// removes `scratch` before easel ends as the signal says: killed with the default
 /// action, easel left pip downloading on its own and its partial file behind.
@@ -195,40 +229,16 @@ fn wait_stopping_on_signals(
     mut child: std::process::Child,
     scratch: &Path,
 ) -> Result<std::process::ExitStatus> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let caught = Arc::new(AtomicUsize::new(0));
-    let mut ids = Vec::new();
-    for signal in [SIGINT, SIGTERM, SIGHUP] {
-        ids.push(signal_hook::flag::register_usize(
-            signal,
-            caught.clone(),
-            signal as usize,
-        )?);
-    }
-    let unregister = |ids: Vec<signal_hook::SigId>| {
-        ids.into_iter().for_each(|id| {
-            signal_hook::low_level::unregister(id);
-        })
-    };
+    let signals = CaughtSignals::register()?;
     loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                unregister(ids);
-                return Ok(status);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                unregister(ids);
-                return Err(e).context("waiting for pip");
-            }
+        if let Some(status) = child.try_wait().context("waiting for pip")? {
+            return Ok(status);
         }
-        let signal = caught.load(Ordering::Relaxed);
-        if signal != 0 {
+        if let Some(signal) = signals.first() {
             stop_group(&mut child);
             let _ = fs::remove_dir_all(scratch);
-            unregister(ids);
-            signal_hook::low_level::emulate_default_handler(signal as i32)?;
+            drop(signals);
+            signal_hook::low_level::emulate_default_handler(signal)?;
             bail!("stopped by signal {signal}");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));

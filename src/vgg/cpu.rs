@@ -134,7 +134,7 @@ impl CpuVgg {
                 relu: true,
             };
             let out = if i == 0 && self.padding == Padding::Replicate {
-                self.replicate_first_layer(input, hh, ww)
+                self.replicate_first_layer(input, hh, ww, epilogue)
             } else {
                 conv3x3(input, None, hh, ww, conv.forward(), epilogue)
             };
@@ -221,12 +221,14 @@ impl CpuVgg {
     /// conv1_1 with replicate padding: the kernels pad with zeros, so they run on the
     /// image with its edge repeated, and the inside, which never reads their zeros, is
     /// kept.
-    fn replicate_first_layer(&self, input: &[f32], h: usize, w: usize) -> Vec<f32> {
+    fn replicate_first_layer(
+        &self,
+        input: &[f32],
+        h: usize,
+        w: usize,
+        epilogue: Epilogue,
+    ) -> Vec<f32> {
         let conv = &self.convs[0];
-        let epilogue = Epilogue {
-            bias: Some(&conv.bias),
-            relu: true,
-        };
         let padded = padding::replicate(input, 3, h, w);
         let full = conv3x3(&padded, None, h + 2, w + 2, conv.forward(), epilogue);
         let inside = padding::crop(&full, conv.k, h, w);
@@ -250,6 +252,7 @@ impl CpuVgg {
             relu: false,
         };
         let full = conv3x3(&grad_p, None, h + 2, w + 2, conv.input_gradient(), none);
+        buffers::give(grad_p);
         let folded = padding::fold(&full, 3, h, w);
         buffers::give(full);
         folded
