@@ -73,6 +73,17 @@ pub enum Cmd {
         #[command(flatten)]
         args: RunArgs,
     },
+    /// List the run directories in a folder: state, iterations, J, and how to go on.
+    Runs {
+        /// The folder that holds the run directories.
+        #[arg(default_value = "runs")]
+        dir: PathBuf,
+        /// One JSON object per run, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Redraw a run directory's losses.svg and report.html.
+    Plot { run_dir: PathBuf },
     /// List the built-in presets and those in presets/ here.
     Presets,
     /// Print a completion script for a shell, e.g. `easel completions bash > ~/.local/share/bash-completion/completions/easel`.

@@ -6,7 +6,8 @@
 //! gradient, one implementation per compute path) -> [`optim`] (Adam, L-BFGS on the
 //! image) -> [`engine`] (the run as a state machine in a worker thread) -> front ends
 //! ([`tui`], [`frontend`]). [`backend`] picks the device and path; [`preset`],
-//! [`weights`], [`run_dir`] and [`cli`] hold the files and the command line. The
+//! [`weights`], [`run_dir`] and [`cli`] hold the files and the command line; [`runs`]
+//! and [`report`] read run directories back for people. The
 //! formulas and file formats are in docs/design.md.
 
 pub mod atomic;
@@ -23,7 +24,9 @@ pub mod loss;
 pub mod network;
 pub mod optim;
 pub mod preset;
+pub mod report;
 pub mod run_dir;
+pub mod runs;
 pub mod settings;
 pub mod tensor_file;
 pub mod tui;

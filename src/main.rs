@@ -53,6 +53,28 @@ fn real_main() -> Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "easel", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Some(Cmd::Runs { dir, json }) => {
+            let runs = easel::runs::list(&dir)?;
+            if json {
+                for r in &runs {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else if runs.is_empty() {
+                eprintln!("no run directories in {}", dir.display());
+            } else {
+                print!("{}", easel::runs::table(&runs));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::Plot { run_dir }) => {
+            easel::report::write(&run_dir, None)?;
+            println!(
+                "wrote {} and {}",
+                run_dir.join(easel::report::LOSSES_SVG).display(),
+                run_dir.join(easel::report::REPORT_HTML).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Cmd::Presets) => {
             print!("{}", easel::builtin::list_presets(Path::new("presets"))?);
             Ok(ExitCode::SUCCESS)

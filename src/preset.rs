@@ -101,6 +101,16 @@ pub struct Change {
     pub value: Value,
 }
 
+impl Change {
+    /// The new value as YAML text, e.g. `50` or `lbfgs`.
+    pub fn value_text(&self) -> String {
+        yaml_serde::to_string(&self.value)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+}
+
 /// A preset as the file holds it (docs/design.md §2): layers by name, checked by
 /// [`PresetFile::validate`] before they become a [`Preset`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// One line of `losses.jsonl`: the costs of the image *before* that iteration's step.
+/// One line of `losses.jsonl`: the costs of the image *before* that iteration's step,
+/// and, last, those of the image in `final.png` (`"final": true`; the averaged image
+/// where `ema` is on), so the file says where the run ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub iter: u64,
@@ -28,6 +30,9 @@ pub struct Record {
     pub style: BTreeMap<String, f64>,
     pub elapsed_s: f64,
     pub backend: String,
+    /// The record of the final image, after the last step.
+    #[serde(rename = "final", default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_final: bool,
 }
 
 pub const PRESET: &str = "preset.yaml";
@@ -36,7 +41,7 @@ pub const FINAL: &str = "final.png";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 /// The sha256 of each input image when the run started, as `sha256sum` prints them.
 pub const INPUTS: &str = "inputs.sha256";
-const LOCK: &str = ".lock";
+pub const LOCK: &str = ".lock";
 
 /// An open run directory, locked for this process, with the run's change log.
 #[derive(Debug)]
@@ -257,15 +262,7 @@ impl RunDir {
 
     /// Reads `losses.jsonl`, skipping a torn last line.
     pub fn read_records(&self) -> Result<Vec<Record>> {
-        let text = match fs::read_to_string(self.file(LOSSES)) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        crate::runs::records(&self.path)
     }
 
     /// Keeps only the records of iterations before `iter` (resume, rollback).

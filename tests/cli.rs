@@ -213,8 +213,11 @@ fn run_writes_the_run_directory_and_streams_jsonl() {
         recs.iter()
             .map(|r| r["iter"].as_u64().expect("iter"))
             .collect::<Vec<_>>(),
-        vec![0, 1, 2, 3]
+        vec![0, 1, 2, 3, 4],
+        "one record per iteration, then the final image's"
     );
+    assert_eq!(recs[4]["final"], true);
+    assert!(recs[..4].iter().all(|r| r.get("final").is_none()));
     for r in &recs {
         for k in ["J", "J_content", "J_style", "elapsed_s"] {
             assert!(r[k].as_f64().is_some(), "record lacks {k}: {r}");

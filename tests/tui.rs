@@ -40,6 +40,7 @@ fn record(iter: u64) -> Record {
             .collect(),
         elapsed_s: t * 0.3,
         backend: "cpu".into(),
+        is_final: false,
     }
 }
 

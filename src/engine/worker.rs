@@ -9,11 +9,12 @@ use super::{
 };
 use crate::backend::{Backend, BackendChoice};
 use crate::image as img;
-use crate::loss::{CostWeights, Targets};
+use crate::loss::{CostWeights, Costs, Targets};
 use crate::network::{ConvChoice, Network};
 use crate::optim::Optimizer;
 use crate::preset::{Change, Preset};
 use crate::run_dir::{self, Record, RunDir};
+use crate::runs::RunStatus;
 use crate::vgg::Layer;
 use crate::weights;
 use anyhow::{Result, anyhow, bail};
@@ -298,15 +299,12 @@ impl Worker {
 
     /// Records a change in `preset.yaml` and tells the front ends.
     fn record_change(&mut self, key: String, value: yaml_serde::Value) -> Result<()> {
-        let text = yaml_serde::to_string(&value)
-            .unwrap_or_default()
-            .trim()
-            .to_string();
         let change = Change {
             iter: self.point.iter,
             key: key.clone(),
             value,
         };
+        let text = change.value_text();
         self.run_dir.record_change(&self.preset, change)?;
         self.emit(Event::Changed {
             iter: self.point.iter,
@@ -425,19 +423,7 @@ impl Worker {
             Err(e) => return self.roll_back(&format!("{e:#}")),
         };
         self.guard.passed(candidate, costs.total);
-        let record = Record {
-            iter: self.point.iter,
-            j: costs.total,
-            j_content: costs.content,
-            j_style: costs.style,
-            style: costs
-                .style_layers
-                .iter()
-                .map(|(l, j)| (l.name().to_string(), *j))
-                .collect(),
-            elapsed_s: elapsed_before,
-            backend: self.backend.kind.name().to_string(),
-        };
+        let record = self.record(&costs, elapsed_before, false);
         self.run_dir.append_record(&record)?;
         self.emit(Event::Iteration(record));
         self.point.x = if self.preset.clamp {
@@ -457,6 +443,23 @@ impl Worker {
             self.send_preview();
         }
         Ok(())
+    }
+
+    fn record(&self, costs: &Costs, elapsed_s: f64, is_final: bool) -> Record {
+        Record {
+            iter: self.point.iter,
+            j: costs.total,
+            j_content: costs.content,
+            j_style: costs.style,
+            style: costs
+                .style_layers
+                .iter()
+                .map(|(l, j)| (l.name().to_string(), *j))
+                .collect(),
+            elapsed_s,
+            backend: self.backend.kind.name().to_string(),
+            is_final,
+        }
     }
 
     /// Goes back to the last sound state with half the learning rate.
@@ -526,15 +529,32 @@ impl Worker {
         Ok(())
     }
 
-    /// The picture of the run as it stands: the averaged image where `ema` is on.
-    fn picture(&self) -> Result<image::RgbImage> {
-        let averaged = self
-            .point
+    /// The image of the run as it stands: the averaged one where `ema` is on.
+    fn current(&self) -> Tensor<4> {
+        self.point
             .ema
             .as_ref()
-            .and_then(|e| e.value(self.preset.ema));
-        self.inputs
-            .render(averaged.as_ref().unwrap_or(&self.point.x))
+            .and_then(|e| e.value(self.preset.ema))
+            .unwrap_or_else(|| self.point.x.clone())
+    }
+
+    fn picture(&self) -> Result<image::RgbImage> {
+        self.inputs.render(&self.current())
+    }
+
+    /// Records the costs of the final image: one more evaluation, so that losses.jsonl
+    /// ends with the J of the picture the run leaves.
+    fn record_final(&self) -> Result<()> {
+        let (costs, _) = self
+            .network
+            .evaluate(&self.current(), &self.targets, &self.weights)?;
+        if !costs.is_finite() {
+            bail!("J = {:e}", costs.total);
+        }
+        let record = self.record(&costs, self.elapsed_s, true);
+        self.run_dir.append_record(&record)?;
+        self.emit(Event::Iteration(record));
+        Ok(())
     }
 
     fn save_snapshot(&mut self) -> Result<()> {
@@ -543,6 +563,7 @@ impl Worker {
         img::save(&image, &path)?;
         self.checkpoint()
             .save(&self.run_dir.file(run_dir::CHECKPOINT))?;
+        self.write_report(RunStatus::Running);
         self.emit(Event::Saved(path));
         self.last_preview = Instant::now();
         self.emit(Event::Preview {
@@ -550,6 +571,13 @@ impl Worker {
             image,
         });
         Ok(())
+    }
+
+    /// Redraws losses.svg and report.html; the run goes on without them.
+    fn write_report(&self, state: RunStatus) {
+        if let Err(e) = crate::report::write(&self.run_dir.path, Some(state)) {
+            self.emit(Event::Notice(format!("cannot write the report: {e:#}")));
+        }
     }
 
     fn send_preview(&mut self) {
@@ -565,12 +593,21 @@ impl Worker {
 
     /// Writes the final image, the checkpoint and the settings.
     fn finish(mut self, end: RunState) -> Result<()> {
+        if let Err(e) = self.record_final() {
+            self.emit(Event::Notice(format!(
+                "cannot compute the final image's costs: {e:#}"
+            )));
+        }
         let image = self.picture()?;
         let final_image = self.run_dir.file(run_dir::FINAL);
         img::save(&image, &final_image)?;
         self.checkpoint()
             .save(&self.run_dir.file(run_dir::CHECKPOINT))?;
         self.run_dir.write_preset(&self.preset)?;
+        self.write_report(match end {
+            RunState::Finished => RunStatus::Finished,
+            _ => RunStatus::Stopped,
+        });
         self.emit(Event::Preview {
             iter: self.point.iter,
             image,

@@ -216,7 +216,9 @@ impl Printer {
             writeln!(out, "{}", serde_json::to_string(record)?)?;
             out.flush()?;
         }
-        self.bar.set_position(record.iter + 1);
+        // A record is taken before its iteration's step; the final one after the last.
+        self.bar
+            .set_position(record.iter + u64::from(!record.is_final));
         self.bar.set_message(format!("J {:.3e}", record.j));
         if !self.tty
             && self.mode == Mode::Plain
