@@ -56,6 +56,10 @@ pub enum Cmd {
         /// Folder for the run directory (default: runs/).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The run directory itself, for scripts: created if missing, resumed (with its
+        /// own settings) if it holds a checkpoint.
+        #[arg(long, conflicts_with = "out")]
+        run_dir: Option<PathBuf>,
         /// Where to compute (overrides the preset's `backend`).
         #[arg(long, value_enum)]
         backend: Option<BackendChoice>,
@@ -73,6 +77,8 @@ pub enum Cmd {
         #[command(flatten)]
         args: RunArgs,
     },
+    /// Run a grid of settings over a base preset, here or on a Slurm cluster.
+    Sweep(SweepArgs),
     /// List the run directories in a folder: state, iterations, J, and how to go on.
     Runs {
         /// The folder that holds the run directories.
@@ -142,4 +148,49 @@ pub enum WeightsCmd {
     Info,
     /// Import weights from a file: Keras' .h5, or torchvision's vgg19-dcbb9e9d.pth.
     Import { path: PathBuf },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SweepArgs {
+    #[command(subcommand)]
+    pub action: Option<SweepCmd>,
+    /// The sweep file: `base` (a preset) and `axes` (key: [values]); see the README.
+    #[arg(required = true)]
+    pub sweep: Option<PathBuf>,
+    /// The sweep's folder (default: sweeps/NAME). Run again, it goes on with what is missing.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Points run at once on this machine (fewer where memory would not hold them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub jobs: u64,
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendChoice>,
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Submit the points as a Slurm job array instead of running them here.
+    #[arg(long)]
+    pub slurm: bool,
+    #[arg(long, requires = "slurm")]
+    pub partition: Option<String>,
+    /// Generic resources per task, e.g. gpu:1.
+    #[arg(long, requires = "slurm")]
+    pub gres: Option<String>,
+    /// Time limit per task, e.g. 1:00:00.
+    #[arg(long, requires = "slurm")]
+    pub time: Option<String>,
+    /// Another #SBATCH line, e.g. --sbatch-arg=--mem=16G (repeatable).
+    #[arg(long = "sbatch-arg", requires = "slurm", allow_hyphen_values = true)]
+    pub sbatch_args: Vec<String>,
+    /// Send the points that failed or were cancelled, while others are still queued.
+    #[arg(long, requires = "slurm")]
+    pub resubmit_failed: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SweepCmd {
+    /// Each point's state, iterations and J (and Slurm's view where it has the job).
+    Status { dir: PathBuf },
+    /// Write sweep.jsonl and the contact sheets from the points' run directories.
+    Collect { dir: PathBuf },
 }

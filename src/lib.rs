@@ -28,6 +28,7 @@ pub mod report;
 pub mod run_dir;
 pub mod runs;
 pub mod settings;
+pub mod sweep;
 pub mod tensor_file;
 pub mod tui;
 pub mod vgg;

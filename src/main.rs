@@ -1,7 +1,7 @@
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use easel::backend::{Backend, BackendChoice};
-use easel::cli::{Cli, Cmd, RunArgs, Ui, WeightsCmd};
+use easel::cli::{Cli, Cmd, RunArgs, SweepArgs, SweepCmd, Ui, WeightsCmd};
 use easel::engine::{self, Destination, RunSpec, RunState};
 use easel::frontend::{self, Mode};
 use easel::preset::Preset;
@@ -33,15 +33,39 @@ fn real_main() -> Result<ExitCode> {
                 weights: None,
                 image_protocol: None,
             };
-            run(&preset, &[], None, None, &args)
+            run(
+                &preset,
+                &[],
+                Destination::New(PathBuf::from("runs")),
+                None,
+                &args,
+            )
         }
         Some(Cmd::Run {
             preset,
             set,
             out,
+            run_dir: Some(dir),
             backend,
             args,
-        }) => run(&preset, &set, out.as_deref(), backend, &args),
+        }) if dir.join(run_dir::CHECKPOINT).is_file() => {
+            let _ = (preset, out);
+            resume(&dir, &set, backend, &args)
+        }
+        Some(Cmd::Run {
+            preset,
+            set,
+            out,
+            run_dir,
+            backend,
+            args,
+        }) => {
+            let place = match (run_dir, out) {
+                (Some(dir), _) => Destination::At(dir),
+                (None, out) => Destination::New(out.unwrap_or_else(|| PathBuf::from("runs"))),
+            };
+            run(&preset, &set, place, backend, &args)
+        }
         Some(Cmd::Resume {
             run_dir,
             set,
@@ -53,6 +77,7 @@ fn real_main() -> Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "easel", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Some(Cmd::Sweep(args)) => sweep(args),
         Some(Cmd::Runs { dir, json }) => {
             let runs = easel::runs::list(&dir)?;
             if json {
@@ -143,18 +168,12 @@ fn real_main() -> Result<ExitCode> {
 fn run(
     preset_path: &Path,
     set: &[String],
-    out: Option<&Path>,
+    place: Destination,
     backend: Option<BackendChoice>,
     args: &RunArgs,
 ) -> Result<ExitCode> {
     let preset = Preset::load(&easel::builtin::resolve(preset_path)?, set)?;
-    let base = out
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("runs"));
-    start(
-        run_spec(preset, Destination::New(base), backend, args)?,
-        args,
-    )
+    start(run_spec(preset, place, backend, args)?, args)
 }
 
 fn resume(
@@ -248,4 +267,81 @@ fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
         }
         _ => ExitCode::FAILURE,
     })
+}
+
+fn sweep(args: SweepArgs) -> Result<ExitCode> {
+    use easel::sweep::{SweepDir, local, plan::Plan, slurm};
+    let dir = match args.action {
+        Some(SweepCmd::Status { dir }) => {
+            let sweep = SweepDir::open(&dir)?;
+            print!("{}", sweep.table());
+            if dir.join(slurm::JOBS).is_file() {
+                match slurm::queued(&sweep) {
+                    Ok(q) if q.is_empty() => println!("Slurm holds none of the points"),
+                    Ok(q) => {
+                        for (point, state) in q {
+                            println!("{point}: {state} in Slurm");
+                        }
+                    }
+                    Err(e) => println!("(no word from Slurm: {e:#})"),
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(SweepCmd::Collect { dir }) => dir,
+        None => {
+            let file = args.sweep.context("give a sweep file")?;
+            let plan = Plan::load(&file)?;
+            let dir = args
+                .dir
+                .unwrap_or_else(|| Path::new("sweeps").join(&plan.name));
+            let sweep = SweepDir::prepare(&dir, plan)?;
+            let weights = weights::resolve(args.weights.as_deref())?;
+            if args.slurm {
+                let opts = slurm::Options {
+                    partition: args.partition,
+                    gres: args.gres,
+                    time: args.time,
+                    sbatch_args: args.sbatch_args,
+                    resubmit_failed: args.resubmit_failed,
+                    weights,
+                    backend: args.backend,
+                };
+                match slurm::submit(&sweep, &opts)? {
+                    Some(id) => println!(
+                        "submitted job {id}; `easel sweep status {d}` shows the points, `easel sweep collect {d}` makes the contact sheet",
+                        d = dir.display()
+                    ),
+                    None => println!("every point of {} has finished", dir.display()),
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let opts = local::Options {
+                jobs: args.jobs as usize,
+                weights,
+                backend: args.backend,
+            };
+            if let Some(sig) = local::run(&sweep, &opts)? {
+                collect(&sweep)?;
+                eprintln!(
+                    "stopped; `easel sweep {}` goes on with what is missing",
+                    file.display()
+                );
+                return Ok(ExitCode::from((128 + sig) as u8));
+            }
+            dir
+        }
+    };
+    collect(&SweepDir::open(&dir)?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn collect(sweep: &easel::sweep::SweepDir) -> Result<()> {
+    let sheets = sweep.collect()?;
+    print!("{}", sweep.table());
+    println!("wrote {}", sweep.path.join(easel::sweep::RESULTS).display());
+    for s in sheets {
+        println!("wrote {}", s.display());
+    }
+    Ok(())
 }

@@ -355,18 +355,23 @@ pub fn set_override(doc: &mut Value, assignment: &str) -> Result<()> {
         anyhow!("--set {assignment}: expected KEY=VALUE, e.g. --set optimizer.lr=1.0")
     })?;
     let value: Value = yaml_serde::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    set_value(doc, key, value).map_err(|e| anyhow!("--set {assignment}: {e}"))
+}
+
+/// Sets the dotted `key` of a preset document to `value`, making the mappings on the way.
+pub fn set_value(doc: &mut Value, key: &str, value: Value) -> Result<()> {
     let mut node = doc;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
         if part.is_empty() {
-            bail!("--set {assignment}: `{key}` has an empty path segment");
+            bail!("`{key}` has an empty path segment");
         }
         if !node.is_mapping() {
             *node = Value::Mapping(Mapping::new());
         }
         let map = node
             .as_mapping_mut()
-            .ok_or_else(|| anyhow!("--set {assignment}: not a mapping"))?;
+            .ok_or_else(|| anyhow!("`{key}`: not a mapping"))?;
         let k = Value::String(part.to_string());
         if i + 1 == parts.len() {
             map.insert(k, value);

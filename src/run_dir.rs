@@ -91,6 +91,22 @@ fn take_lock(dir: &Path) -> Result<fs::File> {
     }
 }
 
+/// A new run directory filled under a staging name in `base`, to be renamed into place,
+/// so that a run directory, once it exists, always holds what `resume` needs.
+fn stage(base: &Path, name: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    fs::create_dir_all(base)
+        .with_context(|| format!("cannot create the runs folder {}", base.display()))?;
+    let staging = base.join(format!(".staging-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(staging.join("snapshots"))
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    if let Err(e) = fill(&staging) {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    Ok(staging)
+}
+
 /// Removes the temporary files of atomic writes that a killed process left (we hold the
 /// lock, so no live writer owns one).
 fn remove_stale_temporaries(dir: &Path) {
@@ -148,18 +164,7 @@ impl RunDir {
         name: &str,
         fill: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<RunDir> {
-        fs::create_dir_all(base)
-            .with_context(|| format!("cannot create the runs folder {}", base.display()))?;
-        // The directory is filled under a staging name and renamed into place, so a
-        // run directory, once it exists, always holds what `resume` needs.
-        let staging = base.join(format!(".staging-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&staging);
-        fs::create_dir_all(staging.join("snapshots"))
-            .with_context(|| format!("cannot create {}", staging.display()))?;
-        if let Err(e) = fill(&staging) {
-            let _ = fs::remove_dir_all(&staging);
-            return Err(e);
-        }
+        let staging = stage(base, name, fill)?;
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
         for n in 0..1000 {
             let dir = if n == 0 {
@@ -186,6 +191,34 @@ impl RunDir {
             "cannot find a free run directory name under {}",
             base.display()
         )
+    }
+
+    /// Creates the run directory `dir` itself (`easel run --run-dir`, a sweep's points);
+    /// fails if something took the name first.
+    pub fn create_at(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<RunDir> {
+        let base = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staging = stage(base, &name, fill)?;
+        // rename(2) replaces an empty directory: refuse any existing one ourselves.
+        if dir.exists() {
+            let _ = fs::remove_dir_all(&staging);
+            bail!(
+                "{} already exists and holds no {CHECKPOINT} to resume from; give a new path, or remove it",
+                dir.display()
+            );
+        }
+        if let Err(e) = fs::rename(&staging, dir) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e)
+                .with_context(|| format!("cannot create run directory {}", dir.display()));
+        }
+        Self::open(dir)
     }
 
     /// Opens an existing run directory and takes its lock.

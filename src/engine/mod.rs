@@ -129,6 +129,9 @@ pub enum Destination {
     /// A new run directory under this folder, created only once the run has
     /// everything it needs (so a bad input leaves nothing behind).
     New(PathBuf),
+    /// A new run directory at exactly this path (`easel run --run-dir`, a sweep's
+    /// points), created in the same way.
+    At(PathBuf),
     /// An existing run directory, to continue from its checkpoint.
     Resume(RunDir),
 }

@@ -74,7 +74,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// The run directory and first checkpoint of a new run from its initial image `x`.
-fn start(base: &std::path::Path, preset: &Preset, x: Tensor<4>) -> Result<(RunDir, Checkpoint)> {
+fn start(place: &Destination, preset: &Preset, x: Tensor<4>) -> Result<(RunDir, Checkpoint)> {
     let ema = (preset.ema > 0.0).then(|| Ema::start(&x));
     let start = Checkpoint {
         point: Point {
@@ -86,11 +86,16 @@ fn start(base: &std::path::Path, preset: &Preset, x: Tensor<4>) -> Result<(RunDi
         elapsed_s: 0.0,
         best_j: f64::INFINITY,
     };
-    let run_dir = RunDir::create(base, &preset.name, |dir| {
+    let fill = |dir: &std::path::Path| {
         preset.save(&dir.join(run_dir::PRESET))?;
         run_dir::write_inputs(dir, &preset.input_paths())?;
         start.save(&dir.join(run_dir::CHECKPOINT))
-    })?;
+    };
+    let run_dir = match place {
+        Destination::At(dir) => RunDir::create_at(dir, fill)?,
+        Destination::New(base) => RunDir::create(base, &preset.name, fill)?,
+        Destination::Resume(_) => bail!("a resumed run has its run directory"),
+    };
     Ok((run_dir, start))
 }
 
@@ -129,10 +134,10 @@ impl Worker {
         let first = stages[0];
         let (run_dir, start, history) = match destination {
             Destination::Resume(run_dir) => resume(run_dir, &preset, &backend)?,
-            Destination::New(base) => {
+            place => {
                 let inputs = sources.at(first.width, first.height, &backend.device);
                 let x = inputs.initial(&preset, &backend.device)?;
-                let (run_dir, start) = start(&base, &preset, x)?;
+                let (run_dir, start) = start(&place, &preset, x)?;
                 (run_dir, start, Vec::new())
             }
         };
