@@ -300,17 +300,24 @@ impl RunDir {
 
     /// Keeps only the records of iterations before `iter` (resume, rollback).
     pub fn truncate_records(&self, iter: u64) -> Result<Vec<Record>> {
-        let kept: Vec<Record> = self
-            .read_records()?
-            .into_iter()
-            .filter(|r| r.iter < iter)
-            .collect();
-        let mut text = String::new();
-        for r in &kept {
-            text.push_str(&serde_json::to_string(r)?);
-            text.push('\n');
+        let text = match fs::read_to_string(self.file(LOSSES)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e.into()),
+        };
+        // The kept lines are written back as they were: parsing and printing a float
+        // again can move its last digit, and history should not change on a resume.
+        let (mut kept, mut lines) = (Vec::new(), String::new());
+        for line in text.lines() {
+            if let Ok(r) = serde_json::from_str::<Record>(line)
+                && r.iter < iter
+            {
+                kept.push(r);
+                lines.push_str(line);
+                lines.push('\n');
+            }
         }
-        atomic::write(&self.file(LOSSES), text.as_bytes())?;
+        atomic::write(&self.file(LOSSES), lines.as_bytes())?;
         Ok(kept)
     }
 }
