@@ -364,3 +364,24 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_point_resumes() {
     assert!(sweep.join("contact.png").is_file());
     assert_sheet_matches(&sweep);
 }
+
+#[test]
+fn the_shipped_sweeps_expand_to_runnable_points() {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("presets/sweeps");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&folder).expect("presets/sweeps") {
+        let path = entry.expect("entry").path();
+        let plan = easel::sweep::plan::Plan::load(&path)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        assert_eq!(
+            plan.points.len(),
+            plan.axes.iter().map(|a| a.values.len()).product::<usize>()
+        );
+        for p in &plan.points {
+            plan.preset(p)
+                .unwrap_or_else(|e| panic!("{} {}: {e:#}", path.display(), p.dir));
+        }
+        n += 1;
+    }
+    assert!(n > 0, "no sweep files in {}", folder.display());
+}
