@@ -79,14 +79,21 @@ pub enum Cmd {
     },
     /// Run a grid of settings over a base preset, here or on a Slurm cluster.
     Sweep(SweepArgs),
-    /// List the run directories in a folder: state, iterations, J, and how to go on.
+    /// Browse the run directories in a folder (a table where there is no terminal):
+    /// state, iterations, J, plots, comparisons, and resume.
     Runs {
         /// The folder that holds the run directories.
         #[arg(default_value = "runs")]
         dir: PathBuf,
         /// One JSON object per run, for scripts.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "list")]
         json: bool,
+        /// The table, even in a terminal.
+        #[arg(long)]
+        list: bool,
+        /// Image protocol for the final images: kitty, sixel, iterm2, halfblocks.
+        #[arg(long)]
+        image_protocol: Option<String>,
     },
     /// Redraw a run directory's losses.svg and report.html.
     Plot { run_dir: PathBuf },

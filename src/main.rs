@@ -78,7 +78,16 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Cmd::Sweep(args)) => sweep(args),
-        Some(Cmd::Runs { dir, json }) => {
+        Some(Cmd::Runs {
+            dir,
+            json,
+            list,
+            image_protocol,
+        }) => {
+            let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+            if terminal && !json && !list {
+                return browse_runs(&dir, image_protocol);
+            }
             let runs = easel::runs::list(&dir)?;
             if json {
                 for r in &runs {
@@ -344,4 +353,26 @@ fn collect(sweep: &easel::sweep::SweepDir) -> Result<()> {
         println!("wrote {}", s.display());
     }
     Ok(())
+}
+
+/// The runs browser; a run picked with `r` goes to the workbench, then back here.
+fn browse_runs(dir: &Path, image_protocol: Option<String>) -> Result<ExitCode> {
+    use easel::tui::browser::{browse, state::Action};
+    let protocol = image_protocol
+        .as_deref()
+        .map(easel::tui::parse_protocol)
+        .transpose()?;
+    let mut notice = None;
+    while let Some(Action::Resume { dir: run, set }) = browse(dir, protocol, notice.take())? {
+        let args = RunArgs {
+            ui: Ui::Tui,
+            weights: None,
+            image_protocol: image_protocol.clone(),
+        };
+        notice = Some(match resume(&run, &set, None, &args) {
+            Ok(_) => format!("back from {}", run.display()),
+            Err(e) => format!("cannot resume {}: {e:#}", run.display()),
+        });
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -313,12 +313,18 @@ fn renders_the_help_overlay() {
 fn the_readme_key_table_is_the_workbenchs() {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
         .expect("README.md");
-    let want = easel::tui::keys::markdown_table();
-    assert!(
-        readme.contains(&want),
-        "README.md's key table differs from src/tui/keys.rs; put this table under \"The workbench\":\n{want}"
-    );
-    for b in easel::tui::keys::BINDINGS {
+    use easel::tui::keys::{BINDINGS, BROWSER_BINDINGS, markdown_table};
+    for (bindings, section) in [
+        (BINDINGS, "The workbench"),
+        (BROWSER_BINDINGS, "The runs browser"),
+    ] {
+        let want = markdown_table(bindings);
+        assert!(
+            readme.contains(&want),
+            "README.md's key table differs from src/tui/keys.rs; put this table under \"{section}\":\n{want}"
+        );
+    }
+    for b in BINDINGS.iter().chain(BROWSER_BINDINGS) {
         assert!(
             b.does.chars().count() <= easel::tui::keys::DOES_WIDTH,
             "`{}` is too long for the help overlay",

@@ -4,54 +4,9 @@
 
 mod common;
 
+use common::tmux::Tmux;
+
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
-
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("tmux is installed (.ci/run installs it)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "e2e"])
-    }
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "e2e"];
-        args.extend_from_slice(keys);
-        self.run(&args);
-    }
-    /// Waits until the screen shows `text`.
-    fn wait_for(&self, text: &str, secs: u64) -> String {
-        let start = Instant::now();
-        loop {
-            let screen = self.screen();
-            if screen.contains(text) {
-                return screen;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(secs),
-                "the screen never showed {text:?}; it shows:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        self.run(&["kill-server"]);
-    }
-}
 
 #[test]
 fn workbench_in_tmux_pauses_changes_saves_and_quits() {
@@ -60,28 +15,12 @@ fn workbench_in_tmux_pauses_changes_saves_and_quits() {
         &["chelsea.png", "starry_night.jpg"],
         "name: e2e\ncontent: chelsea.png\nstyle: starry_night.jpg\nsize: {width: 32, height: 24}\niterations: 100000\nsave_every: 0\nbackend: cpu\n",
     );
-    let tmux = Tmux {
-        socket: format!("easel-e2e-{}", std::process::id()),
-    };
     let command = format!(
         "env EASEL_WEIGHTS_DIR={} {} run p.yaml --ui tui --image-protocol halfblocks --out out; echo EXITED $?; sleep 60",
         weights.parent().expect("weights folder").display(),
         env!("CARGO_BIN_EXE_easel")
     );
-    let cwd = dir.path().to_string_lossy().into_owned();
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "e2e",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        "-c",
-        &cwd,
-        &command,
-    ]);
+    let tmux = Tmux::start("e2e", dir.path(), (100, 30), &command);
 
     let screen = tmux.wait_for("RUNNING", 60);
     assert!(

@@ -199,9 +199,13 @@ impl App {
         self.iterations
     }
 
-    /// The iteration the run is at.
+    /// The iteration the run is at (records are taken before their step, the final
+    /// one after the last).
     pub fn iter(&self) -> u64 {
-        self.history.last().map(|r| r.iter + 1).unwrap_or(0)
+        self.history
+            .last()
+            .map(|r| r.iter + u64::from(!r.is_final))
+            .unwrap_or(0)
     }
 
     pub fn running(&self) -> bool {
@@ -229,9 +233,8 @@ impl App {
                 self.backend = backend;
                 (self.width, self.height) = (width, height);
                 for c in &changes {
-                    let v = yaml_serde::to_string(&c.value).unwrap_or_default();
                     self.changes
-                        .push((c.iter, format!("{} = {}", c.key, v.trim())));
+                        .push((c.iter, format!("{} = {}", c.key, c.value_text())));
                 }
                 self.name = preset.name.clone();
                 self.iterations = preset.iterations;

@@ -1,6 +1,7 @@
 //! The workbench's keys, once: the footer, the help overlay and the README's key table
-//! are all made from [`BINDINGS`] (a test holds the README to it). What each key does to
-//! the run is `App::on_key`.
+//! are all made from [`BINDINGS`] (a test holds the README to it), and the runs
+//! browser's from [`BROWSER_BINDINGS`]. What each key does is `App::on_key` and
+//! `Browser::on_key`.
 
 /// One row of the key table.
 pub struct Binding {
@@ -39,9 +40,21 @@ pub const BINDINGS: &[Binding] = &[
     key("q  Ctrl-C", "stop the run (asks first) and quit", Some(("q quit", "q quit"))),
 ];
 
-/// The footer: `narrow` for terminals too narrow for the wide one.
-pub fn footer(narrow: bool) -> String {
-    let parts = BINDINGS.iter().filter_map(|b| b.footer);
+/// The runs browser's keys (`easel runs` in a terminal), in the workbench's conventions.
+#[rustfmt::skip]
+pub const BROWSER_BINDINGS: &[Binding] = &[
+    key("↑ ↓  k j", "select a run", Some(("↑↓ select", "↑↓ select"))),
+    key("Enter", "open it: its plots, final image and numbers", Some(("Enter open", "⏎ open"))),
+    key("c", "mark it for comparison; a second mark compares the two", Some(("c compare", "c cmp"))),
+    key("r", "resume it in the workbench (finished: 2x iterations)", Some(("r resume", "r resume"))),
+    key("Esc", "back to the list", Some(("Esc back", "Esc back"))),
+    key("?", "this help (Esc closes)", Some(("? help", "? help"))),
+    key("q  Ctrl-C", "quit", Some(("q quit", "q quit"))),
+];
+
+/// The footer of a key table: `narrow` for terminals too narrow for the wide one.
+pub fn footer(bindings: &[Binding], narrow: bool) -> String {
+    let parts = bindings.iter().filter_map(|b| b.footer);
     if narrow {
         parts.map(|(_, n)| n).collect::<Vec<_>>().join(" ")
     } else {
@@ -49,10 +62,10 @@ pub fn footer(narrow: bool) -> String {
     }
 }
 
-/// The README's key table, in Markdown.
-pub fn markdown_table() -> String {
+/// A key table as the README shows it, in Markdown.
+pub fn markdown_table(bindings: &[Binding]) -> String {
     let mut table = String::from("| key | what it does |\n|---|---|\n");
-    for b in BINDINGS {
+    for b in bindings {
         table.push_str(&format!("| {} | {} |\n", b.keys, b.does));
     }
     table

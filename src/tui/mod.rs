@@ -7,6 +7,7 @@
 //! on every exit path, panics included (ratatui's panic hook).
 
 pub mod app;
+pub mod browser;
 pub mod keys;
 pub mod view;
 
@@ -57,6 +58,20 @@ fn spawn_input(stop: Arc<AtomicBool>) -> Receiver<TermEvent> {
     rx
 }
 
+/// How images are drawn. It probes the terminal (kitty, sixel, iTerm2), so it must run
+/// before the key reader starts, which could swallow the answers; a forced protocol
+/// skips the probe.
+fn picker(protocol: Option<ProtocolType>) -> Picker {
+    match protocol {
+        Some(p) => {
+            let mut picker = Picker::halfblocks();
+            picker.set_protocol_type(p);
+            picker
+        }
+        None => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
+    }
+}
+
 /// Runs the workbench until the run ends and the user quits.
 pub fn run(
     mut engine: EngineHandle,
@@ -65,16 +80,7 @@ pub fn run(
 ) -> Result<Outcome> {
     let mut driver = Driver::new()?;
     let mut terminal = ratatui::init();
-    // Probe the terminal (kitty, sixel, iTerm2) before the key reader starts, so the
-    // reader cannot swallow the answers; a forced protocol skips the probe.
-    let picker = match protocol {
-        Some(p) => {
-            let mut picker = Picker::halfblocks();
-            picker.set_protocol_type(p);
-            picker
-        }
-        None => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
-    };
+    let picker = picker(protocol);
     let stop_input = Arc::new(AtomicBool::new(false));
     let keys = spawn_input(Arc::clone(&stop_input));
     let mut app = App::new(presets_dir);

@@ -25,15 +25,20 @@ const LAYER_COLOURS: [Color; 8] = [
     Color::LightGreen,
 ];
 
-pub fn draw(frame: &mut Frame, app: &App, preview: Option<&mut StatefulProtocol>) {
-    let area = frame.area();
-    let [header, body, status, footer] = Layout::vertical([
+/// Every screen's rows: a header line, the body, a status line and the key footer.
+pub(super) fn screen_areas(area: Rect) -> [Rect; 4] {
+    Layout::vertical([
         Constraint::Length(1),
-        Constraint::Min(8),
+        Constraint::Min(6),
         Constraint::Length(1),
         Constraint::Length(1),
     ])
-    .areas(area);
+    .areas(area)
+}
+
+pub fn draw(frame: &mut Frame, app: &App, preview: Option<&mut StatefulProtocol>) {
+    let area = frame.area();
+    let [header, body, status, footer] = screen_areas(area);
     frame.render_widget(Paragraph::new(header_line(app)), header);
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
@@ -59,18 +64,14 @@ pub fn draw(frame: &mut Frame, app: &App, preview: Option<&mut StatefulProtocol>
         Paragraph::new(status_text).style(Style::new().fg(Color::Yellow)),
         status,
     );
-    let wide = keys::footer(false);
-    let keys = if (footer.width as usize) < wide.chars().count() {
-        keys::footer(true)
-    } else {
-        wide
-    };
-    frame.render_widget(
-        Paragraph::new(keys).style(Style::new().fg(Color::DarkGray)),
-        footer,
-    );
+    draw_footer(frame, footer, BINDINGS);
     match &app.mode {
-        Mode::Help => draw_help(frame, area),
+        Mode::Help => draw_help(
+            frame,
+            area,
+            BINDINGS,
+            " Changes apply from the next iteration and are recorded in preset.yaml.",
+        ),
         Mode::ConfirmQuit => popup(
             frame,
             area,
@@ -143,21 +144,28 @@ pub fn fmt_duration(s: f64) -> String {
 }
 
 /// A plotted series: legend name, colour, (iteration, log10 value) points.
-type Series = (String, Color, Vec<(f64, f64)>);
+pub(super) type Series = (String, Color, Vec<(f64, f64)>);
 
 /// log10, with zeros and negatives kept off the plot.
-fn log10(v: f64) -> Option<f64> {
+pub(super) fn log10(v: f64) -> Option<f64> {
     (v > 0.0 && v.is_finite()).then(|| v.log10())
 }
 
+/// The x axis of a plot: its last iteration, and the iterations where settings changed
+/// (marked with short strokes at the top).
+pub(super) struct XAxis<'a> {
+    pub max: f64,
+    pub marks: &'a [u64],
+}
+
 /// Draws series of (iteration, log10 value) with decade labels.
-fn log_chart(
+pub(super) fn log_chart(
     frame: &mut Frame,
-    app: &App,
     area: Rect,
     title: Line<'static>,
     legend: bool,
     series: Vec<Series>,
+    x: XAxis,
 ) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for (_, _, pts) in &series {
@@ -170,12 +178,12 @@ fn log_chart(
         (lo, hi) = (0.0, 1.0);
     }
     let (lo, hi) = (lo.floor(), hi.ceil().max(lo.floor() + 1.0));
-    let x_max = (app.total().max(app.iter()) as f64).max(1.0);
+    let x_max = x.max.max(1.0);
     // Marks of settings changes: short vertical strokes at the top of the plot.
-    let marks: Vec<Vec<(f64, f64)>> = app
-        .changes
+    let marks: Vec<Vec<(f64, f64)>> = x
+        .marks
         .iter()
-        .map(|(i, _)| vec![(*i as f64, hi), (*i as f64, hi - (hi - lo) * 0.08)])
+        .map(|&i| vec![(i as f64, hi), (i as f64, hi - (hi - lo) * 0.08)])
         .collect();
     let mut datasets: Vec<Dataset> = series
         .iter()
@@ -226,6 +234,17 @@ fn log_chart(
     frame.render_widget(chart, area);
 }
 
+fn marks(app: &App) -> Vec<u64> {
+    app.changes.iter().map(|(i, _)| *i).collect()
+}
+
+fn x_axis<'a>(app: &App, marks: &'a [u64]) -> XAxis<'a> {
+    XAxis {
+        max: app.total().max(app.iter()) as f64,
+        marks,
+    }
+}
+
 fn points(app: &App, f: impl Fn(&crate::run_dir::Record) -> f64) -> Vec<(f64, f64)> {
     app.history
         .records
@@ -264,7 +283,14 @@ fn draw_costs(frame: &mut Frame, app: &App, area: Rect) {
             points(app, |r| r.j_style),
         ),
     ];
-    log_chart(frame, app, area, Line::from(title), false, series);
+    log_chart(
+        frame,
+        area,
+        Line::from(title),
+        false,
+        series,
+        x_axis(app, &marks(app)),
+    );
 }
 
 fn draw_layers(frame: &mut Frame, app: &App, area: Rect) {
@@ -294,7 +320,14 @@ fn draw_layers(frame: &mut Frame, app: &App, area: Rect) {
             Style::new().fg(LAYER_COLOURS[i % LAYER_COLOURS.len()]),
         ));
     }
-    log_chart(frame, app, area, Line::from(title), true, series);
+    log_chart(
+        frame,
+        area,
+        Line::from(title),
+        true,
+        series,
+        x_axis(app, &marks(app)),
+    );
 }
 
 fn draw_settings(frame: &mut Frame, app: &App, area: Rect) {
@@ -330,22 +363,47 @@ fn draw_settings(frame: &mut Frame, app: &App, area: Rect) {
     );
 }
 
+/// The key footer: the wide one where it fits, else the narrow one.
+pub(super) fn draw_footer(frame: &mut Frame, area: Rect, bindings: &[keys::Binding]) {
+    let wide = keys::footer(bindings, false);
+    let text = if (area.width as usize) < wide.chars().count() {
+        keys::footer(bindings, true)
+    } else {
+        wide
+    };
+    frame.render_widget(
+        Paragraph::new(text).style(Style::new().fg(Color::DarkGray)),
+        area,
+    );
+}
+
 fn draw_preview(frame: &mut Frame, app: &App, area: Rect, preview: Option<&mut StatefulProtocol>) {
     let title = match app.preview_iter {
         Some(i) => format!("Preview · iter {i}"),
         None => "Preview".into(),
     };
+    draw_image(frame, area, title, preview, "waiting for the first image…");
+}
+
+/// An image in a titled box, scaled to fit; `empty` where there is none.
+pub(super) fn draw_image(
+    frame: &mut Frame,
+    area: Rect,
+    title: String,
+    image: Option<&mut StatefulProtocol>,
+    empty: &str,
+) {
     let block = Block::new().borders(Borders::ALL).title(title);
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    match preview {
+    match image {
         Some(p) => frame.render_stateful_widget(
             StatefulImage::default().resize(Resize::Scale(None)),
             inner,
             p,
         ),
         None => frame.render_widget(
-            Paragraph::new("waiting for the first image…").alignment(Alignment::Center),
+            Paragraph::new(empty.to_string()).alignment(Alignment::Center),
             inner,
         ),
     }
@@ -362,7 +420,7 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
     }
 }
 
-fn popup(frame: &mut Frame, area: Rect, title: &str, text: &str) {
+pub(super) fn popup(frame: &mut Frame, area: Rect, title: &str, text: &str) {
     let rect = centered(area, 64, 9);
     frame.render_widget(Clear, rect);
     frame.render_widget(
@@ -373,9 +431,9 @@ fn popup(frame: &mut Frame, area: Rect, title: &str, text: &str) {
     );
 }
 
-fn draw_help(frame: &mut Frame, area: Rect) {
-    let rect = centered(area, 72, BINDINGS.len() as u16 + 4);
-    let mut lines: Vec<Line> = BINDINGS
+pub(super) fn draw_help(frame: &mut Frame, area: Rect, bindings: &[keys::Binding], note: &str) {
+    let rect = centered(area, 72, bindings.len() as u16 + 4);
+    let mut lines: Vec<Line> = bindings
         .iter()
         .map(|b| {
             Line::from(vec![
@@ -385,9 +443,7 @@ fn draw_help(frame: &mut Frame, area: Rect) {
         })
         .collect();
     lines.push(Line::raw(""));
-    lines.push(Line::raw(
-        " Changes apply from the next iteration and are recorded in preset.yaml.",
-    ));
+    lines.push(Line::raw(note.to_string()));
     frame.render_widget(Clear, rect);
     frame.render_widget(
         Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title("Keys")),

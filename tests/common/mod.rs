@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+pub mod tmux;
+
 static FETCH: Mutex<()> = Mutex::new(());
 
 /// The real VGG-19 weights, fetched through easel's own fetch code on first use. A test
