@@ -2,7 +2,7 @@
 
 use crate::backend::{BackendChoice, Precision};
 use crate::bench::{BenchConv, BenchOptimizer, BenchPadding};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum, ValueHint};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -49,16 +49,17 @@ pub enum Cmd {
     /// Run a preset.
     Run {
         /// The preset YAML file, or the name of a built-in preset (`default`, `best`).
+        #[arg(value_hint = ValueHint::FilePath)]
         preset: PathBuf,
         /// Override a preset key, e.g. --set optimizer.lr=1.0 --set iterations=50.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
         /// Folder for the run directory (default: runs/).
-        #[arg(long)]
+        #[arg(long, value_hint = ValueHint::DirPath)]
         out: Option<PathBuf>,
         /// The run directory itself, for scripts: created if missing, resumed (with its
         /// own settings) if it holds a checkpoint.
-        #[arg(long, conflicts_with = "out")]
+        #[arg(long, conflicts_with = "out", value_hint = ValueHint::DirPath)]
         run_dir: Option<PathBuf>,
         /// Where to compute (overrides the preset's `backend`).
         #[arg(long, value_enum)]
@@ -68,6 +69,7 @@ pub enum Cmd {
     },
     /// Continue a run from its run directory's checkpoint.
     Resume {
+        #[arg(value_hint = ValueHint::DirPath)]
         run_dir: PathBuf,
         /// Override a setting of the run, e.g. --set iterations=400 to run longer.
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -83,7 +85,7 @@ pub enum Cmd {
     /// state, iterations, J, plots, comparisons, and resume.
     Runs {
         /// The folder that holds the run directories.
-        #[arg(default_value = "runs")]
+        #[arg(default_value = "runs", value_hint = ValueHint::DirPath)]
         dir: PathBuf,
         /// One JSON object per run, for scripts.
         #[arg(long, conflicts_with = "list")]
@@ -96,7 +98,10 @@ pub enum Cmd {
         image_protocol: Option<String>,
     },
     /// Redraw a run directory's losses.svg and report.html.
-    Plot { run_dir: PathBuf },
+    Plot {
+        #[arg(value_hint = ValueHint::DirPath)]
+        run_dir: PathBuf,
+    },
     /// List the built-in presets and those in presets/ here.
     Presets,
     /// Print a completion script for a shell, e.g. `easel completions bash > ~/.local/share/bash-completion/completions/easel`.
@@ -197,7 +202,13 @@ pub struct SweepArgs {
 #[derive(Debug, Subcommand)]
 pub enum SweepCmd {
     /// Each point's state, iterations and J (and Slurm's view where it has the job).
-    Status { dir: PathBuf },
+    Status {
+        #[arg(value_hint = ValueHint::DirPath)]
+        dir: PathBuf,
+    },
     /// Write sweep.jsonl and the contact sheets from the points' run directories.
-    Collect { dir: PathBuf },
+    Collect {
+        #[arg(value_hint = ValueHint::DirPath)]
+        dir: PathBuf,
+    },
 }

@@ -32,6 +32,9 @@ impl RunStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub path: PathBuf,
+    /// How lists name it: the directory's name (`sweep/p000` for a sweep's point).
+    pub label: String,
+    /// The preset's name.
     pub name: String,
     /// When the run started (UTC, from the directory's name), e.g. `2026-11-29 01:02`.
     pub started: String,
@@ -78,6 +81,13 @@ fn started(dir_name: &str) -> Option<String> {
     Some(t.format("%Y-%m-%d %H:%M").to_string())
 }
 
+/// When a file was written (UTC), for run directories not named by their start (a
+/// sweep's points, `--run-dir`): their `inputs.sha256` is written once, at the start.
+fn written(file: &Path) -> Option<String> {
+    let t: chrono::DateTime<chrono::Utc> = fs::metadata(file).ok()?.modified().ok()?.into();
+    Some(t.format("%Y-%m-%d %H:%M").to_string())
+}
+
 /// Reads what a run directory holds; `None` where `dir` is not one.
 pub fn summarize(dir: &Path) -> Result<Option<RunSummary>> {
     let preset_path = dir.join(run_dir::PRESET);
@@ -116,7 +126,10 @@ pub fn summarize(dir: &Path) -> Result<Option<RunSummary>> {
         RunSummary {
             path: dir.to_path_buf(),
             name,
-            started: started(&dir_name).unwrap_or_default(),
+            started: started(&dir_name)
+                .or_else(|| written(&dir.join(run_dir::INPUTS)))
+                .unwrap_or_default(),
+            label: dir_name,
             done,
             total,
             j: last.map(|r| r.j),
@@ -148,7 +161,7 @@ impl RunSummary {
 }
 
 /// The run directories directly under `base`, oldest first (their names start with
-/// the time they started).
+/// the time they started), and the points of the sweeps there (`sweep/p000`).
 pub fn list(base: &Path) -> Result<Vec<RunSummary>> {
     let entries = fs::read_dir(base).with_context(|| {
         format!(
@@ -164,6 +177,17 @@ pub fn list(base: &Path) -> Result<Vec<RunSummary>> {
     dirs.sort();
     let mut runs = Vec::new();
     for dir in dirs {
+        if dir.join(crate::sweep::PLAN).is_file() {
+            let sweep = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for mut point in list(&dir)? {
+                point.label = format!("{sweep}/{}", point.label);
+                runs.push(point);
+            }
+            continue;
+        }
         match summarize(&dir) {
             Ok(Some(s)) => runs.push(s),
             Ok(None) => {}
@@ -180,11 +204,7 @@ pub fn table(runs: &[RunSummary]) -> String {
         "run", "started", "iterations", "J", "state", "backend", "to go on"
     );
     for r in runs {
-        let name = r
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = &r.label;
         let j =
             r.j.map(|j| format!("{j:.3e}"))
                 .unwrap_or_else(|| "-".into());

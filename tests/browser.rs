@@ -61,6 +61,7 @@ fn entry(name: &str, state: RunStatus, done: u64, beta: &str, scale: f64) -> Ent
     Entry {
         summary: RunSummary {
             path: path.clone(),
+            label: name.to_string(),
             name: "quick".into(),
             started: "2026-11-29 01:00".into(),
             done,

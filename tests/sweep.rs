@@ -159,6 +159,18 @@ fn a_sweep_runs_its_points_and_its_contact_sheet_matches_sweep_jsonl() {
     combos.dedup();
     assert_eq!(combos.len(), 4, "every combination once: {combos:?}");
     assert_sheet_matches(&sweep);
+    // `easel runs` over the sweeps' folder lists every point as sweep/point.
+    let listed = ok(&easel(&["runs", "sweeps", "--json"], dir.path(), None));
+    let labels: Vec<String> = listed
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("JSON")["label"]
+                .as_str()
+                .expect("label")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(labels, ["s/p000", "s/p001", "s/p002", "s/p003"]);
 
     // A sweep file that names an unknown key or gives unequal zip lists is refused,
     // naming the file and the point, before anything runs.

@@ -40,11 +40,7 @@ impl Entry {
     }
 
     pub fn name(&self) -> String {
-        self.summary
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        self.summary.label.clone()
     }
 
     pub fn final_image(&self) -> PathBuf {
