@@ -7,7 +7,7 @@ use crate::atomic;
 use crate::backend::{BackendChoice, Precision};
 use crate::color::PreserveColors;
 use crate::image::Size;
-use crate::loss::CostWeights;
+use crate::loss::{CostWeights, StyleLoss};
 use crate::optim::OptimizerSpec;
 use crate::settings::{Setting, Settings};
 use crate::vgg::{LAYER_NAMES, Layer, Padding, Pooling};
@@ -131,6 +131,9 @@ struct PresetFile {
     pub content_layer: String,
     #[serde(default = "default_style_layers")]
     pub style_layers: BTreeMap<String, f64>,
+    /// How a layer's style is compared: gram (the paper's) or w2 (mean and covariance).
+    #[serde(default, skip_serializing_if = "is_gram")]
+    pub style_loss: StyleLoss,
     #[serde(default)]
     pub pooling: Pooling,
     /// What conv1_1 sees beyond the image's edge: zero (the paper's) or replicate.
@@ -226,6 +229,7 @@ impl PresetFile {
             style_layers,
             tv_weight: self.tv_weight,
             optimizer: self.optimizer,
+            style_loss: self.style_loss,
         };
         Ok(Preset {
             name: self.name,
@@ -268,6 +272,7 @@ impl From<&Preset> for PresetFile {
                 .iter()
                 .map(|(l, w)| (l.name().to_string(), *w))
                 .collect(),
+            style_loss: s.style_loss,
             pooling: p.pooling,
             padding: p.padding,
             optimizer: s.optimizer.clone(),
@@ -286,6 +291,10 @@ impl From<&Preset> for PresetFile {
             changes: Vec::new(),
         }
     }
+}
+
+fn is_gram(l: &StyleLoss) -> bool {
+    *l == StyleLoss::Gram
 }
 
 fn is_fp32(p: &Precision) -> bool {

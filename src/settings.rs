@@ -1,7 +1,7 @@
 //! What a run may change while it runs: the cost's weights and the optimiser, typed,
 //! with their ranges checked in one place (here) for presets, `--set` and the workbench.
 
-use crate::loss::CostWeights;
+use crate::loss::{CostWeights, StyleLoss};
 use crate::optim::OptimizerSpec;
 use crate::vgg::Layer;
 use anyhow::{Result, anyhow};
@@ -53,6 +53,8 @@ pub struct Settings {
     pub style_layers: Vec<(Layer, f64)>,
     pub tv_weight: f64,
     pub optimizer: OptimizerSpec,
+    /// Fixed for the run (its targets depend on it).
+    pub style_loss: StyleLoss,
 }
 
 impl Settings {
@@ -104,6 +106,7 @@ impl Settings {
             content_layer: self.content_layer,
             style_layers: self.style_layers.clone(),
             tv_weight: self.tv_weight,
+            style_loss: self.style_loss,
         }
     }
 }

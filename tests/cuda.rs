@@ -56,6 +56,7 @@ fn check_costs_and_gradient(h: usize, w: usize, pooling: Pooling, padding: Paddi
     let (gpu, cpu) = networks_padded(pooling, padding);
     let weights = CostWeights {
         tv_weight: 0.5,
+        style_loss: easel::loss::StyleLoss::Gram,
         ..seed_weights()
     };
     let (content, style, x) = (image(1, h, w), image(2, h, w), image(3, h, w));

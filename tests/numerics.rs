@@ -25,13 +25,22 @@ fn network(case: &str, device: &Device) -> Vgg19 {
     }
 }
 
+/// The seed's cost, or for the "w2" case the same with the W2 style cost.
+fn case_weights(case: &str) -> easel::loss::CostWeights {
+    let mut weights = seed_weights();
+    if case == "w2" {
+        weights.style_loss = easel::loss::StyleLoss::W2;
+    }
+    weights
+}
+
 fn check_case(case: &str) {
     let device = Device::flex();
     let fx = fixture(case);
     let vgg = network(case, &device);
     let net = on_cpu(vgg.clone());
     check_values(case, &fx, &net);
-    let weights = seed_weights();
+    let weights = case_weights(case);
     let content: Tensor<4> = fx.tensor("content", &device);
     let style: Tensor<4> = fx.tensor("style", &device);
     let x0: Tensor<4> = fx.tensor("x0", &device);
@@ -103,7 +112,7 @@ fn check_case(case: &str) {
 /// fixture's `x0` against PyTorch's.
 fn check_values(case: &str, fx: &Fixture, net: &Network) {
     let device = Device::flex();
-    let weights = seed_weights();
+    let weights = case_weights(case);
     let content: Tensor<4> = fx.tensor("content", &device);
     let style: Tensor<4> = fx.tensor("style", &device);
     let x0: Tensor<4> = fx.tensor("x0", &device);
@@ -177,6 +186,14 @@ fn real_network_matches_pytorch() {
 #[test]
 fn replicate_padding_matches_pytorch() {
     check_case("replicate");
+}
+
+/// `style_loss: w2` on the Winograd path and on burn's: the per-layer W2 costs (1e-4),
+/// the gradient through the matrix square roots and the Gram and mean adjoints (1e-3) and
+/// five Adam steps (1e-3) against PyTorch's autograd (make_fixtures.py, "W2").
+#[test]
+fn w2_style_loss_matches_pytorch() {
+    check_case("w2");
 }
 
 /// With the real weights, 30 Adam iterations of the default preset at 64x64 lower J as

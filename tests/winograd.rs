@@ -101,6 +101,7 @@ fn check_network(pooling: Pooling) {
     let (content, style, x) = (image(10), image(11), image(12));
     let weights = CostWeights {
         tv_weight: 0.5,
+        style_loss: easel::loss::StyleLoss::Gram,
         ..seed_weights()
     };
     let vgg = easel::weights::load(&real_weights(), &device)

@@ -131,6 +131,7 @@ impl Worker {
             .with_padding(preset.padding);
         let network = Network::new(vgg, &backend, ConvChoice::Winograd, preset.precision)?;
         let cost_weights = preset.cost_weights();
+        network.check(&cost_weights)?;
         let first = stages[0];
         let (run_dir, start, history) = match destination {
             Destination::Resume(run_dir) => resume(run_dir, &preset, &backend)?,
@@ -368,7 +369,11 @@ impl Worker {
     /// Moves everything the run holds to another device, between two iterations.
     fn switch_backend(&mut self, backend: Backend) {
         let device = &backend.device;
-        self.network = match self.network.to_backend(&backend) {
+        let moved = self
+            .network
+            .to_backend(&backend)
+            .and_then(|n| n.check(&self.weights).map(|()| n));
+        self.network = match moved {
             Ok(network) => network,
             Err(e) => {
                 self.emit(Event::Notice(format!(

@@ -14,7 +14,7 @@ pub fn evaluate(
 ) -> Result<(Costs, Tensor<4>)> {
     let xa = x.clone().inner().autodiff().require_grad();
     let taps = vgg.forward(xa.clone(), weights.deepest());
-    let terms = loss::cost_terms(&taps, xa.clone(), targets, weights);
+    let terms = loss::cost_terms(&taps, xa.clone(), targets, weights)?;
     let costs = terms.read(weights);
     let grads = terms.total.backward();
     let g = xa

@@ -96,6 +96,18 @@ impl Network {
         Network::new(self.vgg.clone(), backend, self.conv, self.precision)
     }
 
+    /// Refuses a cost this path cannot compute, before a run starts.
+    pub fn check(&self, weights: &CostWeights) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if matches!(self.path, Path::Cuda(_)) && weights.style_loss == crate::loss::StyleLoss::W2 {
+            anyhow::bail!(
+                "style_loss: w2 is not on the CUDA path yet; use --backend cpu or --backend wgpu for it, or style_loss: gram on CUDA"
+            );
+        }
+        let _ = weights;
+        Ok(())
+    }
+
     /// Which kernels run: `winograd`, `burn` or `cuda`.
     pub fn path_name(&self) -> &'static str {
         match self.path {

@@ -1,9 +1,9 @@
 //! The network on the CPU's Winograd kernels (`crate::vgg::cpu`), outside burn's
 //! autodiff tape, which covers only the costs: from the content activation and the
-//! Grams (and TV from the image).
+//! Grams (with `style_loss: w2`, the row sums too), and TV from the image.
 
 use super::{floats, image_floats};
-use crate::loss::{CostWeights, Costs, Reads, Targets, terms_from_reads};
+use crate::loss::{CostWeights, Costs, Reads, StyleLoss, Targets, terms_from_reads};
 use crate::vgg::cpu::CpuVgg;
 use crate::vgg::{Layer, Pooling};
 use anyhow::Result;
@@ -53,12 +53,26 @@ pub fn evaluate(
             (g, [a.channels, a.height, a.width])
         })
         .collect();
+    let sums: Vec<Tensor<1>> = match weights.style_loss {
+        StyleLoss::Gram => Vec::new(),
+        StyleLoss::W2 => weights
+            .style_layers
+            .iter()
+            .map(|(l, _)| {
+                let a = &acts.layers[l.0];
+                Tensor::<1>::from_data(TensorData::new(a.row_sums(), [a.channels]), &device)
+                    .autodiff()
+                    .require_grad()
+            })
+            .collect(),
+    };
     let xa = plain.autodiff().require_grad();
     let reads = Reads {
         content: content.clone(),
         grams: grams.clone(),
+        sums: sums.clone(),
     };
-    let terms = terms_from_reads(reads, xa.clone(), targets, weights);
+    let terms = terms_from_reads(reads, xa.clone(), targets, weights)?;
     let costs = terms.read(weights);
     let grads = terms.total.backward();
 
@@ -79,6 +93,13 @@ pub fn evaluate(
         if let Some(dg) = g.grad(&grads) {
             let dg = floats(dg.into_data(), "a Gram's gradient")?;
             add(l.0, acts.layers[l.0].gram_adjoint(&dg));
+        }
+    }
+    // W2 reads the row sums too: their gradient reaches every position alike.
+    for ((l, _), s) in weights.style_layers.iter().zip(&sums) {
+        if let Some(ds) = s.grad(&grads) {
+            let ds = floats(ds.into_data(), "a row sum's gradient")?;
+            add(l.0, acts.layers[l.0].row_sums_adjoint(&ds));
         }
     }
     let g = cpu.backward(&acts, tap_grads, pooling);

@@ -346,6 +346,26 @@ impl Activation {
         g
     }
 
+    /// The sum over positions of each channel, `A 1` (`[C]`).
+    pub fn row_sums(&self) -> Vec<f32> {
+        let n = self.height * self.width;
+        self.data
+            .chunks(n.max(1))
+            .map(|row| row.iter().map(|&v| v as f64).sum::<f64>() as f32)
+            .collect()
+    }
+
+    /// The gradient with respect to this activation of a cost whose gradient with respect
+    /// to its row sums is `ds` (`[C]`): `ds 1^T`.
+    pub fn row_sums_adjoint(&self, ds: &[f32]) -> Vec<f32> {
+        let n = self.height * self.width;
+        let mut out = buffers::any(self.channels * n);
+        out.chunks_mut(n.max(1))
+            .zip(ds)
+            .for_each(|(row, &d)| row.fill(d));
+        out
+    }
+
     /// The gradient with respect to this activation of a cost whose gradient with respect
     /// to its Gram is `dg` (`[C][C]`): `(dG + dG^T) A`.
     pub fn gram_adjoint(&self, dg: &[f32]) -> Vec<f32> {

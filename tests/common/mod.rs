@@ -205,6 +205,7 @@ pub fn seed_weights() -> CostWeights {
             .map(|n| (layer(n), 0.2))
             .collect(),
         tv_weight: 0.0,
+        style_loss: easel::loss::StyleLoss::Gram,
     }
 }
 

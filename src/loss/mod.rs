@@ -3,10 +3,28 @@
 //! - content: `sum((a_C - a_G)^2) / (4 nH nW nC)` at one layer;
 //! - Gram: `A A^T` for the activation unrolled to `(nC, nH*nW)`;
 //! - style of a layer: `sum((G_S - G_G)^2) / (4 nC^2 (nH nW)^2)`;
-//! - style: `sum_l lambda_l J_style[l]`; total: `alpha J_content + beta J_style + tv_weight TV`.
+//! - style: `sum_l lambda_l J_style[l]`; total: `alpha J_content + beta J_style + tv_weight TV`;
+//! - or, with `style_loss: w2`, each layer's style cost from its mean and covariance
+//!   ([`w2`]).
+
+pub mod w2;
 
 use crate::vgg::Layer;
-use burn::tensor::{FloatDType, Tensor};
+use anyhow::{Context, Result};
+use burn::tensor::{FloatDType, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use w2::W2Target;
+
+/// How a layer's style is compared with the style image's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StyleLoss {
+    /// Gatys et al.: the squared difference of the Grams (the seed's).
+    #[default]
+    Gram,
+    /// The 2-Wasserstein distance between the features' Gaussians (mean, covariance).
+    W2,
+}
 
 /// Squares and sums in float64. The costs are sums of up to millions of float32 terms;
 /// a float32 total carries ~1e-7 relative noise, which is the size of J's change over the
@@ -30,6 +48,7 @@ pub struct CostWeights {
     /// Style layers with their lambda, in network order.
     pub style_layers: Vec<(Layer, f64)>,
     pub tv_weight: f64,
+    pub style_loss: StyleLoss,
 }
 
 impl CostWeights {
@@ -86,6 +105,8 @@ pub struct Targets {
     pub content: Tensor<4>,
     /// One Gram per style layer, in the order of `CostWeights::style_layers`.
     pub grams: Vec<(Layer, Tensor<2>)>,
+    /// With `style_loss: w2`, one target per style layer (else none).
+    pub w2: Vec<W2Target>,
     /// Tells one set of targets from another, so that a compute path may keep its own
     /// copy (the CUDA path keeps them on the card) and know when it is stale.
     id: u64,
@@ -116,14 +137,20 @@ impl Targets {
             .unwrap_or(Layer(0));
         let total: f64 = styles.iter().map(|(_, w)| w).sum();
         let mut grams: Vec<(Layer, Tensor<2>)> = Vec::new();
+        let mut moments = Moments::default();
         for (image, blend) in styles {
-            // A style image of another size than the output (style_scale) sums its
-            // Gram over more or fewer pixels: bring it to the output's pixel count.
-            let [_, _, hs, ws] = image.dims();
-            let blend = blend * (hc * wc) as f64 / (hs * ws) as f64;
             let taps = features(image.clone(), deepest_style)?;
             for (k, (layer, _)) in weights.style_layers.iter().enumerate() {
-                let g = gram(taps[layer.0].clone()) * (blend / total);
+                let tap = &taps[layer.0];
+                // A style image of another size than the output (style_scale) sums its
+                // Gram over more or fewer pixels: bring it to the output's pixel count.
+                let [_, _, hs, ws] = image.dims();
+                let scaled = blend * (hc * wc) as f64 / (hs * ws) as f64;
+                let g = gram(tap.clone());
+                if weights.style_loss == StyleLoss::W2 {
+                    moments.add(k, tap, &g, blend / total)?;
+                }
+                let g = g * (scaled / total);
                 match grams.get_mut(k) {
                     Some((_, acc)) => *acc = acc.clone() + g,
                     None => grams.push((*layer, g)),
@@ -134,6 +161,7 @@ impl Targets {
             content_layer: weights.content_layer,
             content: content_act,
             grams,
+            w2: moments.targets()?,
             id: next_targets_id(),
         })
     }
@@ -144,6 +172,7 @@ impl Targets {
             content_layer: layer,
             content,
             grams: self.grams,
+            w2: self.w2,
             id: next_targets_id(),
         }
     }
@@ -161,9 +190,57 @@ impl Targets {
                 .iter()
                 .map(|(l, g)| (*l, g.clone().to_device(device)))
                 .collect(),
+            w2: self.w2.clone(),
             id: next_targets_id(),
         }
     }
+}
+
+/// The style images' per-position means and second moments per layer, summed over a
+/// blend with its weights (the moments of the mixture), for the W2 targets.
+#[derive(Default)]
+struct Moments {
+    layers: Vec<(Vec<f64>, Vec<f64>)>,
+}
+
+impl Moments {
+    fn add(&mut self, k: usize, tap: &Tensor<4>, gram: &Tensor<2>, weight: f64) -> Result<()> {
+        let [_, c, h, w] = tap.dims();
+        let n = (h * w) as f64;
+        let sums = tap.clone().reshape([c, h * w]).sum_dim(1).reshape([c]);
+        let mean = host_f64(sums.into_data())?;
+        let second = host_f64(gram.clone().into_data())?;
+        if self.layers.len() <= k {
+            self.layers.push((vec![0.0; c], vec![0.0; c * c]));
+        }
+        let (m, s) = &mut self.layers[k];
+        m.iter_mut()
+            .zip(&mean)
+            .for_each(|(a, b)| *a += weight * b / n);
+        s.iter_mut()
+            .zip(&second)
+            .for_each(|(a, b)| *a += weight * b / n);
+        Ok(())
+    }
+
+    fn targets(&self) -> Result<Vec<W2Target>> {
+        self.layers
+            .iter()
+            .map(|(mean, second)| W2Target::new(mean, second))
+            .collect()
+    }
+}
+
+fn host_f64(data: TensorData) -> Result<Vec<f64>> {
+    data.try_into_vec_as::<f64>()
+        .map_err(|e| anyhow::anyhow!("cannot read a tensor back: {e:?}"))
+}
+
+fn host_f32(t: Tensor<2>) -> Result<Vec<f32>> {
+    t.inner()
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("cannot read a tensor back: {e:?}"))
 }
 
 /// The cost of one image as tensors (still on the autodiff tape when `x` is).
@@ -200,7 +277,7 @@ pub fn cost_terms(
     x: Tensor<4>,
     targets: &Targets,
     weights: &CostWeights,
-) -> CostTerms {
+) -> Result<CostTerms> {
     let reads = Reads {
         content: taps[weights.content_layer.0].clone(),
         grams: weights
@@ -211,15 +288,32 @@ pub fn cost_terms(
                 (gram(taps[l.0].clone()), [c, h, w])
             })
             .collect(),
+        sums: match weights.style_loss {
+            StyleLoss::Gram => Vec::new(),
+            StyleLoss::W2 => weights
+                .style_layers
+                .iter()
+                .map(|(l, _)| {
+                    let [_, c, h, w] = taps[l.0].dims();
+                    taps[l.0]
+                        .clone()
+                        .reshape([c, h * w])
+                        .sum_dim(1)
+                        .reshape([c])
+                })
+                .collect(),
+        },
     };
     terms_from_reads(reads, x, targets, weights)
 }
 
 /// What the cost reads from the network for one image: the content layer's activation
-/// and, per style layer, its Gram with the activation's size `[C, H, W]`.
+/// and, per style layer, its Gram with the activation's size `[C, H, W]` and, for
+/// `style_loss: w2`, its row sums `A 1` (`[C]`).
 pub struct Reads {
     pub content: Tensor<4>,
     pub grams: Vec<(Tensor<2>, [usize; 3])>,
+    pub sums: Vec<Tensor<1>>,
 }
 
 /// The cost from what it reads; `x` is used only for total variation.
@@ -228,14 +322,22 @@ pub fn terms_from_reads(
     x: Tensor<4>,
     targets: &Targets,
     weights: &CostWeights,
-) -> CostTerms {
+) -> Result<CostTerms> {
     let content = content_cost(targets.content.clone(), reads.content);
-    let style: Vec<Tensor<1>> = targets
-        .grams
-        .iter()
-        .zip(reads.grams)
-        .map(|((_, g_s), (g, dims))| style_cost_of_gram(g_s.clone(), g, dims))
-        .collect();
+    let style: Vec<Tensor<1>> = match weights.style_loss {
+        StyleLoss::Gram => targets
+            .grams
+            .iter()
+            .zip(reads.grams)
+            .map(|((_, g_s), (g, dims))| style_cost_of_gram(g_s.clone(), g, dims))
+            .collect(),
+        StyleLoss::W2 => targets
+            .w2
+            .iter()
+            .zip(reads.grams.into_iter().zip(reads.sums))
+            .map(|(t, ((g, [_, h, w]), s))| w2_term(t, g, s, h * w))
+            .collect::<Result<_>>()?,
+    };
     let mut style_total = content.zeros_like();
     for ((_, lambda), j) in weights.style_layers.iter().zip(&style) {
         style_total = style_total + j.clone() * *lambda;
@@ -248,12 +350,33 @@ pub fn terms_from_reads(
     let total = content.clone() * weights.alpha
         + style_total * weights.beta
         + tv.clone() * weights.tv_weight;
-    CostTerms {
+    Ok(CostTerms {
         total,
         content,
         style,
         tv,
-    }
+    })
+}
+
+/// One layer's W2 cost as a tensor whose value is the cost (computed on the host) and
+/// whose gradient with respect to the Gram `g` and the row sums `s` is the cost's:
+/// `<dG, g> + <ds, s>` with `dG`, `ds` held constant, shifted to the cost's value.
+fn w2_term(target: &W2Target, g: Tensor<2>, s: Tensor<1>, n: usize) -> Result<Tensor<1>> {
+    let c = target.channels();
+    let gram = host_f32(g.clone())?;
+    let sums = host_f32(s.clone().reshape([1, c]))?;
+    let cost = target.cost(&gram, &sums, n).context("style_loss w2")?;
+    let device = g.device();
+    let dg = Tensor::<2>::from_data(TensorData::new(cost.d_gram, [c, c]), &device);
+    let ds = Tensor::<1>::from_data(TensorData::new(cost.d_sums, [c]), &device);
+    let surrogate = (g * dg).sum() + (s * ds).sum();
+    // In the dtype the other costs are summed in (float64 where the device has it).
+    let surrogate = if device.supports_dtype(burn::tensor::DType::F64) {
+        surrogate.cast(FloatDType::F64)
+    } else {
+        surrogate
+    };
+    Ok(surrogate.clone() - surrogate.detach() + cost.value)
 }
 
 impl CostTerms {
