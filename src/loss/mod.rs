@@ -331,12 +331,7 @@ pub fn terms_from_reads(
             .zip(reads.grams)
             .map(|((_, g_s), (g, dims))| style_cost_of_gram(g_s.clone(), g, dims))
             .collect(),
-        StyleLoss::W2 => targets
-            .w2
-            .iter()
-            .zip(reads.grams.into_iter().zip(reads.sums))
-            .map(|(t, ((g, [_, h, w]), s))| w2_term(t, g, s, h * w))
-            .collect::<Result<_>>()?,
+        StyleLoss::W2 => w2_terms(&targets.w2, reads.grams, reads.sums)?,
     };
     let mut style_total = content.zeros_like();
     for ((_, lambda), j) in weights.style_layers.iter().zip(&style) {
@@ -358,25 +353,44 @@ pub fn terms_from_reads(
     })
 }
 
-/// One layer's W2 cost as a tensor whose value is the cost (computed on the host) and
-/// whose gradient with respect to the Gram `g` and the row sums `s` is the cost's:
-/// `<dG, g> + <ds, s>` with `dG`, `ds` held constant, shifted to the cost's value.
-fn w2_term(target: &W2Target, g: Tensor<2>, s: Tensor<1>, n: usize) -> Result<Tensor<1>> {
-    let c = target.channels();
-    let gram = host_f32(g.clone())?;
-    let sums = host_f32(s.clone().reshape([1, c]))?;
-    let cost = target.cost(&gram, &sums, n).context("style_loss w2")?;
-    let device = g.device();
-    let dg = Tensor::<2>::from_data(TensorData::new(cost.d_gram, [c, c]), &device);
-    let ds = Tensor::<1>::from_data(TensorData::new(cost.d_sums, [c]), &device);
-    let surrogate = (g * dg).sum() + (s * ds).sum();
-    // In the dtype the other costs are summed in (float64 where the device has it).
-    let surrogate = if device.supports_dtype(burn::tensor::DType::F64) {
-        surrogate.cast(FloatDType::F64)
-    } else {
-        surrogate
-    };
-    Ok(surrogate.clone() - surrogate.detach() + cost.value)
+/// The W2 cost of each style layer as a tensor whose value is the cost (computed on the
+/// host, the layers in parallel) and whose gradient with respect to the Gram `g` and the
+/// row sums `s` is the cost's: `<dG, g> + <ds, s>` with `dG`, `ds` held constant,
+/// shifted to the cost's value.
+fn w2_terms(
+    targets: &[W2Target],
+    grams: Vec<(Tensor<2>, [usize; 3])>,
+    sums: Vec<Tensor<1>>,
+) -> Result<Vec<Tensor<1>>> {
+    use rayon::prelude::*;
+    let mut host = Vec::new();
+    for ((g, [c, h, w]), s) in grams.iter().zip(&sums) {
+        host.push((
+            host_f32(g.clone())?,
+            host_f32(s.clone().reshape([1, *c]))?,
+            h * w,
+        ));
+    }
+    let costs: Vec<w2::W2Cost> = targets
+        .par_iter()
+        .zip(host.par_iter())
+        .map(|(t, (gram, sums, n))| t.cost(gram, sums, *n).context("style_loss w2"))
+        .collect::<Result<_>>()?;
+    let mut terms = Vec::new();
+    for (((g, [c, _, _]), s), cost) in grams.into_iter().zip(sums).zip(costs) {
+        let device = g.device();
+        let dg = Tensor::<2>::from_data(TensorData::new(cost.d_gram, [c, c]), &device);
+        let ds = Tensor::<1>::from_data(TensorData::new(cost.d_sums, [c]), &device);
+        let surrogate = (g * dg).sum() + (s * ds).sum();
+        // In the dtype the other costs are summed in (float64 where the device has it).
+        let surrogate = if device.supports_dtype(burn::tensor::DType::F64) {
+            surrogate.cast(FloatDType::F64)
+        } else {
+            surrogate
+        };
+        terms.push(surrogate.clone() - surrogate.detach() + cost.value);
+    }
+    Ok(terms)
 }
 
 impl CostTerms {
