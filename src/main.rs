@@ -330,15 +330,24 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
                 weights,
                 backend: args.backend,
             };
-            if let Some(sig) = local::run(&sweep, &opts)? {
-                collect(&sweep)?;
+            let ended = local::run(&sweep, &opts)?;
+            collect(&sweep)?;
+            if let Some(sig) = ended.signal {
                 eprintln!(
                     "stopped; `easel sweep {}` goes on with what is missing",
                     file.display()
                 );
                 return Ok(ExitCode::from((128 + sig) as u8));
             }
-            dir
+            if !ended.failed.is_empty() {
+                bail!(
+                    "points {} failed (their logs are in {}); fix the cause and run `easel sweep {}` again: it goes on with what is missing",
+                    ended.failed.join(", "),
+                    sweep.path.join("logs").display(),
+                    file.display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
         }
     };
     collect(&SweepDir::open(&dir)?)?;

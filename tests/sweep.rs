@@ -397,3 +397,28 @@ fn the_shipped_sweeps_expand_to_runnable_points() {
     }
     assert!(n > 0, "no sweep files in {}", folder.display());
 }
+
+/// A point that fails (here: too big for the memory check) is named with its log; the
+/// others finish and the sheet is still made, the failed cell marked.
+#[test]
+fn a_failed_point_is_reported_and_the_rest_collected() {
+    let dir =
+        scratch("base: p.yaml\naxes:\n  zip: {size.width: [32, 8192], size.height: [24, 8192]}\n");
+    let o = easel(&["sweep", "s.yaml"], dir.path(), None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("points p001 failed") && err.contains("logs"),
+        "{err}"
+    );
+    let sweep = dir.path().join("sweeps/s");
+    let log = std::fs::read_to_string(sweep.join("logs/p001.log")).expect("p001's log");
+    assert!(log.contains("memory"), "the log says why: {log}");
+    let rs = results(&sweep);
+    assert_eq!(rs[0]["state"], "finished");
+    assert_eq!(
+        rs[1]["state"], "pending",
+        "a point refused before it started has no run"
+    );
+    assert!(sweep.join("contact.png").is_file());
+}

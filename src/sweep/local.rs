@@ -9,7 +9,7 @@ use crate::backend::BackendChoice;
 use crate::engine::memory::{available_memory, memory_estimate};
 use crate::image::Size;
 use crate::run_dir::Record;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::ValueEnum;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::io::BufRead;
@@ -38,8 +38,17 @@ struct Running {
     bar: ProgressBar,
 }
 
-/// Runs the sweep's unfinished points; returns the signal that stopped it, if one did.
-pub fn run(sweep: &SweepDir, opts: &Options) -> Result<Option<i32>> {
+/// How a local sweep ended.
+#[derive(Debug, Default)]
+pub struct Ended {
+    /// The signal that stopped it, if one did.
+    pub signal: Option<i32>,
+    /// The points whose run failed (their logs say why).
+    pub failed: Vec<String>,
+}
+
+/// Runs the sweep's unfinished points.
+pub fn run(sweep: &SweepDir, opts: &Options) -> Result<Ended> {
     let mut todo: Vec<&Point> = sweep.unfinished();
     todo.reverse();
     let total = sweep.plan.points.len();
@@ -111,17 +120,10 @@ pub fn run(sweep: &SweepDir, opts: &Options) -> Result<Option<i32>> {
         }
     }
     let sig = signals.first();
-    if sig != 0 {
-        return Ok(Some(sig));
-    }
-    if !failed.is_empty() {
-        bail!(
-            "points {} failed (their logs are in {}); fix the cause and run the sweep again: it goes on with what is missing",
-            failed.join(", "),
-            sweep.path.join("logs").display()
-        );
-    }
-    Ok(None)
+    Ok(Ended {
+        signal: (sig != 0).then_some(sig),
+        failed,
+    })
 }
 
 /// The signals that have arrived: the first one, and how many.
