@@ -19,4 +19,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
-cargo test "$@"
+# failpoints: the fault tests (tests/faults.rs) make the engine fail on purpose.
+cargo test --features failpoints "$@"

@@ -22,7 +22,11 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> Result<ExitCode> {
+    // Fail points from FAILPOINTS, in builds with the `failpoints` feature (the tests').
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let cli = Cli::parse();
+    engine::keep_panics_off_screen();
     frontend::signals::survive_file_size_limits()?;
     easel::logging::init(cli.verbose, cli.quiet)?;
     match cli.command {

@@ -313,7 +313,7 @@ fn resumed_run_matches_an_uninterrupted_one() {
         );
         assert!(resumed.status.success(), "{}", stderr(&resumed));
         let (ra, rb) = (common::records(&a), common::records(&b));
-        assert_eq!(ra.len(), 6);
+        assert_eq!(ra.len(), 7, "six iterations and the final image's record");
         common::assert_same_trajectory(&ra, &rb, optimizer);
     }
 }

@@ -167,12 +167,32 @@ impl EngineHandle {
     }
 }
 
+/// The worker thread's name.
+const THREAD: &str = "easel-engine";
+
+/// Keeps the engine's panics off the screen: the worker catches them and reports them as
+/// a failure, but the panic hook runs first, and the hook it inherits would print a
+/// backtrace over the workbench (and ratatui's would restore the terminal under it, so
+/// that no key reached the workbench any more). Such panics are logged instead; others
+/// go to the hook installed before. Call it after any hook that must be wrapped
+/// (`ratatui::init`'s).
+pub fn keep_panics_off_screen() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() == Some(THREAD) {
+            tracing::error!("the engine panicked (the run ends as failed): {info}");
+        } else {
+            previous(info);
+        }
+    }));
+}
+
 /// Starts a run in a worker thread.
 pub fn spawn(spec: RunSpec) -> EngineHandle {
     let (cmd_tx, cmd_rx) = channel();
     let (ev_tx, ev_rx) = channel();
     let thread = std::thread::Builder::new()
-        .name("easel-engine".into())
+        .name(THREAD.into())
         .spawn(move || worker::run(spec, cmd_rx, ev_tx))
         .ok();
     EngineHandle {

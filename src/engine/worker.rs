@@ -205,6 +205,8 @@ impl Worker {
         self.emit(Event::State(RunState::Running));
         self.send_preview();
         let end = loop {
+            // Tests make the engine itself fail here, outside any compute path.
+            fail::fail_point!("engine-loop");
             // Commands are taken only here, between two iterations.
             loop {
                 let command = if self.state == RunState::Paused {
@@ -407,7 +409,11 @@ impl Worker {
         let lr = self.preset.settings.optimizer.lr();
         let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let (network, targets, weights) = (&self.network, &self.targets, &self.weights);
-            let mut eval = |x: &Tensor<4>| network.evaluate(x, targets, weights);
+            let mut eval = |x: &Tensor<4>| {
+                // Tests make the compute path fail here (a lost device, a bug).
+                fail::fail_point!("network-evaluate");
+                network.evaluate(x, targets, weights)
+            };
             self.point
                 .optimizer
                 .step(lr, self.point.x.clone(), &mut eval)

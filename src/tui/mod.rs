@@ -80,6 +80,7 @@ pub fn run(
 ) -> Result<Outcome> {
     let mut driver = Driver::new()?;
     let mut terminal = ratatui::init();
+    crate::engine::keep_panics_off_screen();
     let picker = picker(protocol);
     let stop_input = Arc::new(AtomicBool::new(false));
     let keys = spawn_input(Arc::clone(&stop_input));
