@@ -176,13 +176,16 @@ pub struct SweepArgs {
     /// Points run at once on this machine (fewer where memory would not hold them).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub jobs: u64,
+    /// Where each point computes (overrides the base preset's `backend`).
     #[arg(long, value_enum)]
     pub backend: Option<BackendChoice>,
+    /// A VGG-19 weights file for every point (default: fetched once, before the points).
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Submit the points as a Slurm job array instead of running them here.
     #[arg(long)]
     pub slurm: bool,
+    /// The Slurm partition for the tasks (default: the cluster's).
     #[arg(long, requires = "slurm")]
     pub partition: Option<String>,
     /// Generic resources per task, e.g. gpu:1.
