@@ -58,6 +58,9 @@ pub struct RunDir {
 /// left by a crash never blocks a resume.
 fn take_lock(dir: &Path) -> Result<fs::File> {
     let path = dir.join(LOCK);
+    // `easel runs` and `sweep status` test the lock for a moment (a shared lock): a
+    // refusal is only believed after a second of asking.
+    let patience = std::time::Instant::now();
     loop {
         let file = fs::OpenOptions::new()
             .read(true)
@@ -68,6 +71,12 @@ fn take_lock(dir: &Path) -> Result<fs::File> {
             .with_context(|| format!("cannot lock run directory {}", dir.display()))?;
         match file.try_lock() {
             Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock)
+                if patience.elapsed() < std::time::Duration::from_secs(1) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
             Err(fs::TryLockError::WouldBlock) => {
                 let holder = fs::read_to_string(&path).unwrap_or_default();
                 bail!(
@@ -206,6 +215,14 @@ impl RunDir {
             .unwrap_or_default();
         let staging = stage(base, &name, fill)?;
         // rename(2) replaces an empty directory: refuse any existing one ourselves.
+        if dir.join(CHECKPOINT).is_file() {
+            let _ = fs::remove_dir_all(&staging);
+            bail!(
+                "another easel created {} meanwhile; resume it (`easel resume {}`) rather than start it again",
+                dir.display(),
+                dir.display()
+            );
+        }
         if dir.exists() {
             let _ = fs::remove_dir_all(&staging);
             bail!(

@@ -172,7 +172,13 @@ pub fn list(base: &Path) -> Result<Vec<RunSummary>> {
     let mut dirs: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.is_dir())
+        // Not the staging folders of runs being created (or killed while they were).
+        .filter(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     dirs.sort();
     let mut runs = Vec::new();

@@ -196,7 +196,31 @@ fn a_sweep_runs_its_points_and_its_contact_sheet_matches_sweep_jsonl() {
         !o.status.success() && err.contains("as many values"),
         "{err}"
     );
+    std::fs::write(
+        dir.path().join("empty.yaml"),
+        "base: p.yaml\naxes:\n  zip: []\n",
+    )
+    .expect("write");
+    let o = easel(&["sweep", "empty.yaml"], dir.path(), None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("gives no axis"),
+        "{err}"
+    );
     assert!(!dir.path().join("sweeps/bad").exists() && !dir.path().join("sweeps/zip").exists());
+    // An edited base preset would mix old and new settings in one sweep: refused.
+    let base = std::fs::read_to_string(dir.path().join("p.yaml")).expect("p.yaml");
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        base.replace("iterations: 4", "iterations: 5"),
+    )
+    .expect("write");
+    let o = easel(&["sweep", "s.yaml"], dir.path(), None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("base preset was edited"),
+        "{err}"
+    );
 }
 
 #[test]

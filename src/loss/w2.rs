@@ -18,7 +18,7 @@
 //! `dJ/dS = (I - B M^-1/2 B) / C =: P`, `dJ/dG = P / N`,
 //! `dJ/ds = (2 (mu - mu_s) / C - 2 P mu) / N`.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use faer::{Mat, Side};
 
 /// Relative size of the ridge added to both covariances.
@@ -75,7 +75,8 @@ impl W2Target {
         let c = mean.len();
         let plain = covariance(|i, j| second_moment[i * c + j], mean, 1.0, 0.0);
         let variance = (0..c).map(|i| plain[(i, i)]).sum::<f64>() / c as f64;
-        let eps = RIDGE * variance.max(f64::MIN_POSITIVE);
+        // A floor for a style without spread (a flat layer), where eps would underflow.
+        let eps = (RIDGE * variance).max(1e-9);
         let cov = covariance(|i, j| second_moment[i * c + j], mean, 1.0, eps);
         let (root, _) = spectral(&cov, |l| l.max(0.0).sqrt())?;
         Ok(W2Target {
@@ -121,6 +122,9 @@ impl W2Target {
                 ((2.0 * (mean[i] - self.mean[i]) / c as f64 - 2.0 * p_mu) / nf) as f32
             })
             .collect();
+        if !value.is_finite() {
+            bail!("the W2 cost is {value} (the features are not finite)");
+        }
         Ok(W2Cost {
             value,
             d_gram,

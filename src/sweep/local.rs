@@ -67,13 +67,19 @@ pub fn run(sweep: &SweepDir, opts: &Options) -> Result<Ended> {
     let (mut active, mut failed, mut forwarded) = (0usize, Vec::new(), 0usize);
     loop {
         let sig = signals.first();
-        // The first signal stops the points cleanly; a second stops them at once.
-        if sig != 0 && forwarded < 2 && signals.count() > forwarded {
+        // The first signal stops the points cleanly (SIGTERM), a second at once (SIGTERM
+        // again), a third kills them.
+        if sig != 0 && forwarded < 3 && signals.count() > forwarded {
             forwarded += 1;
+            let pass_on = if forwarded < 3 {
+                libc::SIGTERM
+            } else {
+                libc::SIGKILL
+            };
             running
                 .iter()
                 .flatten()
-                .for_each(|r| send_signal(&r.child, sig));
+                .for_each(|r| send_signal(&r.child, pass_on));
         }
         while sig == 0 && active < jobs {
             let Some(p) = todo.pop() else { break };

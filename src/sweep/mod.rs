@@ -64,7 +64,7 @@ impl SweepDir {
             let before = Self::open(path)?;
             if before.plan != plan {
                 bail!(
-                    "{} holds another sweep (its {PLAN} differs: other axes, values or base); give another folder with --dir, or remove it",
+                    "{} holds another sweep (its {PLAN} differs: other axes or values, another base preset, or the base preset was edited since); give another folder with --dir, or remove it",
                     path.display()
                 );
             }

@@ -60,6 +60,9 @@ pub struct Plan {
     pub name: String,
     /// The base preset, absolute.
     pub base: PathBuf,
+    /// The base preset's sha256 when the sweep was planned: a sweep folder is refused to
+    /// a changed base, whose points would mix old and new settings.
+    pub base_sha256: String,
     pub axes: Vec<Axis>,
     pub points: Vec<Point>,
 }
@@ -117,7 +120,12 @@ impl Plan {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "sweep".into()),
         };
-        if name.is_empty() || name.contains(['/', '\\']) || name.len() > 100 {
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.contains(['/', '\\'])
+            || name.len() > 100
+        {
             bail!(
                 "sweep file {}: key `name`: {name:?} must be 1 to 100 characters without slashes; it names the sweep's folder",
                 path.display()
@@ -136,6 +144,7 @@ impl Plan {
         }
         let plan = Plan {
             name,
+            base_sha256: crate::weights::sha256_file(&base)?,
             base,
             points: points(&axes),
             axes,
@@ -187,6 +196,11 @@ fn absolutize(key: &str, value: &mut Value, folder: &Path) {
             .filter_map(|s| s.get_mut("image"))
             .for_each(abs),
         ("style", v) => abs(v),
+        ("init", Value::Mapping(m)) => {
+            if let Some(p) = m.get_mut("path") {
+                abs(p)
+            }
+        }
         _ => {}
     }
 }
@@ -231,6 +245,11 @@ fn axes(map: &Mapping, folder: &Path) -> Result<Vec<Axis>> {
                 ),
             };
             for g in groups {
+                if g.is_empty() {
+                    bail!(
+                        "key `axes.zip`: a group is empty; give keys with lists, e.g. `zip: {{alpha: [1, 10], beta: [100, 1000]}}`"
+                    );
+                }
                 axes.push(zipped(g, folder)?);
             }
         } else {
@@ -239,6 +258,9 @@ fn axes(map: &Mapping, folder: &Path) -> Result<Vec<Axis>> {
                 folder,
             )?);
         }
+    }
+    if axes.is_empty() {
+        bail!("key `axes` gives no axis; give at least one, e.g. `axes: {{beta: [10, 40]}}`");
     }
     Ok(axes)
 }

@@ -257,7 +257,7 @@ fn place(
             img,
             x + GAP,
             y + bh / 2 - GLYPH / 2,
-            &fit(&result.state, bw - 2 * GAP),
+            &fit(&result.state, bw.saturating_sub(2 * GAP)),
         );
         return None;
     };

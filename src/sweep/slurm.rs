@@ -112,7 +112,18 @@ pub fn queued(sweep: &SweepDir) -> Result<BTreeMap<String, String>> {
         .context(
             "cannot run squeue: is Slurm's client installed here (the machine you submit from)?",
         )?;
-    // squeue fails for job ids it has forgotten: then none of them is queued.
+    // squeue fails for job ids it has forgotten: then none of them is queued. Any other
+    // failure is not "nothing queued": submitting on it could run a point twice.
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !err.contains("Invalid job id") {
+            bail!(
+                "squeue failed, so which points Slurm holds is unknown: {}",
+                err.trim()
+            );
+        }
+        return Ok(BTreeMap::new());
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .lines()

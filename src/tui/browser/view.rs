@@ -7,7 +7,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
+use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState};
 use ratatui_image::protocol::StatefulProtocol;
 
 /// A run's final image on screen, one slot per entry (`None`: not loaded or none).
@@ -117,11 +117,14 @@ fn draw_list(frame: &mut Frame, b: &Browser, area: Rect) {
         Constraint::Length(7),
         Constraint::Length(8),
     ];
-    frame.render_widget(
+    // Stateful, so that the table scrolls to keep the selected run in view.
+    let mut state = TableState::default().with_selected(Some(b.selected));
+    frame.render_stateful_widget(
         Table::new(rows, widths)
             .header(header)
             .block(Block::new().borders(Borders::ALL).title("Runs")),
         area,
+        &mut state,
     );
 }
 
