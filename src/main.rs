@@ -287,7 +287,7 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
     let dir = match args.action {
         Some(SweepCmd::Status { dir }) => {
             let sweep = SweepDir::open(&dir)?;
-            print!("{}", sweep.table());
+            print!("{}", sweep.table(&sweep.results()));
             if dir.join(slurm::JOBS).is_file() {
                 match slurm::queued(&sweep) {
                     Ok(q) if q.is_empty() => println!("Slurm holds none of the points"),
@@ -359,8 +359,8 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
 }
 
 fn collect(sweep: &easel::sweep::SweepDir) -> Result<()> {
-    let sheets = sweep.collect()?;
-    print!("{}", sweep.table());
+    let (results, sheets) = sweep.collect()?;
+    print!("{}", sweep.table(&results));
     println!("wrote {}", sweep.path.join(easel::sweep::RESULTS).display());
     for s in sheets {
         println!("wrote {}", s.display());

@@ -90,6 +90,12 @@ fn written(file: &Path) -> Option<String> {
 
 /// Reads what a run directory holds; `None` where `dir` is not one.
 pub fn summarize(dir: &Path) -> Result<Option<RunSummary>> {
+    summarize_with(dir, records(dir)?.last())
+}
+
+/// [`summarize`] for a caller that has read the run's records already: `last` is the
+/// last of them.
+pub fn summarize_with(dir: &Path, last: Option<&Record>) -> Result<Option<RunSummary>> {
     let preset_path = dir.join(run_dir::PRESET);
     let Ok(text) = fs::read_to_string(&preset_path) else {
         return Ok(None);
@@ -105,8 +111,6 @@ pub fn summarize(dir: &Path) -> Result<Option<RunSummary>> {
         .and_then(|v| v.as_str())
         .unwrap_or("?")
         .to_string();
-    let records = records(dir)?;
-    let last = records.last();
     let done = last.map(|r| r.iter + u64::from(!r.is_final)).unwrap_or(0);
     let state = if locked(dir) {
         RunStatus::Running

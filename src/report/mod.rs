@@ -19,7 +19,8 @@ pub const REPORT_HTML: &str = "report.html";
 /// Writes `losses.svg` and `report.html` in the run directory `dir`; `state` is the
 /// run's where the caller is the run itself (else the files say).
 pub fn write(dir: &Path, state: Option<RunStatus>) -> Result<()> {
-    let Some(mut summary) = runs::summarize(dir)? else {
+    let records = runs::records(dir)?;
+    let Some(mut summary) = runs::summarize_with(dir, records.last())? else {
         bail!(
             "{} is not a run directory (it has no {}): give a folder under runs/",
             dir.display(),
@@ -29,7 +30,6 @@ pub fn write(dir: &Path, state: Option<RunStatus>) -> Result<()> {
     if let Some(state) = state {
         summary = summary.with_state(state);
     }
-    let records = runs::records(dir)?;
     let changes = run_dir::read_changes(&dir.join(run_dir::PRESET))?;
     let svg = plot::losses_svg(&records, &changes)?;
     atomic::write(&dir.join(LOSSES_SVG), svg.as_bytes())?;

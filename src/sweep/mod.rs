@@ -148,10 +148,9 @@ impl SweepDir {
     }
 
     fn result(&self, p: &Point) -> PointResult {
-        let summary = self.summary(p);
-        let last = runs::records(&self.run_dir(p))
-            .ok()
-            .and_then(|r| r.last().cloned());
+        let records = runs::records(&self.run_dir(p)).unwrap_or_default();
+        let last = records.last();
+        let summary = runs::summarize_with(&self.run_dir(p), last).ok().flatten();
         let final_image = self.run_dir(p).join(run_dir::FINAL);
         PointResult {
             point: p.dir.clone(),
@@ -174,11 +173,11 @@ impl SweepDir {
                 .as_ref()
                 .map(|s| s.total)
                 .unwrap_or_else(|| self.planned_iterations(p)),
-            j: last.as_ref().map(|r| r.j),
-            j_content: last.as_ref().map(|r| r.j_content),
-            j_style: last.as_ref().map(|r| r.j_style),
-            style: last.as_ref().map(|r| r.style.clone()).unwrap_or_default(),
-            time_s: last.as_ref().map(|r| r.elapsed_s).unwrap_or(0.0),
+            j: last.map(|r| r.j),
+            j_content: last.map(|r| r.j_content),
+            j_style: last.map(|r| r.j_style),
+            style: last.map(|r| r.style.clone()).unwrap_or_default(),
+            time_s: last.map(|r| r.elapsed_s).unwrap_or(0.0),
             run_dir: self.run_dir(p),
             final_image: final_image.is_file().then_some(final_image),
         }
@@ -193,8 +192,9 @@ impl SweepDir {
             .unwrap_or(0)
     }
 
-    /// Writes `sweep.jsonl` and the contact sheets; returns the sheets' paths.
-    pub fn collect(&self) -> Result<Vec<PathBuf>> {
+    /// Writes `sweep.jsonl` and the contact sheets; returns the points' results and the
+    /// sheets' paths.
+    pub fn collect(&self) -> Result<(Vec<PointResult>, Vec<PathBuf>)> {
         let results = self.results();
         let mut text = String::new();
         for r in &results {
@@ -202,16 +202,17 @@ impl SweepDir {
             text.push('\n');
         }
         atomic::write(&self.path.join(RESULTS), text.as_bytes())?;
-        sheet::write(&self.path, &self.plan, &results)
+        let sheets = sheet::write(&self.path, &self.plan, &results)?;
+        Ok((results, sheets))
     }
 
-    /// A table of the points: state, iterations and J.
-    pub fn table(&self) -> String {
+    /// A table of the points' `results`: state, iterations and J.
+    pub fn table(&self, results: &[PointResult]) -> String {
         let mut out = format!(
             "{:<5} {:<9} {:>11} {:>10}  settings\n",
             "point", "state", "iterations", "J"
         );
-        for (p, r) in self.plan.points.iter().zip(self.results()) {
+        for (p, r) in self.plan.points.iter().zip(results) {
             let j =
                 r.j.map(|j| format!("{j:.3e}"))
                     .unwrap_or_else(|| "-".into());

@@ -13,8 +13,8 @@ use ratatui_image::protocol::StatefulProtocol;
 use ratatui_image::{Resize, StatefulImage};
 
 /// Stable colours: J, J_content, J_style, then one per style layer.
-const COST_COLOURS: [Color; 3] = [Color::White, Color::Cyan, Color::Magenta];
-const LAYER_COLOURS: [Color; 8] = [
+pub(super) const COST_COLOURS: [Color; 3] = [Color::White, Color::Cyan, Color::Magenta];
+pub(super) const LAYER_COLOURS: [Color; 8] = [
     Color::Red,
     Color::Yellow,
     Color::Green,
@@ -147,7 +147,7 @@ pub fn fmt_duration(s: f64) -> String {
 pub(super) type Series = (String, Color, Vec<(f64, f64)>);
 
 /// log10, with zeros and negatives kept off the plot.
-pub(super) fn log10(v: f64) -> Option<f64> {
+fn log10(v: f64) -> Option<f64> {
     (v > 0.0 && v.is_finite()).then(|| v.log10())
 }
 
@@ -246,9 +246,16 @@ fn x_axis<'a>(app: &App, marks: &'a [u64]) -> XAxis<'a> {
 }
 
 fn points(app: &App, f: impl Fn(&crate::run_dir::Record) -> f64) -> Vec<(f64, f64)> {
-    app.history
-        .records
-        .iter()
+    log_points(&app.history.records, f)
+}
+
+/// `(iteration, log10 f(record))` of records, those with a value a log axis can show.
+pub(super) fn log_points<'a>(
+    records: impl IntoIterator<Item = &'a crate::run_dir::Record>,
+    f: impl Fn(&crate::run_dir::Record) -> f64,
+) -> Vec<(f64, f64)> {
+    records
+        .into_iter()
         .filter_map(|r| log10(f(r)).map(|y| (r.iter as f64, y)))
         .collect()
 }

@@ -2,7 +2,7 @@
 
 use super::state::{Browser, Entry, Screen};
 use crate::tui::keys::BROWSER_BINDINGS;
-use crate::tui::view::{self, Series, XAxis, log10};
+use crate::tui::view::{self, COST_COLOURS, LAYER_COLOURS, Series, XAxis};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -134,12 +134,7 @@ fn series(
     colour: Color,
     f: impl Fn(&crate::run_dir::Record) -> f64,
 ) -> Series {
-    let points = e
-        .records
-        .iter()
-        .filter_map(|r| log10(f(r)).map(|y| (r.iter as f64, y)))
-        .collect();
-    (name.to_string(), colour, points)
+    (name.to_string(), colour, view::log_points(&e.records, f))
 }
 
 fn x_max(entries: &[&Entry]) -> f64 {
@@ -160,9 +155,9 @@ fn draw_run(frame: &mut Frame, e: &Entry, area: Rect, picture: Option<&mut State
         marks: &e.changes,
     };
     let totals = vec![
-        series(e, "J", Color::White, |r| r.j),
-        series(e, "J_content", Color::Cyan, |r| r.j_content),
-        series(e, "J_style", Color::Magenta, |r| r.j_style),
+        series(e, "J", COST_COLOURS[0], |r| r.j),
+        series(e, "J_content", COST_COLOURS[1], |r| r.j_content),
+        series(e, "J_style", COST_COLOURS[2], |r| r.j_style),
     ];
     view::log_chart(
         frame,
@@ -177,19 +172,11 @@ fn draw_run(frame: &mut Frame, e: &Entry, area: Rect, picture: Option<&mut State
         .last()
         .map(|r| r.style.keys().cloned().collect())
         .unwrap_or_default();
-    let colours = [
-        Color::Red,
-        Color::Yellow,
-        Color::Green,
-        Color::Blue,
-        Color::LightMagenta,
-        Color::LightCyan,
-    ];
     let per_layer = names
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            series(e, l, colours[i % colours.len()], |r| {
+            series(e, l, LAYER_COLOURS[i % LAYER_COLOURS.len()], |r| {
                 r.style.get(l).copied().unwrap_or(0.0)
             })
         })
