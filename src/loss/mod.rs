@@ -73,6 +73,12 @@ pub fn gram(a: Tensor<4>) -> Tensor<2> {
 /// `J_content` at one layer.
 pub fn content_cost(a_c: Tensor<4>, a_g: Tensor<4>) -> Tensor<1> {
     let [_, c, h, w] = a_g.dims();
+    content_cost_part(a_c, a_g, [c, h, w])
+}
+
+/// The part of `J_content` over a window of the layer (a tile), normalised by the
+/// whole layer's size `[C, H, W]`: the parts of a layer's windows sum to its `J_content`.
+pub fn content_cost_part(a_c: Tensor<4>, a_g: Tensor<4>, [c, h, w]: [usize; 3]) -> Tensor<1> {
     sum_squares(a_c - a_g) / (4.0 * (c * h * w) as f64)
 }
 
@@ -135,22 +141,38 @@ impl Targets {
             .map(|(l, _)| *l)
             .max()
             .unwrap_or(Layer(0));
+        let mut reads = Vec::new();
+        for (image, blend) in styles {
+            let taps = features(image.clone(), deepest_style)?;
+            let [_, _, hs, ws] = image.dims();
+            reads.push((StyleReads::of_taps(&taps, weights, hs * ws), *blend));
+        }
+        Targets::from_reads(content_act, hc * wc, &reads, weights)
+    }
+
+    /// The targets from what the network read of the images: the content activation
+    /// of an image of `pixels` pixels (the output's size), and each style image's Grams
+    /// and row sums with its blend weight.
+    pub fn from_reads(
+        content_act: Tensor<4>,
+        pixels: usize,
+        styles: &[(StyleReads, f64)],
+        weights: &CostWeights,
+    ) -> anyhow::Result<Targets> {
         let total: f64 = styles.iter().map(|(_, w)| w).sum();
         let mut grams: Vec<(Layer, Tensor<2>)> = Vec::new();
         let mut moments = Moments::default();
-        for (image, blend) in styles {
-            let taps = features(image.clone(), deepest_style)?;
-            for (k, (layer, _)) in weights.style_layers.iter().enumerate() {
-                let tap = &taps[layer.0];
-                // A style image of another size than the output (style_scale) sums its
-                // Gram over more or fewer pixels: bring it to the output's pixel count.
-                let [_, _, hs, ws] = image.dims();
-                let scaled = blend * (hc * wc) as f64 / (hs * ws) as f64;
-                let g = gram(tap.clone());
-                if weights.style_loss == StyleLoss::W2 {
-                    moments.add(k, tap, &g, blend / total)?;
+        for (reads, blend) in styles {
+            // A style image of another size than the output (style_scale) sums its
+            // Gram over more or fewer pixels: bring it to the output's pixel count.
+            let scaled = blend * pixels as f64 / reads.pixels as f64;
+            for (k, ((layer, _), (g, [_, h, w]))) in
+                weights.style_layers.iter().zip(&reads.grams).enumerate()
+            {
+                if let Some(sums) = reads.sums.get(k) {
+                    moments.add(k, sums, g, h * w, blend / total)?;
                 }
-                let g = g * (scaled / total);
+                let g = g.clone() * (scaled / total);
                 match grams.get_mut(k) {
                     Some((_, acc)) => *acc = acc.clone() + g,
                     None => grams.push((*layer, g)),
@@ -204,11 +226,17 @@ struct Moments {
 }
 
 impl Moments {
-    fn add(&mut self, k: usize, tap: &Tensor<4>, gram: &Tensor<2>, weight: f64) -> Result<()> {
-        let [_, c, h, w] = tap.dims();
-        let n = (h * w) as f64;
-        let sums = tap.clone().reshape([c, h * w]).sum_dim(1).reshape([c]);
-        let mean = host_f64(sums.into_data())?;
+    fn add(
+        &mut self,
+        k: usize,
+        sums: &Tensor<1>,
+        gram: &Tensor<2>,
+        positions: usize,
+        weight: f64,
+    ) -> Result<()> {
+        let c = sums.dims()[0];
+        let n = positions as f64;
+        let mean = host_f64(sums.clone().into_data())?;
         let second = host_f64(gram.clone().into_data())?;
         if self.layers.len() <= k {
             self.layers.push((vec![0.0; c], vec![0.0; c * c]));
@@ -278,31 +306,11 @@ pub fn cost_terms(
     targets: &Targets,
     weights: &CostWeights,
 ) -> Result<CostTerms> {
+    let style = StyleReads::of_taps(taps, weights, 0);
     let reads = Reads {
         content: taps[weights.content_layer.0].clone(),
-        grams: weights
-            .style_layers
-            .iter()
-            .map(|(l, _)| {
-                let [_, c, h, w] = taps[l.0].dims();
-                (gram(taps[l.0].clone()), [c, h, w])
-            })
-            .collect(),
-        sums: match weights.style_loss {
-            StyleLoss::Gram => Vec::new(),
-            StyleLoss::W2 => weights
-                .style_layers
-                .iter()
-                .map(|(l, _)| {
-                    let [_, c, h, w] = taps[l.0].dims();
-                    taps[l.0]
-                        .clone()
-                        .reshape([c, h * w])
-                        .sum_dim(1)
-                        .reshape([c])
-                })
-                .collect(),
-        },
+        grams: style.grams,
+        sums: style.sums,
     };
     terms_from_reads(reads, x, targets, weights)
 }
@@ -316,6 +324,40 @@ pub struct Reads {
     pub sums: Vec<Tensor<1>>,
 }
 
+/// A style image's (or an output's) Gram with its activation's size `[C, H, W]` and,
+/// for `style_loss: w2`, its row sums, per style layer; and the image's pixel count.
+pub struct StyleReads {
+    pub grams: Vec<(Tensor<2>, [usize; 3])>,
+    pub sums: Vec<Tensor<1>>,
+    pub pixels: usize,
+}
+
+impl StyleReads {
+    /// Read from the features of an image of `pixels` pixels.
+    pub fn of_taps(taps: &[Tensor<4>], weights: &CostWeights, pixels: usize) -> StyleReads {
+        let mut grams = Vec::new();
+        let mut sums = Vec::new();
+        for (l, _) in &weights.style_layers {
+            let [_, c, h, w] = taps[l.0].dims();
+            grams.push((gram(taps[l.0].clone()), [c, h, w]));
+            if weights.style_loss == StyleLoss::W2 {
+                sums.push(
+                    taps[l.0]
+                        .clone()
+                        .reshape([c, h * w])
+                        .sum_dim(1)
+                        .reshape([c]),
+                );
+            }
+        }
+        StyleReads {
+            grams,
+            sums,
+            pixels,
+        }
+    }
+}
+
 /// The cost from what it reads; `x` is used only for total variation.
 pub fn terms_from_reads(
     reads: Reads,
@@ -324,15 +366,7 @@ pub fn terms_from_reads(
     weights: &CostWeights,
 ) -> Result<CostTerms> {
     let content = content_cost(targets.content.clone(), reads.content);
-    let style: Vec<Tensor<1>> = match weights.style_loss {
-        StyleLoss::Gram => targets
-            .grams
-            .iter()
-            .zip(reads.grams)
-            .map(|((_, g_s), (g, dims))| style_cost_of_gram(g_s.clone(), g, dims))
-            .collect(),
-        StyleLoss::W2 => w2_terms(&targets.w2, reads.grams, reads.sums)?,
-    };
+    let style = style_terms(reads.grams, reads.sums, targets, weights)?;
     let mut style_total = content.zeros_like();
     for ((_, lambda), j) in weights.style_layers.iter().zip(&style) {
         style_total = style_total + j.clone() * *lambda;
@@ -350,6 +384,25 @@ pub fn terms_from_reads(
         content,
         style,
         tv,
+    })
+}
+
+/// Each style layer's unweighted `J_style[l]` from the output's Grams (and, for W2, row
+/// sums), on the tape where they are.
+pub fn style_terms(
+    grams: Vec<(Tensor<2>, [usize; 3])>,
+    sums: Vec<Tensor<1>>,
+    targets: &Targets,
+    weights: &CostWeights,
+) -> Result<Vec<Tensor<1>>> {
+    Ok(match weights.style_loss {
+        StyleLoss::Gram => targets
+            .grams
+            .iter()
+            .zip(grams)
+            .map(|((_, g_s), (g, dims))| style_cost_of_gram(g_s.clone(), g, dims))
+            .collect(),
+        StyleLoss::W2 => w2_terms(&targets.w2, grams, sums)?,
     })
 }
 

@@ -16,10 +16,14 @@ mod burn_path;
 pub mod cuda;
 #[cfg(feature = "cuda")]
 mod cuda_path;
+mod tiled;
+pub mod tiles;
 mod winograd;
 
+pub use tiled::{Pass, ProgressSink, TileProgress};
+
 use crate::backend::{Backend, BackendKind, Precision};
-use crate::loss::{CostWeights, Costs, Targets};
+use crate::loss::{CostWeights, Costs, StyleReads, Targets};
 use crate::vgg::cpu::CpuVgg;
 use crate::vgg::{Layer, Pooling, Vgg19};
 use anyhow::Result;
@@ -49,6 +53,9 @@ pub struct Network {
     path: Path,
     conv: ConvChoice,
     precision: Precision,
+    /// The tile side where images are computed in tiles (the Winograd path only).
+    tile: Option<usize>,
+    progress: Option<ProgressSink>,
 }
 
 impl std::fmt::Debug for Network {
@@ -86,6 +93,8 @@ impl Network {
             path,
             conv,
             precision,
+            tile: None,
+            progress: None,
         };
         tracing::debug!("network on the {} path", network.path_name());
         Ok(network)
@@ -93,11 +102,49 @@ impl Network {
 
     /// The same network on another backend.
     pub fn to_backend(&self, backend: &Backend) -> Result<Network> {
-        Network::new(self.vgg.clone(), backend, self.conv, self.precision)
+        let mut moved = Network::new(self.vgg.clone(), backend, self.conv, self.precision)?;
+        moved.tile = self.tile;
+        moved.progress = self.progress.clone();
+        Ok(moved)
+    }
+
+    /// Computes images larger than `tile` x `tile` in tiles (`None`: never). Only the
+    /// Winograd path tiles; [`Network::check`] refuses tiles on the others.
+    pub fn set_tile(&mut self, tile: Option<usize>) {
+        self.tile = tile;
+    }
+
+    pub fn tile(&self) -> Option<usize> {
+        self.tile
+    }
+
+    /// Where a tiled evaluation reports each tile done.
+    pub fn set_progress(&mut self, sink: Option<ProgressSink>) {
+        self.progress = sink;
+    }
+
+    /// The tiled Winograd path for an `h` x `w` image as deep as `deepest`, where this
+    /// network tiles and the image is larger than one tile.
+    fn tiled(&self, h: usize, w: usize, deepest: Layer) -> Option<tiled::Tiled<'_>> {
+        let (Path::Winograd(cpu), Some(size)) = (&self.path, self.tile) else {
+            return None;
+        };
+        (h > size || w > size).then(|| tiled::Tiled {
+            cpu,
+            pooling: self.pooling(),
+            plan: tiles::TilePlan::new(h, w, size, deepest),
+            progress: self.progress.as_ref(),
+        })
     }
 
     /// Refuses a cost this path cannot compute, before a run starts.
     pub fn check(&self, weights: &CostWeights) -> Result<()> {
+        if self.tile.is_some() && !matches!(self.path, Path::Winograd(_)) {
+            anyhow::bail!(
+                "tiles are computed on the CPU's Winograd path only, not on the {} path; run with --backend cpu, or set `tile: off` and a `size` that fits",
+                self.path_name()
+            );
+        }
         #[cfg(feature = "cuda")]
         if matches!(self.path, Path::Cuda(_)) && weights.style_loss == crate::loss::StyleLoss::W2 {
             anyhow::bail!(
@@ -153,12 +200,34 @@ impl Network {
         styles: &[(Tensor<4>, f64)],
         weights: &CostWeights,
     ) -> Result<Targets> {
-        Targets::compute(&|x, l| self.features(x, l), content, styles, weights)
+        let [_, _, h, w] = content.dims();
+        if self.tiled(h, w, weights.content_layer).is_none() {
+            return Targets::compute(&|x, l| self.features(x, l), content, styles, weights);
+        }
+        let content_act = self.activation(content, weights.content_layer)?;
+        let mut reads = Vec::new();
+        for (image, blend) in styles {
+            let [_, _, hs, ws] = image.dims();
+            let read = match self.tiled(hs, ws, weights.deepest()) {
+                Some(tiled) => tiled.style_reads(image, weights)?,
+                None => {
+                    let deepest = weights.style_layers.iter().map(|(l, _)| *l).max();
+                    let taps = self.features(image.clone(), deepest.unwrap_or(Layer(0)))?;
+                    StyleReads::of_taps(&taps, weights, hs * ws)
+                }
+            };
+            reads.push((read, *blend));
+        }
+        Targets::from_reads(content_act, h * w, &reads, weights)
     }
 
     /// The activation of `content` at `layer` (a new content layer mid-run).
     pub fn activation(&self, content: Tensor<4>, layer: Layer) -> Result<Tensor<4>> {
-        Ok(self.features(content, layer)?.swap_remove(layer.0))
+        let [_, _, h, w] = content.dims();
+        match self.tiled(h, w, layer) {
+            Some(tiled) => tiled.activation(&content, layer),
+            None => Ok(self.features(content, layer)?.swap_remove(layer.0)),
+        }
     }
 
     /// The cost of `x` and the gradient of the total cost with respect to its pixels.
@@ -168,6 +237,10 @@ impl Network {
         targets: &Targets,
         weights: &CostWeights,
     ) -> Result<(Costs, Tensor<4>)> {
+        let [_, _, h, w] = x.dims();
+        if let Some(tiled) = self.tiled(h, w, weights.deepest()) {
+            return tiled.evaluate(x, targets, weights);
+        }
         match &self.path {
             Path::Burn => burn_path::evaluate(&self.vgg, x, targets, weights),
             Path::Winograd(cpu) => winograd::evaluate(cpu, self.pooling(), x, targets, weights),

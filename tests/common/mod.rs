@@ -82,7 +82,11 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
+/// The relative difference of `a` from `b`; two zeros do not differ.
 pub fn rel(a: f64, b: f64) -> f64 {
+    if a == b {
+        return 0.0;
+    }
     (a - b).abs() / b.abs()
 }
 
