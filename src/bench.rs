@@ -2,8 +2,10 @@
 //! memory, and the wall time coarse to fine saves.
 
 use crate::backend::{Backend, BackendKind, Precision};
+use crate::engine::memory::Fit;
 use crate::engine::{self, Destination, Event, RunSpec};
 use crate::image as img;
+use crate::network::tiles::{TileChoice, TileMode};
 use crate::network::{ConvChoice, Network};
 use crate::optim::{Optimizer, OptimizerSpec};
 use crate::preset::Preset;
@@ -147,6 +149,8 @@ pub struct BenchOptions<'a> {
     pub conv: BenchConv,
     pub padding: BenchPadding,
     pub precision: Precision,
+    /// Also time the Winograd path in tiles of this side.
+    pub tile: Option<usize>,
 }
 
 /// Times `iters` iterations (after one warm-up) at each size with the default preset's
@@ -177,7 +181,16 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
                 Padding::Zero => network.path_name().to_string(),
                 Padding::Replicate => format!("{}+replicate", network.path_name()),
             };
+            let tiled = match (opts.tile, network.winograd()) {
+                (Some(size), Some(_)) => {
+                    let mut tiled = network.clone();
+                    tiled.set_tile(Some(size));
+                    Some((format!("{label}+tiles {size}"), tiled))
+                }
+                _ => None,
+            };
             networks.push((label, network));
+            networks.extend(tiled);
         }
     }
     let content = img::load_rgb(&preset.content)?;
@@ -200,10 +213,27 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
     println!();
     for (s, &(w, h)) in opts.sizes.iter().zip(&sizes) {
         // The same limits as a run's: refused here rather than killed mid-measurement.
-        engine::memory::check_memory(w as usize, h as usize, &spec)?;
         engine::memory::check_device_memory(&backend, w as usize, h as usize)?;
         let mut first = None;
         for (conv, network) in &networks {
+            let tile = match network.tile() {
+                Some(size) => TileChoice::Size { size },
+                None => TileChoice::Mode(TileMode::Off),
+            };
+            let fit = Fit::choose(
+                backend.kind,
+                (w as usize, h as usize),
+                tile,
+                &spec,
+                cost.deepest(),
+            );
+            if let Err(e) = fit.check() {
+                println!("{s:>10} {conv:>18} skipped: {e:#}");
+                continue;
+            }
+            if let Some(tiles) = fit.describe(cost.deepest()) {
+                println!("{s:>10} {conv:>18} {tiles}");
+            }
             let per = time_iterations(network, &content, &style, &cost, &spec, w, h, opts.iters)?;
             print!("{s:>10} {conv:>18} {per:>12.3} {:>14}", mib(peak_rss_mib()));
             if backend.kind.is_gpu() {

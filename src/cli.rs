@@ -141,6 +141,10 @@ pub enum Cmd {
         /// The CUDA path's arithmetic.
         #[arg(long, value_enum, default_value_t = Precision::Fp32)]
         precision: Precision,
+        /// Also time the CPU's Winograd path in tiles of this side (a multiple of 64), next
+        /// to the untiled one where that fits in memory.
+        #[arg(long, value_parser = parse_tile)]
+        tile: Option<usize>,
         /// Instead: the wall time for coarse to fine to reach the J a plain run reaches
         /// after --target-iterations, at the first size.
         #[arg(long)]
@@ -214,4 +218,15 @@ pub enum SweepCmd {
         #[arg(value_hint = ValueHint::DirPath)]
         dir: PathBuf,
     },
+}
+
+/// `--tile`: a tile side the preset's `tile: {size: N}` would take.
+fn parse_tile(s: &str) -> Result<usize, String> {
+    let size: usize = s
+        .parse()
+        .map_err(|_| format!("{s} is not a whole number of pixels"))?;
+    match (crate::network::tiles::TileChoice::Size { size }).problem() {
+        Some(problem) => Err(problem),
+        None => Ok(size),
+    }
 }

@@ -151,6 +151,7 @@ fn real_main() -> Result<ExitCode> {
             conv,
             padding,
             precision,
+            tile,
             time_to_target,
             target_iterations,
             weights: w,
@@ -170,6 +171,7 @@ fn real_main() -> Result<ExitCode> {
                     conv,
                     padding,
                     precision,
+                    tile,
                 };
                 bench::run(&weights_path, backend, &opts)?;
             }

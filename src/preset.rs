@@ -8,6 +8,7 @@ use crate::backend::{BackendChoice, Precision};
 use crate::color::PreserveColors;
 use crate::image::Size;
 use crate::loss::{CostWeights, StyleLoss};
+use crate::network::tiles::TileChoice;
 use crate::optim::OptimizerSpec;
 use crate::settings::{Setting, Settings};
 use crate::vgg::{LAYER_NAMES, Layer, Padding, Pooling};
@@ -157,6 +158,10 @@ struct PresetFile {
     /// Coarse to fine: `{min_side: 128, steps: 5}` (off when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scales: Option<Scales>,
+    /// Tiles on the CPU: `auto` (only where the image would not fit in memory), `off`,
+    /// or `{size: 1024}`.
+    #[serde(default, skip_serializing_if = "is_auto_tile")]
+    pub tile: TileChoice,
     /// Decay of an exponential moving average of the image, used for previews and
     /// output (bias-corrected); 0 turns it off. 0.99 is usual.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -198,6 +203,8 @@ pub struct Preset {
     pub precision: Precision,
     /// Coarse to fine: `{min_side: 128, steps: 5}` (off when absent).
     pub scales: Option<Scales>,
+    /// Where the CPU computes the image in tiles (`crate::network::tiles`).
+    pub tile: TileChoice,
     /// Decay of an exponential moving average of the image, used for previews and
     /// output (bias-corrected); 0 turns it off.
     pub ema: f64,
@@ -246,6 +253,7 @@ impl PresetFile {
             backend: self.backend,
             precision: self.precision,
             scales: self.scales,
+            tile: self.tile,
             ema: self.ema,
             style_scale: self.style_scale,
             trim_style: self.trim_style,
@@ -283,6 +291,7 @@ impl From<&Preset> for PresetFile {
             backend: p.backend,
             precision: p.precision,
             scales: p.scales.clone(),
+            tile: p.tile,
             ema: p.ema,
             style_scale: p.style_scale,
             trim_style: p.trim_style,
@@ -295,6 +304,10 @@ impl From<&Preset> for PresetFile {
 
 fn is_gram(l: &StyleLoss) -> bool {
     *l == StyleLoss::Gram
+}
+
+fn is_auto_tile(t: &TileChoice) -> bool {
+    *t == TileChoice::default()
 }
 
 fn is_fp32(p: &Precision) -> bool {
@@ -613,6 +626,9 @@ impl PresetFile {
                     "{w}x{h} is out of range; each side must be 16..8192 pixels (VGG-19 pools four times)"
                 ),
             );
+        }
+        if let Some(m) = self.tile.problem() {
+            return fail("tile", m);
         }
         if let Init::Noise { noise_ratio } = self.init
             && !(0.0..=1.0).contains(&noise_ratio)

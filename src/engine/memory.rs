@@ -1,25 +1,153 @@
 //! Whether a run fits: in the machine's memory (the CPU path's buffers and the
 //! optimiser's state) and, on CUDA, in the card's. Checked before a run starts, so
-//! that a run that cannot fit is refused with the size that would.
+//! that a run that cannot fit is refused with the size that would. On the CPU, a run
+//! too large for memory is computed in tiles (`tile: auto`, [`Fit::choose`]).
 
-use crate::backend::Backend;
-#[cfg(feature = "cuda")]
-use crate::backend::BackendKind;
-use crate::backend::gib;
+use crate::backend::{Backend, BackendKind, gib};
+use crate::network::tiles::{TileChoice, TileMode, TilePlan};
 use crate::optim::{OptimizerKind, OptimizerSpec};
+use crate::vgg::Layer;
 use anyhow::{Result, bail};
 
-/// Bytes a run of `pixels` output pixels needs, measured on burn-flex: the network and
-/// runtime (~400 MB), the Winograd kernels of the CPU path (~400 MB to conv5_1), ~4 KB
-/// per pixel for the activations and gradients an iteration holds (3.6 KB measured),
-/// and the optimiser's state (L-BFGS: `history` pairs of image-sized vectors).
-pub fn memory_estimate(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
+/// The network and runtime (~400 MB) and the Winograd kernels of the CPU path
+/// (~400 MB to conv5_1).
+const RUNTIME_BYTES: u64 = 800 * 1024 * 1024;
+
+/// The activations and gradients one evaluation holds, per pixel it computes (3.6 KB
+/// measured on burn-flex at 512x512).
+const ACTIVATION_BYTES: u64 = 4000;
+
+/// What a tiled run holds per pixel of the whole image besides the optimiser's state:
+/// the image, its gradient and their copies, the content image and the style images at
+/// the output's size, and the content target with the content activation assembled
+/// from the tiles (conv4_2: 32 bytes a pixel each).
+const TILED_IMAGE_BYTES: u64 = 200;
+
+/// The optimiser's state (L-BFGS: `history` pairs of image-sized vectors).
+fn state_bytes(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
     let image = pixels * 3 * 4;
-    let state = match optimizer.kind {
+    match optimizer.kind {
         OptimizerKind::Adam => 3 * image,
         OptimizerKind::Lbfgs => (2 * optimizer.history as u64 + 4) * image,
-    };
-    800 * 1024 * 1024 + pixels * 4000 + state
+    }
+}
+
+/// Bytes a run of `pixels` output pixels needs on the CPU, untiled.
+pub fn memory_estimate(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
+    RUNTIME_BYTES + pixels * ACTIVATION_BYTES + state_bytes(pixels, optimizer)
+}
+
+/// Bytes a run of `pixels` output pixels needs in tiles whose largest crop (the tile
+/// with its gradient halo) is `crop` pixels.
+pub fn tiled_memory_estimate(pixels: u64, crop: u64, optimizer: &OptimizerSpec) -> u64 {
+    RUNTIME_BYTES
+        + pixels * TILED_IMAGE_BYTES
+        + crop * ACTIVATION_BYTES
+        + state_bytes(pixels, optimizer)
+}
+
+/// The tile sides `tile: auto` tries, largest (least halo) first.
+const AUTO_TILES: [usize; 6] = [2048, 1536, 1024, 768, 512, 256];
+
+/// What a run at one size holds in memory, and how it computes.
+pub struct Fit {
+    pub width: usize,
+    pub height: usize,
+    /// The tile side, where the image is computed in tiles.
+    pub tile: Option<usize>,
+    pub need: u64,
+}
+
+impl Fit {
+    /// How a `width` x `height` run computes on `backend` with the preset's `tile`:
+    /// `auto` tiles on the CPU only where the untiled run would not fit in the memory
+    /// available, in the largest tiles that do.
+    pub fn choose(
+        backend: BackendKind,
+        (width, height): (usize, usize),
+        choice: TileChoice,
+        optimizer: &OptimizerSpec,
+        deepest: Layer,
+    ) -> Fit {
+        let pixels = (width * height) as u64;
+        let untiled = Fit {
+            width,
+            height,
+            tile: None,
+            need: memory_estimate(pixels, optimizer),
+        };
+        let tiled = |size: usize| {
+            let plan = TilePlan::new(height, width, size, deepest);
+            Fit {
+                width,
+                height,
+                tile: Some(size),
+                need: tiled_memory_estimate(pixels, plan.largest_crop() as u64, optimizer),
+            }
+        };
+        let larger = |size: usize| width > size || height > size;
+        match choice {
+            TileChoice::Size { size } if larger(size) => tiled(size),
+            TileChoice::Size { .. } | TileChoice::Mode(TileMode::Off) => untiled,
+            TileChoice::Mode(TileMode::Auto) => {
+                let have = available_memory().unwrap_or(u64::MAX);
+                if backend != BackendKind::Cpu || untiled.need <= have {
+                    return untiled;
+                }
+                AUTO_TILES
+                    .iter()
+                    .filter(|&&s| larger(s))
+                    .map(|&s| tiled(s))
+                    .find(|f| f.need <= have)
+                    .unwrap_or(untiled)
+            }
+        }
+    }
+
+    /// Refuses a run that cannot fit in memory, saying how much it would need.
+    pub fn check(&self) -> Result<()> {
+        let Fit {
+            width,
+            height,
+            tile,
+            need,
+        } = *self;
+        if let Some(have) = available_memory()
+            && need > have
+        {
+            let how = match tile {
+                Some(size) => format!("in tiles of {size} pixels "),
+                None => String::new(),
+            };
+            bail!(
+                "a {width}x{height} run with this optimiser needs about {:.1} GiB of memory {how}and {:.1} GiB is available; lower `size` (or L-BFGS's `history`){}",
+                gib(need),
+                gib(have),
+                match tile {
+                    Some(_) => ", or give smaller tiles (`tile: {size: 512}`)",
+                    None => ", or compute it in tiles on the CPU (`tile: auto`)",
+                }
+            );
+        }
+        Ok(())
+    }
+
+    /// What the tiles cost, for the run's notices: their count and the pixels each pass
+    /// computes as a multiple of the image's.
+    pub fn describe(&self, deepest: Layer) -> Option<String> {
+        let size = self.tile?;
+        let plan = TilePlan::new(self.height, self.width, size, deepest);
+        Some(format!(
+            "{}x{} in {} tiles of {size} pixels (halos of {} and {} pixels: each iteration computes {:.2}x the image's pixels forward for the Grams, then {:.2}x forward and back for the gradient)",
+            self.width,
+            self.height,
+            plan.interiors.len(),
+            plan.reads_halo,
+            plan.gradient_halo,
+            plan.overhead(plan.reads_halo),
+            plan.overhead(plan.gradient_halo)
+        ))
+    }
 }
 
 /// Memory the system can give this process now (Linux: MemAvailable, and no more than
@@ -52,21 +180,6 @@ fn address_space_left() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let mapped = kib_field(&status, "VmSize:")?;
     Some(limit.saturating_sub(mapped))
-}
-
-/// Refuses a run that cannot fit in memory, saying how much it would need.
-pub fn check_memory(width: usize, height: usize, optimizer: &OptimizerSpec) -> Result<()> {
-    let need = memory_estimate((width * height) as u64, optimizer);
-    if let Some(have) = available_memory()
-        && need > have
-    {
-        bail!(
-            "a {width}x{height} run with this optimiser needs about {:.1} GiB of memory, and {:.1} GiB is available; lower `size` (or L-BFGS's `history`)",
-            gib(need),
-            gib(have)
-        );
-    }
-    Ok(())
 }
 
 /// Bytes of card memory a CUDA run of `pixels` output pixels needs: the context, cuDNN,

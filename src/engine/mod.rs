@@ -114,6 +114,8 @@ pub enum Event {
         backend: String,
     },
     Saved(PathBuf),
+    /// A tile of a tiled evaluation is done (an iteration of a large image takes minutes).
+    Tiles(crate::network::TileProgress),
     /// Something the user should read: a rollback, a refused command.
     Notice(String),
     Finished {

@@ -3,11 +3,12 @@
 
 use super::divergence::{DivergenceGuard, MAX_ROLLBACKS};
 use super::inputs::{Inputs, Sources};
+use super::memory::Fit;
 use super::schedule::{self, Stage};
 use super::{
     Checkpoint, Command, Destination, Ema, Event, Point, RunSpec, RunState, Setting, Started,
 };
-use crate::backend::{Backend, BackendChoice};
+use crate::backend::{Backend, BackendChoice, BackendKind};
 use crate::image as img;
 use crate::loss::{CostWeights, Costs, Targets};
 use crate::network::{ConvChoice, Network};
@@ -123,15 +124,23 @@ impl Worker {
         } = spec;
         let sources = Sources::load(&preset)?;
         let (w, h) = sources.output_size(&preset);
-        super::memory::check_memory(w as usize, h as usize, &preset.settings.optimizer)?;
+        let cost_weights = preset.cost_weights();
+        let fits = |(w, h): (u32, u32), kind| {
+            Fit::choose(
+                kind,
+                (w as usize, h as usize),
+                preset.tile,
+                &preset.settings.optimizer,
+                cost_weights.deepest(),
+            )
+        };
+        fits((w, h), backend.kind).check()?;
         super::memory::check_device_memory(&backend, w as usize, h as usize)?;
         let stages = schedule::stages(preset.scales.as_ref(), w, h, preset.iterations);
         let vgg = weights::load(&weights_path, &backend.device)?
             .with_pooling(preset.pooling)
             .with_padding(preset.padding);
-        let network = Network::new(vgg, &backend, ConvChoice::Winograd, preset.precision)?;
-        let cost_weights = preset.cost_weights();
-        network.check(&cost_weights)?;
+        let mut network = Network::new(vgg, &backend, ConvChoice::Winograd, preset.precision)?;
         let first = stages[0];
         let (run_dir, start, history) = match destination {
             Destination::Resume(run_dir) => resume(run_dir, &preset, &backend)?,
@@ -157,7 +166,17 @@ impl Worker {
                 point.iter
             );
         }
+        let fit = fits((width, height), backend.kind);
+        network.set_tile(fit.tile);
+        network.check(&cost_weights)?;
+        let progress = tx.clone();
+        network.set_progress(Some(std::sync::Arc::new(move |p| {
+            let _ = progress.send(Event::Tiles(p));
+        })));
         let inputs = sources.at(width, height, &backend.device);
+        if let Some(tiles) = fit.describe(cost_weights.deepest()) {
+            let _ = tx.send(Event::Notice(format!("computing {tiles}")));
+        }
         let targets = network.targets(inputs.content.clone(), &inputs.styles, &cost_weights)?;
         let _ = tx.send(Event::Started(Box::new(Started {
             run_dir: run_dir.path.clone(),
@@ -371,10 +390,11 @@ impl Worker {
     /// Moves everything the run holds to another device, between two iterations.
     fn switch_backend(&mut self, backend: Backend) {
         let device = &backend.device;
-        let moved = self
-            .network
-            .to_backend(&backend)
-            .and_then(|n| n.check(&self.weights).map(|()| n));
+        let tile = self.fit(backend.kind).tile;
+        let moved = self.network.to_backend(&backend).and_then(|mut n| {
+            n.set_tile(tile);
+            n.check(&self.weights).map(|()| n)
+        });
         self.network = match moved {
             Ok(network) => network,
             Err(e) => {
@@ -529,6 +549,11 @@ impl Worker {
             Optimizer::Lbfgs(l) => l.reset(),
         }
         self.inputs = self.sources.at(width, height, &self.backend.device);
+        let fit = self.fit(self.backend.kind);
+        self.network.set_tile(fit.tile);
+        if let Some(tiles) = fit.describe(self.weights.deepest()) {
+            self.emit(Event::Notice(format!("computing {tiles}")));
+        }
         self.targets = self.network.targets(
             self.inputs.content.clone(),
             &self.inputs.styles,
@@ -543,6 +568,18 @@ impl Worker {
             self.point.iter
         )));
         Ok(())
+    }
+
+    /// How the current scale computes on a backend of `kind`: in tiles where it must.
+    fn fit(&self, kind: BackendKind) -> Fit {
+        let Stage { width, height, .. } = self.stages[self.stage];
+        Fit::choose(
+            kind,
+            (width as usize, height as usize),
+            self.preset.tile,
+            &self.preset.settings.optimizer,
+            self.weights.deepest(),
+        )
     }
 
     /// The image of the run as it stands: the averaged one where `ema` is on.

@@ -205,9 +205,19 @@ impl Printer {
             Event::BackendChanged { iter, backend } => {
                 self.note(format!("iteration {iter}: now on {backend}"))
             }
+            Event::Tiles(progress) => self.tiles(progress),
             _ => {}
         }
         Ok(())
+    }
+
+    /// A tiled iteration's progress: on the bar, or a line every ten seconds.
+    fn tiles(&mut self, progress: &crate::network::TileProgress) {
+        self.bar.set_message(progress.label());
+        if !self.tty && self.last_line.elapsed() >= Duration::from_secs(10) {
+            eprintln!("{}", progress.label());
+            self.last_line = Instant::now();
+        }
     }
 
     fn record(&mut self, record: &crate::run_dir::Record) -> Result<()> {

@@ -44,6 +44,27 @@ pub struct TileProgress {
     pub total: usize,
 }
 
+impl TileProgress {
+    /// How much of an evaluation this is, counting a gradient tile (forward and back
+    /// over a larger crop) as three reads tiles.
+    pub fn fraction(&self) -> f64 {
+        let units = match self.pass {
+            Pass::Reads => self.done,
+            Pass::Gradient => self.total + 3 * self.done,
+        };
+        units as f64 / (4 * self.total.max(1)) as f64
+    }
+
+    /// E.g. `tiles: gradient 12/48`.
+    pub fn label(&self) -> String {
+        let pass = match self.pass {
+            Pass::Reads => "reads",
+            Pass::Gradient => "gradient",
+        };
+        format!("tiles: {pass} {}/{}", self.done, self.total)
+    }
+}
+
 /// Where tile progress goes (the engine turns it into events).
 pub type ProgressSink = Arc<dyn Fn(TileProgress) + Send + Sync>;
 

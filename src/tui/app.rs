@@ -2,6 +2,7 @@
 //! keys in, settings and engine commands out.
 
 use crate::engine::{Command, Event, RunState, Setting, Started};
+use crate::network::TileProgress;
 use crate::run_dir::Record;
 use crate::settings::Settings;
 use crate::vgg::{LAYER_NAMES, Layer};
@@ -9,6 +10,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::crossterm;
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::time::Instant;
 
 /// Typing into a field: Backspace deletes, `allowed` characters are added.
 fn edit(buf: &mut String, code: KeyCode, allowed: fn(char) -> bool) {
@@ -147,6 +149,9 @@ pub struct App {
     pub quit: bool,
     /// Something changed since the last draw.
     pub dirty: bool,
+    /// Where a tiled evaluation is, and when the iteration it belongs to began.
+    pub tiles: Option<TileProgress>,
+    pub iteration_began: Instant,
 }
 
 impl App {
@@ -171,7 +176,19 @@ impl App {
             finished: false,
             quit: false,
             dirty: true,
+            tiles: None,
+            iteration_began: Instant::now(),
         }
+    }
+
+    /// Iterations per second: over the last records, or before there are two, from how
+    /// far a tiled iteration has come (its first iteration can take minutes).
+    pub fn rate(&self) -> Option<f64> {
+        self.history.rate().or_else(|| {
+            let done = self.tiles?.fraction();
+            let t = self.iteration_began.elapsed().as_secs_f64();
+            (done > 0.0 && t > 0.0).then(|| done / t)
+        })
     }
 
     fn set_settings(&mut self, settings: Settings) {
@@ -240,8 +257,13 @@ impl App {
                 self.iterations = preset.iterations;
                 self.set_settings(preset.settings);
                 history.into_iter().for_each(|r| self.history.push(r));
+                self.iteration_began = Instant::now();
             }
-            Event::Iteration(record) => self.history.push(record),
+            Event::Iteration(record) => {
+                self.history.push(record);
+                self.iteration_began = Instant::now();
+            }
+            Event::Tiles(progress) => self.tiles = Some(progress),
             Event::Preview { iter, .. } => self.preview_iter = Some(iter),
             Event::State(state) => self.state = state,
             Event::Changed {

@@ -110,19 +110,23 @@ fn header_line(app: &App) -> Line<'static> {
     };
     let total = app.total();
     let iter = app.iter().min(total.max(app.iter()));
-    let rate = app.history.rate();
+    let rate = app.rate();
     let eta = match rate {
         Some(r) if r > 0.0 && app.state == RunState::Running => {
             fmt_duration(total.saturating_sub(iter) as f64 / r)
         }
         _ => "-".into(),
     };
+    let tiles = match (&app.tiles, app.state) {
+        (Some(t), RunState::Running | RunState::Preparing) => format!(" · {}", t.label()),
+        _ => String::new(),
+    };
     Line::from(vec![
         Span::styled(" easel ", Style::new().bold()),
         Span::raw(format!("{name} ")),
         Span::styled(app.state.label().to_uppercase(), state_style),
         Span::raw(format!(
-            " · {iter}/{total} · {} it/s · ETA {eta} · {} · {}x{}",
+            " · {iter}/{total} · {} it/s · ETA {eta} · {} · {}x{}{tiles}",
             rate.map(|r| format!("{r:.2}"))
                 .unwrap_or_else(|| "-".into()),
             app.backend.split(" (").next().unwrap_or_default(),
