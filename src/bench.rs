@@ -5,7 +5,7 @@ use crate::backend::{Backend, BackendKind, Precision};
 use crate::engine::memory::Fit;
 use crate::engine::{self, Destination, Event, RunSpec};
 use crate::image as img;
-use crate::network::tiles::{TileChoice, TileMode};
+use crate::network::tiles::{TileChoice, TileMode, TileSize};
 use crate::network::{ConvChoice, Network};
 use crate::optim::{Optimizer, OptimizerSpec};
 use crate::preset::Preset;
@@ -217,7 +217,7 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
         let mut first = None;
         for (conv, network) in &networks {
             let tile = match network.tile() {
-                Some(size) => TileChoice::Size { size },
+                Some(size) => TileChoice::Size(TileSize { size }),
                 None => TileChoice::Mode(TileMode::Off),
             };
             let fit = Fit::choose(

@@ -225,7 +225,9 @@ fn parse_tile(s: &str) -> Result<usize, String> {
     let size: usize = s
         .parse()
         .map_err(|_| format!("{s} is not a whole number of pixels"))?;
-    match (crate::network::tiles::TileChoice::Size { size }).problem() {
+    match crate::network::tiles::TileChoice::Size(crate::network::tiles::TileSize { size })
+        .problem()
+    {
         Some(problem) => Err(problem),
         None => Ok(size),
     }

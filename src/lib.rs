@@ -21,6 +21,7 @@ pub mod frontend;
 pub mod image;
 pub mod logging;
 pub mod loss;
+pub mod mask;
 pub mod network;
 pub mod optim;
 pub mod preset;

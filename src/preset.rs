@@ -8,6 +8,7 @@ use crate::backend::{BackendChoice, Precision};
 use crate::color::PreserveColors;
 use crate::image::Size;
 use crate::loss::{CostWeights, StyleLoss};
+use crate::mask::{Regions, RegionsFile};
 use crate::network::tiles::TileChoice;
 use crate::optim::OptimizerSpec;
 use crate::settings::{Setting, Settings};
@@ -119,7 +120,12 @@ impl Change {
 struct PresetFile {
     pub name: String,
     pub content: PathBuf,
-    pub style: StyleSpec,
+    /// One style for the whole image; absent where `regions` gives each region its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style: Option<StyleSpec>,
+    /// A mask whose colours give regions their own styles (`crate::mask`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<RegionsFile>,
     #[serde(default = "default_size")]
     pub size: Size,
     #[serde(default = "default_init")]
@@ -190,7 +196,10 @@ struct PresetFile {
 pub struct Preset {
     pub name: String,
     pub content: PathBuf,
+    /// The style images: the preset's `style`, or with `regions` the regions' images.
     pub style: StyleSpec,
+    /// With `regions`: the mask and which style image each region takes.
+    pub regions: Option<Regions>,
     pub size: Size,
     pub init: Init,
     pub settings: Settings,
@@ -229,7 +238,19 @@ impl PresetFile {
             .map(|(n, w)| Ok((layer(n, format!("style_layers.{n}"))?, *w)))
             .collect::<Result<Vec<_>>>()?;
         style_layers.sort_by_key(|(l, _)| *l);
+        let (style, regions, region_weights) = match (&self.regions, self.style) {
+            (Some(file), _) => {
+                let (regions, images, weights) = Regions::from_file(file);
+                (StyleSpec::Blend(images), Some(regions), weights)
+            }
+            (None, Some(style)) => (style, None, Vec::new()),
+            (None, None) => bail!(
+                "preset {}: key `style`: missing; give a style image, or `regions`",
+                file.display()
+            ),
+        };
         let settings = Settings {
+            region_weights,
             alpha: self.alpha,
             beta: self.beta,
             content_layer: layer(&self.content_layer, "content_layer".into())?,
@@ -241,7 +262,8 @@ impl PresetFile {
         Ok(Preset {
             name: self.name,
             content: self.content,
-            style: self.style,
+            style,
+            regions,
             size: self.size,
             init: self.init,
             settings,
@@ -266,10 +288,15 @@ impl PresetFile {
 impl From<&Preset> for PresetFile {
     fn from(p: &Preset) -> PresetFile {
         let s = &p.settings;
+        let regions = p.regions.as_ref().map(|r| {
+            let images: Vec<PathBuf> = p.style.images().into_iter().map(|(i, _)| i).collect();
+            r.to_file(&images, &s.region_weights)
+        });
         PresetFile {
             name: p.name.clone(),
             content: p.content.clone(),
-            style: p.style.clone(),
+            style: regions.is_none().then(|| p.style.clone()),
+            regions,
             size: p.size,
             init: p.init.clone(),
             alpha: s.alpha,
@@ -483,6 +510,7 @@ impl Preset {
     /// The image files the run reads: content, styles, and the initial image if any.
     pub fn input_paths(&self) -> Vec<PathBuf> {
         let mut paths = vec![self.content.clone()];
+        paths.extend(self.regions.as_ref().map(|r| r.mask.clone()));
         paths.extend(self.style.images().into_iter().map(|(p, _)| p));
         if let Init::File { path } = &self.init {
             paths.push(path.clone());
@@ -498,6 +526,9 @@ impl Preset {
         }
         if let Init::File { path } = &mut self.init {
             f(path);
+        }
+        if let Some(r) = &mut self.regions {
+            f(&mut r.mask);
         }
     }
 
@@ -593,7 +624,29 @@ impl PresetFile {
                 "every style layer has weight 0; give at least one a weight > 0 (e.g. 0.2)",
             );
         }
-        let blends = self.style.images();
+        match (&self.style, &self.regions) {
+            (Some(_), Some(_)) => {
+                return fail(
+                    "regions",
+                    "comes with `style`; give one style (`style`) or a style per region (`regions`), not both",
+                );
+            }
+            (None, None) => return fail("style", "is missing; give a style image, or `regions`"),
+            (None, Some(regions)) => {
+                if let Some(problem) = regions.problem() {
+                    return Some(problem);
+                }
+                if self.style_loss != StyleLoss::Gram {
+                    return fail(
+                        "style_loss",
+                        "w2 does not take `regions` yet; use style_loss: gram with regions",
+                    );
+                }
+                return None;
+            }
+            (Some(_), None) => {}
+        }
+        let blends = self.style.as_ref().map(|s| s.images()).unwrap_or_default();
         if blends.is_empty() {
             return fail(
                 "style",

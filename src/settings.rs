@@ -15,6 +15,8 @@ pub enum Setting {
     StyleLayer(Layer),
     LearningRate,
     TvWeight,
+    /// The style weight of the mask's region of this colour.
+    RegionWeight(Rgb),
 }
 
 impl Setting {
@@ -26,6 +28,7 @@ impl Setting {
             Setting::StyleLayer(l) => format!("style_layers.{l}"),
             Setting::LearningRate => "optimizer.lr".into(),
             Setting::TvWeight => "tv_weight".into(),
+            Setting::RegionWeight(c) => format!("regions.styles.{}.weight", colour_label(*c)),
         }
     }
 
@@ -55,6 +58,17 @@ pub struct Settings {
     pub optimizer: OptimizerSpec,
     /// Fixed for the run (its targets depend on it).
     pub style_loss: StyleLoss,
+    /// With `regions`, each region's colour (as in the mask) and style weight, in the
+    /// mask's order; a region without a style has weight 0 and no setting.
+    pub region_weights: Vec<(Rgb, Option<f64>)>,
+}
+
+/// A mask colour.
+pub type Rgb = [u8; 3];
+
+/// A mask colour as the preset writes it, `#rrggbb`.
+pub fn colour_label([r, g, b]: Rgb) -> String {
+    format!("#{r:02x}{g:02x}{b:02x}")
 }
 
 impl Settings {
@@ -66,6 +80,11 @@ impl Settings {
             Setting::StyleLayer(l) => self.lambda(l),
             Setting::LearningRate => Some(self.optimizer.lr()),
             Setting::TvWeight => Some(self.tv_weight),
+            Setting::RegionWeight(c) => self
+                .region_weights
+                .iter()
+                .find(|(r, _)| *r == c)
+                .and_then(|(_, w)| *w),
         }
     }
 
@@ -87,6 +106,19 @@ impl Settings {
             }
             Setting::LearningRate => self.optimizer.set_lr(value),
             Setting::TvWeight => self.tv_weight = value,
+            Setting::RegionWeight(c) => {
+                let w = self
+                    .region_weights
+                    .iter_mut()
+                    .find_map(|(r, w)| (*r == c).then_some(w).and_then(|w| w.as_mut()))
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "{} is not a region with a style in this run",
+                            colour_label(c)
+                        )
+                    })?;
+                *w = value;
+            }
         }
         Ok(())
     }
@@ -107,6 +139,11 @@ impl Settings {
             style_layers: self.style_layers.clone(),
             tv_weight: self.tv_weight,
             style_loss: self.style_loss,
+            region_weights: self
+                .region_weights
+                .iter()
+                .map(|(_, w)| w.unwrap_or(0.0))
+                .collect(),
         }
     }
 }

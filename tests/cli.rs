@@ -80,6 +80,12 @@ fn bad_presets_are_refused_with_file_key_and_fix() {
     );
     assert_refused("", &["--set", "optimizer.lr=0"], &["optimizer.lr", "> 0"]);
     assert_refused("", &["--set", "size.width=4"], &["size", "16..8192"]);
+    assert_refused(
+        "tile: {size: 100}\n",
+        &[],
+        &["p.yaml", "tile", "multiple of 64"],
+    );
+    assert_refused("tile: always\n", &[], &["p.yaml", "tile", "{size: N}"]);
 }
 
 #[test]
@@ -334,9 +340,38 @@ fn resume_refuses_a_folder_that_is_not_a_run() {
 fn a_run_too_big_for_memory_is_refused_with_what_it_needs() {
     assert_refused(
         "",
-        &["--set", "size={width: 8192, height: 8192}"],
-        &["8192x8192", "GiB", "lower `size`"],
+        &[
+            "--set",
+            "size={width: 8192, height: 8192}",
+            "--set",
+            "tile=off",
+        ],
+        &["8192x8192", "GiB", "lower `size`", "tile: auto"],
     );
+}
+
+/// With `tile: auto` (the default), a run that would not fit under an address-space
+/// limit is computed in tiles instead, says so, and finishes.
+#[test]
+fn a_run_too_big_for_memory_is_computed_in_tiles() {
+    let dir = scratch("");
+    let args = ["run", "p.yaml", "--ui", "plain", "--out", "out"];
+    let more = [
+        "--set",
+        "size={width: 1024, height: 1024}",
+        "--set",
+        "iterations=1",
+    ];
+    let o = common::easel_limited("--as=4000000000", &[&args[..], &more].concat(), dir.path());
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("computing 1024x1024 in 4 tiles of 512 pixels"),
+        "{err}"
+    );
+    let run = runs_in(dir.path()).pop().expect("the run");
+    let image = image::open(run.join("final.png")).expect("final.png");
+    assert_eq!((image.width(), image.height()), (1024, 1024));
 }
 
 /// Not a preset: a device, a pipe, a folder, a huge file. Refused at once (a FIFO would
@@ -404,7 +439,12 @@ fn bench_refuses_sizes_and_iterations_a_run_would_not_take() {
 fn the_memory_check_counts_an_address_space_limit() {
     let dir = scratch("");
     let args = ["run", "p.yaml", "--ui", "plain", "--out", "out"];
-    let size = ["--set", "size={width: 1024, height: 1024}"];
+    let size = [
+        "--set",
+        "size={width: 1024, height: 1024}",
+        "--set",
+        "tile=off",
+    ];
     let o = common::easel_limited("--as=3000000000", &[&args[..], &size].concat(), dir.path());
     refused(
         &o,

@@ -3,6 +3,7 @@
 
 use crate::color::{self, PreserveColors};
 use crate::image as img;
+use crate::mask::Regions;
 use crate::preset::{Init, Preset};
 use anyhow::Result;
 use burn::tensor::{Device, Tensor};
@@ -12,6 +13,8 @@ use image::RgbImage;
 pub struct Sources {
     content: RgbImage,
     styles: Vec<(RgbImage, f64)>,
+    /// With `regions`: the mask, checked, and the regions.
+    regions: Option<(RgbImage, Regions)>,
     colors: PreserveColors,
     style_scale: Option<f64>,
 }
@@ -20,6 +23,9 @@ pub struct Sources {
 pub struct Inputs {
     pub content: Tensor<4>,
     pub styles: Vec<(Tensor<4>, f64)>,
+    /// With `regions`: per region its mask at this scale (`[H][W]`, 1 inside) and the
+    /// index of its style in `styles` (`None`: no style).
+    pub regions: Vec<(Vec<f32>, Option<usize>)>,
     /// The content at this scale, for luminance-only output.
     content_rgb: RgbImage,
     colors: PreserveColors,
@@ -50,9 +56,18 @@ impl Sources {
                 Ok((trimmed, blend))
             })
             .collect::<Result<_>>()?;
+        let regions = match &preset.regions {
+            Some(r) => {
+                let mask = img::load_rgb(&r.mask)?;
+                r.check_mask(&mask, &r.mask)?;
+                Some((mask, r.clone()))
+            }
+            None => None,
+        };
         Ok(Sources {
             content,
             styles,
+            regions,
             colors: preset.preserve_colors,
             style_scale: preset.style_scale,
         })
@@ -101,9 +116,18 @@ impl Sources {
             PreserveColors::Luminance => color::luminance(&content_rgb),
             _ => content_rgb.clone(),
         };
+        let regions = match &self.regions {
+            Some((mask, r)) => r
+                .masks(mask, w, h)
+                .into_iter()
+                .zip(r.list.iter().map(|(_, k)| *k))
+                .collect(),
+            None => Vec::new(),
+        };
         Inputs {
             content: img::to_pixel_space(&content_for_net, device),
             styles,
+            regions,
             content_rgb,
             colors: self.colors,
         }
@@ -119,6 +143,7 @@ impl Inputs {
                 .iter()
                 .map(|(t, w)| (t.clone().to_device(device), *w))
                 .collect(),
+            regions: self.regions.clone(),
             content_rgb: self.content_rgb.clone(),
             colors: self.colors,
         }

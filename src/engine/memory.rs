@@ -4,7 +4,7 @@
 //! too large for memory is computed in tiles (`tile: auto`, [`Fit::choose`]).
 
 use crate::backend::{Backend, BackendKind, gib};
-use crate::network::tiles::{TileChoice, TileMode, TilePlan};
+use crate::network::tiles::{ALIGN, MIN_TILE, TileChoice, TileMode, TilePlan, TileSize};
 use crate::optim::{OptimizerKind, OptimizerSpec};
 use crate::vgg::Layer;
 use anyhow::{Result, bail};
@@ -18,10 +18,14 @@ const RUNTIME_BYTES: u64 = 800 * 1024 * 1024;
 const ACTIVATION_BYTES: u64 = 4000;
 
 /// What a tiled run holds per pixel of the whole image besides the optimiser's state:
-/// the image, its gradient and their copies, the content image and the style images at
-/// the output's size, and the content target with the content activation assembled
-/// from the tiles (conv4_2: 32 bytes a pixel each).
-const TILED_IMAGE_BYTES: u64 = 200;
+/// the image, its gradient and their copies (and the optimiser's temporaries), the
+/// content image and the style images at the output's size, and the content target
+/// (conv4_2: 32 bytes a pixel). Measured: ~215 at 2048x1536 in tiles of 1024.
+const TILED_IMAGE_BYTES: u64 = 240;
+
+/// The activations and gradients of one tile, per pixel of its crop (2.7 KB measured at
+/// 1216x1216; the pool of buffers is emptied between passes).
+const TILE_ACTIVATION_BYTES: u64 = 3000;
 
 /// The optimiser's state (L-BFGS: `history` pairs of image-sized vectors).
 fn state_bytes(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
@@ -42,7 +46,7 @@ pub fn memory_estimate(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
 pub fn tiled_memory_estimate(pixels: u64, crop: u64, optimizer: &OptimizerSpec) -> u64 {
     RUNTIME_BYTES
         + pixels * TILED_IMAGE_BYTES
-        + crop * ACTIVATION_BYTES
+        + crop * TILE_ACTIVATION_BYTES
         + state_bytes(pixels, optimizer)
 }
 
@@ -51,6 +55,7 @@ const AUTO_TILES: [usize; 6] = [2048, 1536, 1024, 768, 512, 256];
 
 /// What a run at one size holds in memory, and how it computes.
 pub struct Fit {
+    pub backend: BackendKind,
     pub width: usize,
     pub height: usize,
     /// The tile side, where the image is computed in tiles.
@@ -71,6 +76,7 @@ impl Fit {
     ) -> Fit {
         let pixels = (width * height) as u64;
         let untiled = Fit {
+            backend,
             width,
             height,
             tile: None,
@@ -79,27 +85,32 @@ impl Fit {
         let tiled = |size: usize| {
             let plan = TilePlan::new(height, width, size, deepest);
             Fit {
+                backend,
                 width,
                 height,
                 tile: Some(size),
                 need: tiled_memory_estimate(pixels, plan.largest_crop() as u64, optimizer),
             }
         };
-        let larger = |size: usize| width > size || height > size;
+        let cuts = |size: usize| TilePlan::new(height, width, size, deepest).is_tiled();
         match choice {
-            TileChoice::Size { size } if larger(size) => tiled(size),
-            TileChoice::Size { .. } | TileChoice::Mode(TileMode::Off) => untiled,
+            TileChoice::Size(TileSize { size }) if cuts(size) => tiled(size),
+            TileChoice::Size(_) | TileChoice::Mode(TileMode::Off) => untiled,
             TileChoice::Mode(TileMode::Auto) => {
                 let have = available_memory().unwrap_or(u64::MAX);
                 if backend != BackendKind::Cpu || untiled.need <= have {
                     return untiled;
                 }
-                AUTO_TILES
-                    .iter()
-                    .filter(|&&s| larger(s))
-                    .map(|&s| tiled(s))
-                    .find(|f| f.need <= have)
-                    .unwrap_or(untiled)
+                // The largest tiles that fit; else the smallest, which [`Fit::check`]
+                // refuses with what they would need.
+                let mut last = None;
+                for fit in AUTO_TILES.iter().filter(|&&s| cuts(s)).map(|&s| tiled(s)) {
+                    if fit.need <= have {
+                        return fit;
+                    }
+                    last = Some(fit);
+                }
+                last.unwrap_or(untiled)
             }
         }
     }
@@ -107,6 +118,7 @@ impl Fit {
     /// Refuses a run that cannot fit in memory, saying how much it would need.
     pub fn check(&self) -> Result<()> {
         let Fit {
+            backend,
             width,
             height,
             tile,
@@ -124,8 +136,15 @@ impl Fit {
                 gib(need),
                 gib(have),
                 match tile {
-                    Some(_) => ", or give smaller tiles (`tile: {size: 512}`)",
-                    None => ", or compute it in tiles on the CPU (`tile: auto`)",
+                    Some(size) if size > MIN_TILE => format!(
+                        ", or give smaller tiles (`tile: {{size: {}}}`)",
+                        (size / 2).max(MIN_TILE) / ALIGN * ALIGN
+                    ),
+                    Some(_) => String::new(),
+                    None if backend != BackendKind::Cpu =>
+                        ", or run it on the CPU (`--backend cpu`), which computes it in tiles"
+                            .into(),
+                    None => ", or compute it in tiles (`tile: auto`)".into(),
                 }
             );
         }

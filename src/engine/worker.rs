@@ -44,6 +44,8 @@ pub(super) fn run(spec: RunSpec, rx: Receiver<Command>, tx: Sender<Event>) {
 }
 
 struct Worker {
+    /// How each scale computes (in tiles or not) on the current backend.
+    fits: Vec<Fit>,
     preset: Preset,
     weights: CostWeights,
     run_dir: RunDir,
@@ -100,6 +102,28 @@ fn start(place: &Destination, preset: &Preset, x: Tensor<4>) -> Result<(RunDir, 
     Ok((run_dir, start))
 }
 
+/// How each scale computes on a backend of `kind`: in tiles where it must. Chosen once,
+/// before the run holds memory of its own that the choice would count against it.
+fn stage_fits(
+    stages: &[Stage],
+    kind: BackendKind,
+    preset: &Preset,
+    weights: &CostWeights,
+) -> Vec<Fit> {
+    stages
+        .iter()
+        .map(|s| {
+            Fit::choose(
+                kind,
+                (s.width as usize, s.height as usize),
+                preset.tile,
+                &preset.settings.optimizer,
+                weights.deepest(),
+            )
+        })
+        .collect()
+}
+
 /// A stopped run's checkpoint and the records before it.
 fn resume(
     run_dir: RunDir,
@@ -125,22 +149,19 @@ impl Worker {
         let sources = Sources::load(&preset)?;
         let (w, h) = sources.output_size(&preset);
         let cost_weights = preset.cost_weights();
-        let fits = |(w, h): (u32, u32), kind| {
-            Fit::choose(
-                kind,
-                (w as usize, h as usize),
-                preset.tile,
-                &preset.settings.optimizer,
-                cost_weights.deepest(),
-            )
-        };
-        fits((w, h), backend.kind).check()?;
-        super::memory::check_device_memory(&backend, w as usize, h as usize)?;
         let stages = schedule::stages(preset.scales.as_ref(), w, h, preset.iterations);
+        let fits = stage_fits(&stages, backend.kind, &preset, &cost_weights);
+        if let Some(largest) = fits.last() {
+            largest.check()?;
+        }
+        super::memory::check_device_memory(&backend, w as usize, h as usize)?;
         let vgg = weights::load(&weights_path, &backend.device)?
             .with_pooling(preset.pooling)
             .with_padding(preset.padding);
         let mut network = Network::new(vgg, &backend, ConvChoice::Winograd, preset.precision)?;
+        // Refused before the run directory exists: tiles or a cost the path cannot do.
+        network.set_tile(fits.iter().find_map(|f| f.tile));
+        network.check(&cost_weights)?;
         let first = stages[0];
         let (run_dir, start, history) = match destination {
             Destination::Resume(run_dir) => resume(run_dir, &preset, &backend)?,
@@ -166,18 +187,21 @@ impl Worker {
                 point.iter
             );
         }
-        let fit = fits((width, height), backend.kind);
-        network.set_tile(fit.tile);
-        network.check(&cost_weights)?;
+        network.set_tile(fits[stage].tile);
         let progress = tx.clone();
         network.set_progress(Some(std::sync::Arc::new(move |p| {
             let _ = progress.send(Event::Tiles(p));
         })));
         let inputs = sources.at(width, height, &backend.device);
-        if let Some(tiles) = fit.describe(cost_weights.deepest()) {
+        if let Some(tiles) = fits[stage].describe(cost_weights.deepest()) {
             let _ = tx.send(Event::Notice(format!("computing {tiles}")));
         }
-        let targets = network.targets(inputs.content.clone(), &inputs.styles, &cost_weights)?;
+        let targets = network.targets_with_regions(
+            inputs.content.clone(),
+            &inputs.styles,
+            &inputs.regions,
+            &cost_weights,
+        )?;
         let _ = tx.send(Event::Started(Box::new(Started {
             run_dir: run_dir.path.clone(),
             backend: backend.description.clone(),
@@ -195,6 +219,7 @@ impl Worker {
             )));
         }
         Ok(Worker {
+            fits,
             weights: cost_weights,
             preset,
             run_dir,
@@ -356,8 +381,6 @@ impl Worker {
     }
 
     fn set_content_layer(&mut self, layer: Layer) {
-        self.preset.settings.content_layer = layer;
-        self.weights = self.preset.cost_weights();
         let content = match self.network.activation(self.inputs.content.clone(), layer) {
             Ok(a) => a,
             Err(e) => {
@@ -367,6 +390,8 @@ impl Worker {
                 return;
             }
         };
+        self.preset.settings.content_layer = layer;
+        self.weights = self.preset.cost_weights();
         self.targets = self.targets.clone().with_content(layer, content);
         self.point.optimizer.cost_changed();
         self.guard.cost_changed();
@@ -390,9 +415,12 @@ impl Worker {
     /// Moves everything the run holds to another device, between two iterations.
     fn switch_backend(&mut self, backend: Backend) {
         let device = &backend.device;
-        let tile = self.fit(backend.kind).tile;
+        let fits = stage_fits(&self.stages, backend.kind, &self.preset, &self.weights);
         let moved = self.network.to_backend(&backend).and_then(|mut n| {
-            n.set_tile(tile);
+            if let Some(largest) = fits.last() {
+                largest.check()?;
+            }
+            n.set_tile(fits[self.stage].tile);
             n.check(&self.weights).map(|()| n)
         });
         self.network = match moved {
@@ -405,6 +433,7 @@ impl Worker {
                 return;
             }
         };
+        self.fits = fits;
         self.targets = self.targets.to_device(device);
         self.inputs = self.inputs.to_device(device);
         self.point.x = self.point.x.clone().to_device(device);
@@ -549,14 +578,14 @@ impl Worker {
             Optimizer::Lbfgs(l) => l.reset(),
         }
         self.inputs = self.sources.at(width, height, &self.backend.device);
-        let fit = self.fit(self.backend.kind);
-        self.network.set_tile(fit.tile);
-        if let Some(tiles) = fit.describe(self.weights.deepest()) {
+        self.network.set_tile(self.fits[self.stage].tile);
+        if let Some(tiles) = self.fits[self.stage].describe(self.weights.deepest()) {
             self.emit(Event::Notice(format!("computing {tiles}")));
         }
-        self.targets = self.network.targets(
+        self.targets = self.network.targets_with_regions(
             self.inputs.content.clone(),
             &self.inputs.styles,
+            &self.inputs.regions,
             &self.weights,
         )?;
         self.guard.cost_changed();
@@ -568,18 +597,6 @@ impl Worker {
             self.point.iter
         )));
         Ok(())
-    }
-
-    /// How the current scale computes on a backend of `kind`: in tiles where it must.
-    fn fit(&self, kind: BackendKind) -> Fit {
-        let Stage { width, height, .. } = self.stages[self.stage];
-        Fit::choose(
-            kind,
-            (width as usize, height as usize),
-            self.preset.tile,
-            &self.preset.settings.optimizer,
-            self.weights.deepest(),
-        )
     }
 
     /// The image of the run as it stands: the averaged one where `ema` is on.

@@ -145,6 +145,8 @@ struct Printer {
     tty: bool,
     bar: ProgressBar,
     last_line: Instant,
+    /// The last J shown, kept beside a tiled iteration's progress.
+    last_j: String,
 }
 
 impl Printer {
@@ -168,6 +170,7 @@ impl Printer {
             tty,
             bar,
             last_line: Instant::now(),
+            last_j: String::new(),
         }
     }
 
@@ -213,7 +216,8 @@ impl Printer {
 
     /// A tiled iteration's progress: on the bar, or a line every ten seconds.
     fn tiles(&mut self, progress: &crate::network::TileProgress) {
-        self.bar.set_message(progress.label());
+        self.bar
+            .set_message(format!("{} · {}", self.last_j, progress.label()));
         if !self.tty && self.last_line.elapsed() >= Duration::from_secs(10) {
             eprintln!("{}", progress.label());
             self.last_line = Instant::now();
@@ -229,7 +233,8 @@ impl Printer {
         // A record is taken before its iteration's step; the final one after the last.
         self.bar
             .set_position(record.iter + u64::from(!record.is_final));
-        self.bar.set_message(format!("J {:.3e}", record.j));
+        self.last_j = format!("J {:.3e}", record.j);
+        self.bar.set_message(self.last_j.clone());
         if !self.tty
             && self.mode == Mode::Plain
             && self.last_line.elapsed() >= Duration::from_secs(10)

@@ -7,11 +7,13 @@
 //! - or, with `style_loss: w2`, each layer's style cost from its mean and covariance
 //!   ([`w2`]).
 
+pub mod regions;
 pub mod w2;
 
 use crate::vgg::Layer;
 use anyhow::{Context, Result};
 use burn::tensor::{FloatDType, Tensor, TensorData};
+use regions::RegionTarget;
 use serde::{Deserialize, Serialize};
 use w2::W2Target;
 
@@ -49,6 +51,9 @@ pub struct CostWeights {
     pub style_layers: Vec<(Layer, f64)>,
     pub tv_weight: f64,
     pub style_loss: StyleLoss,
+    /// With `regions`, each region's style weight, in the mask's order (0 for a region
+    /// without a style); empty without.
+    pub region_weights: Vec<f64>,
 }
 
 impl CostWeights {
@@ -84,10 +89,8 @@ pub fn content_cost_part(a_c: Tensor<4>, a_g: Tensor<4>, [c, h, w]: [usize; 3]) 
 
 /// `J_style[l]` from the style Gram and the Gram `g` of an activation of size `[C, H, W]`.
 pub fn style_cost_of_gram(g_s: Tensor<2>, g: Tensor<2>, [c, h, w]: [usize; 3]) -> Tensor<1> {
-    // Scale before squaring: Gram entries reach 1e9 at conv1_1, their squares would
-    // cost float32 precision.
-    let norm = 2.0 * (c * h * w) as f64;
-    sum_squares((g_s - g) / norm)
+    // A region over the whole image, of mass H W.
+    regions::guided_cost(g_s, g, c, (h * w) as f64)
 }
 
 /// Total variation: the sum of squared differences between neighbouring pixels.
@@ -99,10 +102,6 @@ pub fn tv_cost(x: Tensor<4>) -> Tensor<1> {
     sum_squares(dy) + sum_squares(dx)
 }
 
-/// Features of an image up to a layer: every layer's activation from `conv1_1` on, as
-/// the network seam (`crate::network`) computes them.
-pub type Features<'a> = dyn Fn(Tensor<4>, Layer) -> anyhow::Result<Vec<Tensor<4>>> + 'a;
-
 /// What the cost compares against: the content activation and the (blended) style
 /// Grams, computed once per run from the fixed images.
 #[derive(Debug, Clone)]
@@ -113,6 +112,9 @@ pub struct Targets {
     pub grams: Vec<(Layer, Tensor<2>)>,
     /// With `style_loss: w2`, one target per style layer (else none).
     pub w2: Vec<W2Target>,
+    /// With `regions`, one target per region of the mask (else none); the blended
+    /// `grams` are then unused.
+    pub regions: Vec<RegionTarget>,
     /// Tells one set of targets from another, so that a compute path may keep its own
     /// copy (the CUDA path keeps them on the card) and know when it is stale.
     id: u64,
@@ -124,32 +126,6 @@ fn next_targets_id() -> u64 {
 }
 
 impl Targets {
-    /// Computes the targets. `styles` are pixel-space images with their blend weights;
-    /// their Grams are mixed by weight.
-    pub fn compute(
-        features: &Features,
-        content: Tensor<4>,
-        styles: &[(Tensor<4>, f64)],
-        weights: &CostWeights,
-    ) -> anyhow::Result<Targets> {
-        let [_, _, hc, wc] = content.dims();
-        let content_act =
-            features(content, weights.content_layer)?.swap_remove(weights.content_layer.0);
-        let deepest_style = weights
-            .style_layers
-            .iter()
-            .map(|(l, _)| *l)
-            .max()
-            .unwrap_or(Layer(0));
-        let mut reads = Vec::new();
-        for (image, blend) in styles {
-            let taps = features(image.clone(), deepest_style)?;
-            let [_, _, hs, ws] = image.dims();
-            reads.push((StyleReads::of_taps(&taps, weights, hs * ws), *blend));
-        }
-        Targets::from_reads(content_act, hc * wc, &reads, weights)
-    }
-
     /// The targets from what the network read of the images: the content activation
     /// of an image of `pixels` pixels (the output's size), and each style image's Grams
     /// and row sums with its blend weight.
@@ -169,7 +145,7 @@ impl Targets {
             for (k, ((layer, _), (g, [_, h, w]))) in
                 weights.style_layers.iter().zip(&reads.grams).enumerate()
             {
-                if let Some(sums) = reads.sums.get(k) {
+                if let (StyleLoss::W2, Some(sums)) = (weights.style_loss, reads.sums.get(k)) {
                     moments.add(k, sums, g, h * w, blend / total)?;
                 }
                 let g = g.clone() * (scaled / total);
@@ -184,8 +160,18 @@ impl Targets {
             content: content_act,
             grams,
             w2: moments.targets()?,
+            regions: Vec::new(),
             id: next_targets_id(),
         })
+    }
+
+    /// The same targets with guided Grams for `regions`.
+    pub fn with_regions(self, regions: Vec<RegionTarget>) -> Targets {
+        Targets {
+            regions,
+            id: next_targets_id(),
+            ..self
+        }
     }
 
     /// The same style targets with another content layer and its activation.
@@ -195,6 +181,7 @@ impl Targets {
             content,
             grams: self.grams,
             w2: self.w2,
+            regions: self.regions,
             id: next_targets_id(),
         }
     }
@@ -213,6 +200,7 @@ impl Targets {
                 .map(|(l, g)| (*l, g.clone().to_device(device)))
                 .collect(),
             w2: self.w2.clone(),
+            regions: self.regions.iter().map(|r| r.to_device(device)).collect(),
             id: next_targets_id(),
         }
     }
@@ -278,6 +266,8 @@ pub struct CostTerms {
     /// Unweighted `J_style[l]` per style layer.
     pub style: Vec<Tensor<1>>,
     pub tv: Tensor<1>,
+    /// With regions, each region's `sum_l lambda_l J_r[l]`.
+    pub regions: Vec<Tensor<1>>,
 }
 
 /// The cost of one image as numbers.
@@ -290,6 +280,9 @@ pub struct Costs {
     /// Unweighted `J_style[l]` per style layer.
     pub style_layers: Vec<(Layer, f64)>,
     pub tv: f64,
+    /// With regions, each region's style cost `sum_l lambda_l J_r[l]`, before its
+    /// weight (0 for a region without a style); empty without.
+    pub regions: Vec<f64>,
 }
 
 impl Costs {
@@ -307,10 +300,23 @@ pub fn cost_terms(
     weights: &CostWeights,
 ) -> Result<CostTerms> {
     let style = StyleReads::of_taps(taps, weights, 0);
+    let regions = targets
+        .regions
+        .iter()
+        .map(|r| {
+            weights
+                .style_layers
+                .iter()
+                .zip(&r.masks)
+                .map(|((l, _), m)| regions::guided_gram(taps[l.0].clone(), &m.tensor))
+                .collect()
+        })
+        .collect();
     let reads = Reads {
         content: taps[weights.content_layer.0].clone(),
         grams: style.grams,
         sums: style.sums,
+        regions,
     };
     terms_from_reads(reads, x, targets, weights)
 }
@@ -322,6 +328,8 @@ pub struct Reads {
     pub content: Tensor<4>,
     pub grams: Vec<(Tensor<2>, [usize; 3])>,
     pub sums: Vec<Tensor<1>>,
+    /// With regions, each region's guided Gram per style layer.
+    pub regions: Vec<Vec<Tensor<2>>>,
 }
 
 /// A style image's (or an output's) Gram with its activation's size `[C, H, W]` and,
@@ -366,7 +374,15 @@ pub fn terms_from_reads(
     weights: &CostWeights,
 ) -> Result<CostTerms> {
     let content = content_cost(targets.content.clone(), reads.content);
-    let style = style_terms(reads.grams, reads.sums, targets, weights)?;
+    let (style, regions) = if targets.regions.is_empty() {
+        (
+            style_terms(reads.grams, reads.sums, targets, weights)?,
+            Vec::new(),
+        )
+    } else {
+        let dims: Vec<[usize; 3]> = reads.grams.iter().map(|(_, d)| *d).collect();
+        region_terms(reads.regions, &dims, targets, weights)
+    };
     let mut style_total = content.zeros_like();
     for ((_, lambda), j) in weights.style_layers.iter().zip(&style) {
         style_total = style_total + j.clone() * *lambda;
@@ -384,7 +400,58 @@ pub fn terms_from_reads(
         content,
         style,
         tv,
+        regions,
     })
+}
+
+/// With regions: each style layer's `J_style[l] = sum_r w_r J_r[l]`, and each region's
+/// `sum_l lambda_l J_r[l]` ([`regions`]), from the guided Grams `grams[r][l]`.
+fn region_terms(
+    grams: Vec<Vec<Tensor<2>>>,
+    dims: &[[usize; 3]],
+    targets: &Targets,
+    weights: &CostWeights,
+) -> (Vec<Tensor<1>>, Vec<Tensor<1>>) {
+    let mut layers: Vec<Option<Tensor<1>>> = vec![None; weights.style_layers.len()];
+    let mut per_region = Vec::new();
+    for (r, (target, guided)) in targets.regions.iter().zip(grams).enumerate() {
+        let w_r = weights.region_weights.get(r).copied().unwrap_or(0.0);
+        let mut region: Option<Tensor<1>> = None;
+        let Some(style) = &target.grams else {
+            per_region.push(None);
+            continue;
+        };
+        for (k, ((g, t), m)) in guided.into_iter().zip(style).zip(&target.masks).enumerate() {
+            let j = regions::guided_cost(t.clone(), g, dims[k][0], m.mass);
+            let lambda = weights.style_layers[k].1;
+            region = Some(match region {
+                Some(acc) => acc + j.clone() * lambda,
+                None => j.clone() * lambda,
+            });
+            let part = j * w_r;
+            layers[k] = Some(match layers[k].take() {
+                Some(acc) => acc + part,
+                None => part,
+            });
+        }
+        per_region.push(region);
+    }
+    let zero = || {
+        let device = targets.content.device();
+        let z = Tensor::<1>::zeros([1], &device);
+        if device.supports_dtype(burn::tensor::DType::F64) {
+            z.cast(FloatDType::F64)
+        } else {
+            z
+        }
+    };
+    (
+        layers.into_iter().map(|l| l.unwrap_or_else(zero)).collect(),
+        per_region
+            .into_iter()
+            .map(|r| r.unwrap_or_else(zero))
+            .collect(),
+    )
 }
 
 /// Each style layer's unweighted `J_style[l]` from the output's Grams (and, for W2, row
@@ -455,9 +522,12 @@ impl CostTerms {
             self.tv.clone().inner(),
         ];
         parts.extend(self.style.iter().map(|t| t.clone().inner()));
+        parts.extend(self.regions.iter().map(|t| t.clone().inner()));
         let all = Tensor::cat(parts, 0).into_data().convert::<f64>();
         let v: Vec<f64> = all.try_to_vec::<f64>().unwrap_or_default();
-        let mut costs = Costs::from_parts(weights, v[1], &v[3..], v[2]);
+        let n = self.style.len();
+        let mut costs = Costs::from_parts(weights, v[1], &v[3..3 + n], v[2]);
+        costs.regions = v[3 + n..].to_vec();
         // The total as the tape summed it, which the gradient is the gradient of.
         costs.total = v[0];
         costs
@@ -486,6 +556,7 @@ impl Costs {
             style,
             style_layers,
             tv,
+            regions: Vec::new(),
         }
     }
 }

@@ -23,6 +23,7 @@ mod winograd;
 pub use tiled::{Pass, ProgressSink, TileProgress};
 
 use crate::backend::{Backend, BackendKind, Precision};
+use crate::loss::regions::RegionTarget;
 use crate::loss::{CostWeights, Costs, StyleReads, Targets};
 use crate::vgg::cpu::CpuVgg;
 use crate::vgg::{Layer, Pooling, Vgg19};
@@ -129,16 +130,30 @@ impl Network {
         let (Path::Winograd(cpu), Some(size)) = (&self.path, self.tile) else {
             return None;
         };
-        (h > size || w > size).then(|| tiled::Tiled {
+        let plan = tiles::TilePlan::new(h, w, size, deepest);
+        plan.is_tiled().then(|| tiled::Tiled {
             cpu,
             pooling: self.pooling(),
-            plan: tiles::TilePlan::new(h, w, size, deepest),
+            plan,
             progress: self.progress.as_ref(),
         })
     }
 
     /// Refuses a cost this path cannot compute, before a run starts.
     pub fn check(&self, weights: &CostWeights) -> Result<()> {
+        if !weights.region_weights.is_empty() {
+            if self.tile.is_some() {
+                anyhow::bail!(
+                    "regions are not computed in tiles yet; lower `size` so that the run fits untiled, or set `tile: off`"
+                );
+            }
+            if !matches!(self.path, Path::Winograd(_) | Path::Burn) {
+                anyhow::bail!(
+                    "regions are not on the {} path yet; run them with --backend cpu or --backend wgpu",
+                    self.path_name()
+                );
+            }
+        }
         if self.tile.is_some() && !matches!(self.path, Path::Winograd(_)) {
             anyhow::bail!(
                 "tiles are computed on the CPU's Winograd path only, not on the {} path; run with --backend cpu, or set `tile: off` and a `size` that fits",
@@ -200,10 +215,20 @@ impl Network {
         styles: &[(Tensor<4>, f64)],
         weights: &CostWeights,
     ) -> Result<Targets> {
+        self.targets_with_regions(content, styles, &[], weights)
+    }
+
+    /// The targets with `regions`: per region its mask (`[H][W]` at the content's size)
+    /// and the index of its style in `styles`, or none.
+    pub fn targets_with_regions(
+        &self,
+        content: Tensor<4>,
+        styles: &[(Tensor<4>, f64)],
+        regions: &[(Vec<f32>, Option<usize>)],
+        weights: &CostWeights,
+    ) -> Result<Targets> {
         let [_, _, h, w] = content.dims();
-        if self.tiled(h, w, weights.content_layer).is_none() {
-            return Targets::compute(&|x, l| self.features(x, l), content, styles, weights);
-        }
+        let device = content.device();
         let content_act = self.activation(content, weights.content_layer)?;
         let mut reads = Vec::new();
         for (image, blend) in styles {
@@ -218,7 +243,19 @@ impl Network {
             };
             reads.push((read, *blend));
         }
-        Targets::from_reads(content_act, h * w, &reads, weights)
+        let targets = Targets::from_reads(content_act, h * w, &reads, weights)?;
+        if regions.is_empty() {
+            return Ok(targets);
+        }
+        let layers: Vec<Layer> = weights.style_layers.iter().map(|(l, _)| *l).collect();
+        let guided = regions
+            .iter()
+            .map(|(mask, style)| {
+                let grams = style.and_then(|k| reads.get(k)).map(|(r, _)| &r.grams[..]);
+                RegionTarget::new(mask, (h, w), &layers, grams, &device)
+            })
+            .collect();
+        Ok(targets.with_regions(guided))
     }
 
     /// The activation of `content` at `layer` (a new content layer mid-run).

@@ -163,6 +163,7 @@ impl Tiled<'_> {
         mut visit: impl FnMut(&Rect, &Rect, &Activations) -> Result<()>,
     ) -> Result<()> {
         let (h, w) = (self.plan.height, self.plan.width);
+        crate::vgg::buffers::clear();
         for (i, interior) in self.plan.interiors.iter().enumerate() {
             let crop = self.plan.crop(interior, halo);
             let image = crop.copy_from(pixels, 3, h, w);
@@ -297,6 +298,7 @@ impl Tiled<'_> {
             style_layers: Vec::new(),
             tv_weight: 0.0,
             style_loss: StyleLoss::Gram,
+            region_weights: Vec::new(),
         };
         let out = self.reads(&pixels, &weights, ContentRead::Assemble(layer), &device)?;
         let (lh, lw) = self.layer_dims(layer);

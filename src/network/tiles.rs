@@ -4,16 +4,17 @@
 //! A tile is an *interior* (the tiles' interiors cover the image exactly once) inside a
 //! *crop* of the image: the interior with a halo on every side, cut off at the image's
 //! edge. Why the halo makes the result exact, not approximate (docs/design.md, "Tiles"):
-//! a layer's activation at a position depends on the input within its receptive-field
-//! radius `r` of it (the sum of every 3x3 convolution's reach, in pixels), so
+//! the crop's edge is wrong (it pads where the image goes on) and the error spreads
+//! inwards by `r` pixels up to a layer ([`reach`]), so
 //! - with a halo of `r`, every activation over the interior is the untiled one (the
 //!   Grams' pass);
 //! - the image gradient at a pixel reads the activations' gradients within `r` of it,
 //!   each of which needs exact activations, so a halo of `2 r` gives the untiled
 //!   gradient over the interior (the gradient's pass).
 //!
-//! Interiors and halos start on multiples of 16, so every 2x2 pooling of the crop pools
-//! the same pixels as the untiled network does.
+//! Interiors and halos start on multiples of 64: every 2x2 pooling of the crop then
+//! pools the same pixels as the untiled network (16 would do), and every convolution
+//! cuts its 4x4 Winograd tiles where the untiled one does, so the two agree bit for bit.
 
 use crate::vgg::{BLOCK_ENDS, Layer};
 use serde::{Deserialize, Serialize};
@@ -27,10 +28,20 @@ pub const MIN_TILE: usize = 64;
 /// The preset's `tile`: `auto` (tile only when the untiled run would not fit in memory),
 /// `off`, or a fixed tile side `{size: 1024}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "`auto`, `off` or `{size: N}` (N a multiple of 64, e.g. 1024)"
+)]
 pub enum TileChoice {
     Mode(TileMode),
-    Size { size: usize },
+    Size(TileSize),
+}
+
+/// `{size: N}`: tiles of side N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TileSize {
+    pub size: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,9 +61,11 @@ impl TileChoice {
     /// Why a fixed tile size is not allowed, if it is not.
     pub fn problem(&self) -> Option<String> {
         match *self {
-            TileChoice::Size { size } if size < MIN_TILE || size % ALIGN != 0 => Some(format!(
-                "{size} is not a tile size; give a multiple of {ALIGN} of at least {MIN_TILE}, e.g. {{size: 1024}}, or `auto`"
-            )),
+            TileChoice::Size(TileSize { size }) if size < MIN_TILE || size % ALIGN != 0 => {
+                Some(format!(
+                    "{size} is not a tile size; give a multiple of {ALIGN} of at least {MIN_TILE}, e.g. {{size: 1024}}, or `auto`"
+                ))
+            }
             _ => None,
         }
     }
@@ -135,10 +148,18 @@ pub fn scale(layer: Layer) -> usize {
     1 << BLOCK_ENDS.iter().filter(|&&e| e < layer.0).count()
 }
 
-/// The receptive-field radius of `deepest`, in image pixels: each 3x3 convolution reaches
-/// one position further at its own scale (poolings on aligned tiles reach no further).
+/// How far, in image pixels, a wrong edge spreads inwards up to `deepest`: each 3x3
+/// convolution adds one position at its scale, and a 2x2 pooling rounds the band up to
+/// whole pooled cells (conv5_1: 80 pixels). The image gradient spreads back as far.
 pub fn reach(deepest: Layer) -> usize {
-    (0..=deepest.0).map(|i| scale(Layer(i))).sum()
+    let mut band: usize = 0;
+    for i in 0..=deepest.0 {
+        if i > 0 && BLOCK_ENDS.contains(&(i - 1)) {
+            band = band.div_ceil(2);
+        }
+        band += 1;
+    }
+    band * scale(deepest)
 }
 
 fn round_up(v: usize) -> usize {
@@ -151,9 +172,9 @@ pub struct TilePlan {
     pub height: usize,
     pub width: usize,
     pub interiors: Vec<Rect>,
-    /// For the Grams and the content activation: the receptive-field radius.
+    /// For the Grams and the content activation: the [`reach`], rounded up to [`ALIGN`].
     pub reads_halo: usize,
-    /// For the gradient: twice that.
+    /// For the gradient: twice the reach, rounded up.
     pub gradient_halo: usize,
 }
 
@@ -194,6 +215,12 @@ impl TilePlan {
         }
     }
 
+    /// Whether the plan cuts the image at all (a last piece under half a tile joins the
+    /// one before it, so an image a little larger than a tile is one tile).
+    pub fn is_tiled(&self) -> bool {
+        self.interiors.len() > 1
+    }
+
     /// The crop that holds `interior` with `halo`.
     pub fn crop(&self, interior: &Rect, halo: usize) -> Rect {
         interior.grown(halo, self.height, self.width)
@@ -225,8 +252,10 @@ mod tests {
 
     #[test]
     fn reach_of_the_default_layers() {
-        // conv1_x 2x1, conv2_x 2x2, conv3_x 4x4, conv4_x 4x8, conv5_1 1x16.
-        assert_eq!(reach(Layer::CONV5_1), 2 + 4 + 16 + 32 + 16);
+        // conv1_x: 2 positions, pooled 1; conv2_x: 3, pooled 2; conv3_x: 6, pooled 3;
+        // conv4_x: 7, pooled 4; conv5_1: 5 positions of 16 pixels.
+        assert_eq!(reach(Layer::CONV5_1), 80);
+        assert_eq!(reach(Layer(15)), 128);
         assert_eq!(reach(Layer(0)), 1);
         assert_eq!(scale(Layer::CONV4_2), 8);
     }
@@ -248,8 +277,8 @@ mod tests {
         // 520 = 256 + 264 (an 8-row sliver joins the tile before it); 300 = one tile (its
         // 44-column rest is under half a tile).
         assert_eq!(plan.interiors.len(), 2);
-        assert_eq!(plan.reads_halo, 80);
-        assert_eq!(plan.gradient_halo, 144);
+        assert_eq!(plan.reads_halo, 128);
+        assert_eq!(plan.gradient_halo, 192);
     }
 
     #[test]

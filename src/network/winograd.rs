@@ -4,7 +4,7 @@
 
 use super::{floats, image_floats};
 use crate::loss::{CostWeights, Costs, Reads, StyleLoss, Targets, terms_from_reads};
-use crate::vgg::cpu::CpuVgg;
+use crate::vgg::cpu::{Activation, CpuVgg};
 use crate::vgg::{Layer, Pooling};
 use anyhow::Result;
 use burn::tensor::{Tensor, TensorData};
@@ -66,11 +66,29 @@ pub fn evaluate(
             })
             .collect(),
     };
+    // With regions, each region's guided Gram per style layer, from its masked
+    // activation (kept for the adjoint).
+    let mut masked: Vec<Vec<(usize, Activation, Tensor<2>)>> = Vec::new();
+    for region in &targets.regions {
+        let mut per_layer = Vec::new();
+        if region.grams.is_some() {
+            for ((l, _), m) in weights.style_layers.iter().zip(&region.masks) {
+                let a = acts.layers[l.0].masked(&m.host);
+                let g = leaf(a.gram(), vec![a.channels, a.channels]);
+                per_layer.push((l.0, a, g));
+            }
+        }
+        masked.push(per_layer);
+    }
     let xa = plain.autodiff().require_grad();
     let reads = Reads {
         content: content.clone(),
         grams: grams.clone(),
         sums: sums.clone(),
+        regions: masked
+            .iter()
+            .map(|r| r.iter().map(|(_, _, g)| g.clone()).collect())
+            .collect(),
     };
     let terms = terms_from_reads(reads, xa.clone(), targets, weights)?;
     let costs = terms.read(weights);
@@ -100,6 +118,20 @@ pub fn evaluate(
         if let Some(ds) = s.grad(&grads) {
             let ds = floats(ds.into_data(), "a row sum's gradient")?;
             add(l.0, acts.layers[l.0].row_sums_adjoint(&ds));
+        }
+    }
+    // A guided Gram's adjoint: the masked activation's, masked again.
+    for (region, layers) in targets.regions.iter().zip(masked) {
+        for ((layer, a, g), m) in layers.into_iter().zip(&region.masks) {
+            if let Some(dg) = g.grad(&grads) {
+                let dg = floats(dg.into_data(), "a guided Gram's gradient")?;
+                let mut d = a.gram_adjoint(&dg);
+                let n = a.height * a.width;
+                d.chunks_mut(n.max(1))
+                    .for_each(|row| row.iter_mut().zip(&m.host).for_each(|(v, m)| *v *= m));
+                add(layer, d);
+            }
+            crate::vgg::buffers::give(a.data);
         }
     }
     let g = cpu.backward(&acts, tap_grads, pooling);

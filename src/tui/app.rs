@@ -4,7 +4,7 @@
 use crate::engine::{Command, Event, RunState, Setting, Started};
 use crate::network::TileProgress;
 use crate::run_dir::Record;
-use crate::settings::Settings;
+use crate::settings::{Rgb, Settings, colour_label};
 use crate::vgg::{LAYER_NAMES, Layer};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::crossterm;
@@ -37,6 +37,8 @@ pub enum Row {
     ContentLayer,
     LearningRate,
     TvWeight,
+    /// The style weight of a region of the mask, by its colour.
+    Region(Rgb),
 }
 
 impl Row {
@@ -48,6 +50,7 @@ impl Row {
             Row::ContentLayer => "content layer".into(),
             Row::LearningRate => "learning rate".into(),
             Row::TvWeight => "TV weight".into(),
+            Row::Region(c) => format!("style {}", colour_label(*c)),
         }
     }
 
@@ -58,6 +61,7 @@ impl Row {
             Row::Lambda(l) => Some(Setting::StyleLayer(*l)),
             Row::LearningRate => Some(Setting::LearningRate),
             Row::TvWeight => Some(Setting::TvWeight),
+            Row::Region(c) => Some(Setting::RegionWeight(*c)),
             Row::ContentLayer => None,
         }
     }
@@ -195,6 +199,13 @@ impl App {
         let mut rows = vec![Row::Alpha, Row::Beta];
         rows.extend(settings.style_layers.iter().map(|(l, _)| Row::Lambda(*l)));
         rows.extend([Row::ContentLayer, Row::LearningRate, Row::TvWeight]);
+        rows.extend(
+            settings
+                .region_weights
+                .iter()
+                .filter(|(_, w)| w.is_some())
+                .map(|(c, _)| Row::Region(*c)),
+        );
         self.rows = rows;
         self.selected = self.selected.min(self.rows.len().saturating_sub(1));
         self.settings = Some(settings);
@@ -257,6 +268,8 @@ impl App {
                 self.iterations = preset.iterations;
                 self.set_settings(preset.settings);
                 history.into_iter().for_each(|r| self.history.push(r));
+                // Tiles done before this were the targets', not an iteration's.
+                self.tiles = None;
                 self.iteration_began = Instant::now();
             }
             Event::Iteration(record) => {
@@ -279,6 +292,7 @@ impl App {
             Event::BackendChanged { iter, backend } => {
                 self.notice = Some(format!("iteration {iter}: now on {backend}"));
                 self.backend = backend;
+                self.tiles = None;
             }
             Event::Saved(path) => self.notice = Some(format!("saved {}", path.display())),
             Event::Notice(text) => self.notice = Some(text),

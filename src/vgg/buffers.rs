@@ -7,8 +7,10 @@
 
 use std::sync::Mutex;
 
-/// At most this many buffers wait for reuse; beyond it the smallest are freed.
-const KEEP: usize = 48;
+/// At most this many buffers wait for reuse; beyond it the smallest are freed. A
+/// forward and backward pass to conv5_1 holds about 60 at once (activations, pooled
+/// copies, gradients, Winograd scratch), all of which the next one needs again.
+const KEEP: usize = 96;
 
 static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
@@ -40,6 +42,14 @@ pub fn any(len: usize) -> Vec<f32> {
         }
         None => vec![0.0; len],
     }
+}
+
+/// Frees every buffer waiting for reuse: between the passes of a tiled evaluation,
+/// whose crops differ in size, the last pass's buffers would otherwise be kept beside
+/// the next one's (gigabytes at 1024-pixel tiles).
+pub fn clear() {
+    let freed = std::mem::take(&mut *FREE.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(freed);
 }
 
 /// Gives a buffer back for reuse.

@@ -346,6 +346,27 @@ impl Activation {
         g
     }
 
+    /// This activation with each channel multiplied by `mask` (`[H][W]`), position by
+    /// position (a region's guided Gram reads it).
+    pub fn masked(&self, mask: &[f32]) -> Activation {
+        let n = self.height * self.width;
+        let mut data = buffers::any(self.data.len());
+        data.par_chunks_mut(n.max(1))
+            .zip(self.data.par_chunks(n.max(1)))
+            .for_each(|(o, a)| {
+                o.iter_mut()
+                    .zip(a)
+                    .zip(mask)
+                    .for_each(|((o, a), m)| *o = a * m)
+            });
+        Activation {
+            data,
+            channels: self.channels,
+            height: self.height,
+            width: self.width,
+        }
+    }
+
     /// The sum over positions of each channel, `A 1` (`[C]`).
     pub fn row_sums(&self) -> Vec<f32> {
         let n = self.height * self.width;

@@ -210,6 +210,7 @@ pub fn seed_weights() -> CostWeights {
             .collect(),
         tv_weight: 0.0,
         style_loss: easel::loss::StyleLoss::Gram,
+        region_weights: Vec::new(),
     }
 }
 
