@@ -99,6 +99,7 @@ fn adam_moments_carry_to_a_finer_scale_scaled_by_the_pixel_ratio() {
                 style: 0.0,
                 style_layers: vec![],
                 tv: 0.0,
+                regions: vec![],
             };
             Ok((costs, g.clone()))
         };

@@ -3,6 +3,7 @@
 
 use crate::color::{self, PreserveColors};
 use crate::image as img;
+use crate::loss::regions::RegionMask;
 use crate::mask::Regions;
 use crate::preset::{Init, Preset};
 use anyhow::Result;
@@ -25,7 +26,7 @@ pub struct Inputs {
     pub styles: Vec<(Tensor<4>, f64)>,
     /// With `regions`: per region its mask at this scale (`[H][W]`, 1 inside) and the
     /// index of its style in `styles` (`None`: no style).
-    pub regions: Vec<(Vec<f32>, Option<usize>)>,
+    pub regions: Vec<RegionMask>,
     /// The content at this scale, for luminance-only output.
     content_rgb: RgbImage,
     colors: PreserveColors,

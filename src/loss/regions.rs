@@ -2,22 +2,28 @@
 //! Neural Style Transfer"): a mask over the content gives each region its own style, or
 //! none. docs/design.md §6.
 //!
-//! Guided Grams: at each style layer the region's mask `m` is the image's mask averaged
-//! down as the network pools (so it is fractional along the region's edge), and the
-//! region's Gram is that of the masked activation, `G_r = (A ⊙ m)(A ⊙ m)^T`, a sum over
+//! Guided Grams: at each style layer the region's mask `m` holds the positions whose
+//! receptive field lies inside the region ([`layer_masks`]; the paper's "inside"
+//! guidance), and the region's Gram is that of the masked activation, `G_r = (A ⊙ m)(A ⊙ m)^T`, a sum over
 //! the region's positions weighted by `m^2` (its *mass*, `n_r = sum m^2`). The style's
 //! Gram, a sum over its `N_s` positions, is brought to the region's mass,
 //! `T_r = G_s n_r / N_s`, and the region's cost at the layer is
 //! `J_r[l] = sum((T_r - G_r)^2) / (4 C^2 n_r^2)`: the paper's cost between mean Grams,
 //! which for one region over the whole image is the unguided cost. A layer's style cost
 //! is `J_style[l] = sum_r w_r J_r[l]`, `w_r` the region's weight; a region without a
-//! style adds nothing, and its pixels change through the content cost alone where no
-//! styled region's positions reach them.
+//! style adds nothing, and as no styled position reaches into it, its pixels change
+//! through the content cost alone. (Masks averaged down as the network pools let the
+//! edge positions of the styled regions push the pixels inside their neighbours': the
+//! demo's face grew a ring of rainbow colours.)
 
 use super::sum_squares;
-use crate::vgg::cpu::pool;
-use crate::vgg::{BLOCK_ENDS, Layer, Pooling};
+use crate::network::tiles::{reach, scale};
+use crate::vgg::Layer;
 use burn::tensor::{Device, Tensor, TensorData};
+
+/// A region of a run's mask at one scale: its mask (`[H][W]`, 1 inside, 0 outside) and
+/// the index of its style among the run's style images (`None`: no style).
+pub type RegionMask = (Vec<f32>, Option<usize>);
 
 /// A region's mask at one style layer: the host floats (for the CPU's kernels) and the
 /// same as a `[1, 1, h, w]` tensor (for burn's), with its mass `sum m^2`.
@@ -36,31 +42,57 @@ pub struct RegionTarget {
     pub grams: Option<Vec<Tensor<2>>>,
 }
 
-/// The mask `mask` (`[H][W]`, 0 or 1) averaged down to each of `layers`, as the network
-/// pools (odd sizes round down).
+/// `mask` (`[H][W]`, 0 or 1) at each of `layers`: a position is in the region where
+/// every pixel that reaches it is (the mask eroded by the layer's reach, then the
+/// smallest value over the position's cell); pixels beyond the image's edge count as
+/// inside. Positions whose receptive field crosses into another region are left out,
+/// so a region's style cost never reaches a pixel outside it.
 pub fn layer_masks(
     mask: &[f32],
     (h, w): (usize, usize),
     layers: &[Layer],
     device: &Device,
 ) -> Vec<LayerMask> {
-    let deepest = layers.iter().copied().max().unwrap_or(Layer(0));
-    let (mut m, mut hh, mut ww) = (mask.to_vec(), h, w);
-    let mut out = Vec::new();
-    for i in 0..=deepest.0 {
-        if i > 0 && BLOCK_ENDS.contains(&(i - 1)) {
-            m = pool(&m, 1, hh, ww, Pooling::Avg);
-            (hh, ww) = (hh / 2, ww / 2);
-        }
-        if layers.contains(&Layer(i)) {
+    layers
+        .iter()
+        .map(|&l| {
+            let (s, r) = (scale(l), reach(l));
+            let eroded = min_filter(mask, (h, w), r);
+            let (hh, ww) = (h / s, w / s);
+            let mut m = vec![0f32; hh * ww];
+            for (q, v) in m.iter_mut().enumerate() {
+                let (y, x) = (q / ww.max(1), q % ww.max(1));
+                *v = (y * s..(y + 1) * s)
+                    .flat_map(|yy| eroded[yy * w + x * s..yy * w + (x + 1) * s].iter().copied())
+                    .fold(1.0, f32::min);
+            }
             let mass = m.iter().map(|&v| (v as f64) * (v as f64)).sum();
             let tensor = Tensor::from_data(TensorData::new(m.clone(), [1, 1, hh, ww]), device);
-            out.push(LayerMask {
-                host: m.clone(),
+            LayerMask {
+                host: m,
                 tensor,
                 mass,
-            });
+            }
+        })
+        .collect()
+}
+
+/// The smallest value within `r` pixels (a square window, cut at the image's edge), by
+/// rows then columns.
+fn min_filter(x: &[f32], (h, w): (usize, usize), r: usize) -> Vec<f32> {
+    let along = |v: &[f32], out: &mut [f32], n: usize, stride: usize| {
+        for i in 0..n {
+            let (a, b) = (i.saturating_sub(r), (i + r + 1).min(n));
+            out[i * stride] = (a..b).map(|j| v[j * stride]).fold(1.0, f32::min);
         }
+    };
+    let mut rows = vec![0f32; h * w];
+    for y in 0..h {
+        along(&x[y * w..(y + 1) * w], &mut rows[y * w..(y + 1) * w], w, 1);
+    }
+    let mut out = vec![0f32; h * w];
+    for x0 in 0..w {
+        along(&rows[x0..], &mut out[x0..], h, w);
     }
     out
 }

@@ -23,7 +23,7 @@ mod winograd;
 pub use tiled::{Pass, ProgressSink, TileProgress};
 
 use crate::backend::{Backend, BackendKind, Precision};
-use crate::loss::regions::RegionTarget;
+use crate::loss::regions::{RegionMask, RegionTarget};
 use crate::loss::{CostWeights, Costs, StyleReads, Targets};
 use crate::vgg::cpu::CpuVgg;
 use crate::vgg::{Layer, Pooling, Vgg19};
@@ -224,7 +224,7 @@ impl Network {
         &self,
         content: Tensor<4>,
         styles: &[(Tensor<4>, f64)],
-        regions: &[(Vec<f32>, Option<usize>)],
+        regions: &[RegionMask],
         weights: &CostWeights,
     ) -> Result<Targets> {
         let [_, _, h, w] = content.dims();

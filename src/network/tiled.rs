@@ -163,15 +163,27 @@ impl Tiled<'_> {
         mut visit: impl FnMut(&Rect, &Rect, &Activations) -> Result<()>,
     ) -> Result<()> {
         let (h, w) = (self.plan.height, self.plan.width);
+        // The largest crops first, so that the smaller ones reuse their buffers instead
+        // of adding a set of their own to the pool; the last pass's go first.
         crate::vgg::buffers::clear();
-        for (i, interior) in self.plan.interiors.iter().enumerate() {
-            let crop = self.plan.crop(interior, halo);
+        let mut order: Vec<(&Rect, Rect)> = self
+            .plan
+            .interiors
+            .iter()
+            .map(|t| (t, self.plan.crop(t, halo)))
+            .collect();
+        order.sort_by_key(|(_, crop)| std::cmp::Reverse(crop.area()));
+        // What the first (largest) tile needed, which every later one fits in.
+        let mut working_set = None;
+        for (i, (interior, crop)) in order.into_iter().enumerate() {
             let image = crop.copy_from(pixels, 3, h, w);
             let acts = self
                 .cpu
                 .forward(&image, crop.height(), crop.width(), deepest, self.pooling);
             let visited = visit(interior, &crop, &acts);
             acts.recycle();
+            let bytes = *working_set.get_or_insert_with(crate::vgg::buffers::pooled_bytes);
+            crate::vgg::buffers::trim_to(bytes);
             visited?;
             self.report(pass, i + 1);
         }
@@ -337,6 +349,12 @@ impl Tiled<'_> {
         targets: &Targets,
         weights: &CostWeights,
     ) -> Result<(Costs, Tensor<4>)> {
+        anyhow::ensure!(
+            targets.content_layer == weights.content_layer,
+            "the targets are for {} but the cost reads {}",
+            targets.content_layer,
+            weights.content_layer
+        );
         let plain = x.clone().inner();
         let device = plain.device();
         let (pixels, h, w) = super::image_floats(&plain)?;

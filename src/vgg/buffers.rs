@@ -7,10 +7,8 @@
 
 use std::sync::Mutex;
 
-/// At most this many buffers wait for reuse; beyond it the smallest are freed. A
-/// forward and backward pass to conv5_1 holds about 60 at once (activations, pooled
-/// copies, gradients, Winograd scratch), all of which the next one needs again.
-const KEEP: usize = 96;
+/// At most this many buffers wait for reuse; beyond it the smallest are freed.
+const KEEP: usize = 48;
 
 static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
@@ -50,6 +48,26 @@ pub fn any(len: usize) -> Vec<f32> {
 pub fn clear() {
     let freed = std::mem::take(&mut *FREE.lock().unwrap_or_else(|e| e.into_inner()));
     drop(freed);
+}
+
+/// The bytes the buffers waiting for reuse hold.
+pub fn pooled_bytes() -> usize {
+    let free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+    free.iter().map(|b| b.capacity() * 4).sum()
+}
+
+/// Frees the smallest waiting buffers until they hold at most `bytes`. A small request
+/// takes the smallest buffer that holds it, which may be a large one while the small
+/// ones are in use; the large request after it then allocates anew, and over many
+/// passes of the same size the pool fills with such sets (tiles: past 24 GB).
+pub fn trim_to(bytes: usize) {
+    let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+    free.sort_by_key(|b| std::cmp::Reverse(b.capacity()));
+    let mut total = 0;
+    free.retain(|b| {
+        total += b.capacity() * 4;
+        total <= bytes
+    });
 }
 
 /// Gives a buffer back for reuse.
