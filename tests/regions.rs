@@ -303,3 +303,53 @@ fn bad_regions_are_refused_with_the_colour_or_key() {
         );
     }
 }
+
+/// A region's weight changed mid-run takes effect between two iterations (J_style moves
+/// with it) and is kept in the run's preset.yaml.
+#[test]
+fn a_region_weight_changes_mid_run() {
+    use easel::engine::{self, Command, Destination, Event, RunSpec, Setting};
+    let dir = scratch_with_mask(REGIONS, &three_colour_mask());
+    let o: Vec<String> = vec!["iterations=6".into(), "save_every=0".into()];
+    let preset = easel::preset::Preset::load(&dir.path().join("p.yaml"), &o).expect("preset");
+    let mut handle = engine::spawn(RunSpec {
+        preset,
+        destination: Destination::New(dir.path().join("out")),
+        weights: real_weights(),
+        backend: easel::backend::Backend::cpu(),
+        preview_every_s: 0.0,
+    });
+    let blue = [0, 0, 255];
+    let mut styles = Vec::new();
+    let mut run_dir = None;
+    loop {
+        match handle
+            .events
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .expect("the engine keeps talking")
+        {
+            Event::Started(s) => run_dir = Some(s.run_dir.clone()),
+            Event::Iteration(r) => {
+                if r.iter == 2 {
+                    handle.send(Command::Set(Setting::RegionWeight(blue), 20.0));
+                }
+                styles.push(r.j_style);
+            }
+            Event::Changed { key, .. } => assert_eq!(key, "regions.styles.#0000ff.weight"),
+            Event::Failed(e) => panic!("{e}"),
+            Event::Finished { .. } => break,
+            _ => {}
+        }
+    }
+    handle.join();
+    // Commands are taken between iterations: the change lands one or two records on.
+    let last = styles.last().copied().unwrap_or_default();
+    assert!(
+        last > 3.0 * styles[2],
+        "J_style did not follow the blue region's weight: {styles:?}"
+    );
+    let run_dir = run_dir.expect("started");
+    let saved =
+        easel::preset::Preset::load(&run_dir.join("preset.yaml"), &[]).expect("preset.yaml");
+    assert_eq!(saved.settings.get(Setting::RegionWeight(blue)), Some(20.0));
+}

@@ -426,8 +426,9 @@ fn the_shipped_sweeps_expand_to_runnable_points() {
 /// log; the others finish and the sheet is still made, the failed cell marked.
 #[test]
 fn a_failed_point_is_reported_and_the_rest_collected() {
-    let dir =
-        scratch("base: p.yaml\naxes:\n  zip: {size.width: [32, 8192], size.height: [24, 8192], tile: [auto, off]}\n");
+    let dir = scratch(
+        "base: p.yaml\naxes:\n  zip: {size.width: [32, 8192], size.height: [24, 8192], tile: [auto, off]}\n",
+    );
     let o = easel(&["sweep", "s.yaml"], dir.path(), None);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");

@@ -332,3 +332,42 @@ fn the_readme_key_table_is_the_workbenchs() {
         );
     }
 }
+
+/// With `regions`, each region with a style is a row of its own; its weight changes
+/// like any other setting (a region without a style has no row).
+#[test]
+fn each_region_with_a_style_is_a_setting() {
+    let preset = Preset::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("presets/regions.yaml"),
+        &[],
+    )
+    .expect("regions preset");
+    let mut app = App::new(PathBuf::from("presets"));
+    app.on_event(Event::Started(Box::new(Started {
+        run_dir: PathBuf::from("runs/20261129T000000Z-regions-chelsea"),
+        backend: "cpu (burn-flex)".into(),
+        width: 400,
+        height: 300,
+        start_iter: 0,
+        preset,
+        history: Vec::new(),
+        changes: Vec::new(),
+    })));
+    let (blue, red) = ([0, 0, 255], [255, 0, 0]);
+    assert!(app.rows.contains(&Row::Region(red)));
+    assert!(!app.rows.contains(&Row::Region([0, 0, 0])));
+    assert_eq!(Row::Region(blue).label(), "style #0000ff");
+    let at = app
+        .rows
+        .iter()
+        .position(|r| *r == Row::Region(blue))
+        .expect("the blue region's row");
+    for _ in 0..at {
+        press(&mut app, KeyCode::Down);
+    }
+    assert_eq!(app.value(&Row::Region(blue)), "2");
+    assert_eq!(
+        press(&mut app, KeyCode::Right),
+        vec![Action::Send(Command::Set(Setting::RegionWeight(blue), 2.5))]
+    );
+}
