@@ -98,14 +98,6 @@ fn guided_grams_match_pytorch() {
     ));
 }
 
-fn photo(name: &str, w: u32, h: u32, device: &Device) -> Tensor<4> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("presets/images")
-        .join(name);
-    let img = easel::image::load_rgb(&path).expect("a demo image");
-    easel::image::to_pixel_space(&easel::image::resize(&img, w, h), device)
-}
-
 /// One region over the whole image, weight 1, is the paper's unguided cost.
 #[test]
 fn one_region_over_the_image_is_the_unguided_cost() {

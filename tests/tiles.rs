@@ -17,15 +17,6 @@ use easel::loss::{CostWeights, StyleLoss};
 use easel::network::Network;
 use easel::optim::{Optimizer, OptimizerSpec};
 use easel::vgg::{Layer, Padding, Pooling};
-use std::path::Path;
-
-fn photo(name: &str, w: u32, h: u32, device: &Device) -> Tensor<4> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("presets/images")
-        .join(name);
-    let img = easel::image::load_rgb(&path).expect("a demo image");
-    easel::image::to_pixel_space(&easel::image::resize(&img, w, h), device)
-}
 
 fn networks(pooling: Pooling, tile: usize) -> (Network, Network) {
     networks_padded(pooling, Padding::Zero, tile)

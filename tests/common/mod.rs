@@ -313,3 +313,12 @@ pub fn easel_limited(limit: &str, args: &[&str], cwd: &Path) -> std::process::Ou
         .output()
         .expect("prlimit (util-linux) runs easel")
 }
+
+/// A demo photograph from presets/images at `w` x `h`, in pixel space.
+pub fn photo(name: &str, w: u32, h: u32, device: &Device) -> Tensor<4> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("presets/images")
+        .join(name);
+    let img = easel::image::load_rgb(&path).expect("a demo image");
+    easel::image::to_pixel_space(&easel::image::resize(&img, w, h), device)
+}
