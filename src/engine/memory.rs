@@ -82,20 +82,20 @@ impl Fit {
             tile: None,
             need: memory_estimate(pixels, optimizer),
         };
+        // In tiles of `size`, where they cut the image at all.
         let tiled = |size: usize| {
             let plan = TilePlan::new(height, width, size, deepest);
-            Fit {
+            plan.is_tiled().then(|| Fit {
                 backend,
                 width,
                 height,
                 tile: Some(size),
                 need: tiled_memory_estimate(pixels, plan.largest_crop() as u64, optimizer),
-            }
+            })
         };
-        let cuts = |size: usize| TilePlan::new(height, width, size, deepest).is_tiled();
         match choice {
-            TileChoice::Size(TileSize { size }) if cuts(size) => tiled(size),
-            TileChoice::Size(_) | TileChoice::Mode(TileMode::Off) => untiled,
+            TileChoice::Size(TileSize { size }) => tiled(size).unwrap_or(untiled),
+            TileChoice::Mode(TileMode::Off) => untiled,
             TileChoice::Mode(TileMode::Auto) => {
                 let have = available_memory().unwrap_or(u64::MAX);
                 if backend != BackendKind::Cpu || untiled.need <= have {
@@ -104,7 +104,7 @@ impl Fit {
                 // The largest tiles that fit; else the smallest, which [`Fit::check`]
                 // refuses with what they would need.
                 let mut last = None;
-                for fit in AUTO_TILES.iter().filter(|&&s| cuts(s)).map(|&s| tiled(s)) {
+                for fit in AUTO_TILES.iter().filter_map(|&s| tiled(s)) {
                     if fit.need <= have {
                         return fit;
                     }

@@ -102,15 +102,16 @@ fn start(place: &Destination, preset: &Preset, x: Tensor<4>) -> Result<(RunDir, 
     Ok((run_dir, start))
 }
 
-/// How each scale computes on a backend of `kind`: in tiles where it must. Chosen once,
-/// before the run holds memory of its own that the choice would count against it.
+/// How each scale computes on a backend of `kind`: in tiles where it must; refused
+/// where the largest scale does not fit. Chosen once, before the run holds memory of its
+/// own that the choice would count against it.
 fn stage_fits(
     stages: &[Stage],
     kind: BackendKind,
     preset: &Preset,
     weights: &CostWeights,
-) -> Vec<Fit> {
-    stages
+) -> Result<Vec<Fit>> {
+    let fits: Vec<Fit> = stages
         .iter()
         .map(|s| {
             Fit::choose(
@@ -121,7 +122,11 @@ fn stage_fits(
                 weights.deepest(),
             )
         })
-        .collect()
+        .collect();
+    if let Some(largest) = fits.last() {
+        largest.check()?;
+    }
+    Ok(fits)
 }
 
 /// A stopped run's checkpoint and the records before it.
@@ -150,10 +155,7 @@ impl Worker {
         let (w, h) = sources.output_size(&preset);
         let cost_weights = preset.cost_weights();
         let stages = schedule::stages(preset.scales.as_ref(), w, h, preset.iterations);
-        let fits = stage_fits(&stages, backend.kind, &preset, &cost_weights);
-        if let Some(largest) = fits.last() {
-            largest.check()?;
-        }
+        let fits = stage_fits(&stages, backend.kind, &preset, &cost_weights)?;
         super::memory::check_device_memory(&backend, w as usize, h as usize)?;
         let vgg = weights::load(&weights_path, &backend.device)?
             .with_pooling(preset.pooling)
@@ -415,16 +417,14 @@ impl Worker {
     /// Moves everything the run holds to another device, between two iterations.
     fn switch_backend(&mut self, backend: Backend) {
         let device = &backend.device;
-        let fits = stage_fits(&self.stages, backend.kind, &self.preset, &self.weights);
-        let moved = self.network.to_backend(&backend).and_then(|mut n| {
-            if let Some(largest) = fits.last() {
-                largest.check()?;
-            }
-            n.set_tile(fits[self.stage].tile);
-            n.check(&self.weights).map(|()| n)
-        });
-        self.network = match moved {
-            Ok(network) => network,
+        let moved =
+            stage_fits(&self.stages, backend.kind, &self.preset, &self.weights).and_then(|fits| {
+                let mut n = self.network.to_backend(&backend)?;
+                n.set_tile(fits[self.stage].tile);
+                n.check(&self.weights).map(|()| (n, fits))
+            });
+        (self.network, self.fits) = match moved {
+            Ok(moved) => moved,
             Err(e) => {
                 self.emit(Event::Notice(format!(
                     "staying on {}: {e:#}",
@@ -433,7 +433,6 @@ impl Worker {
                 return;
             }
         };
-        self.fits = fits;
         self.targets = self.targets.to_device(device);
         self.inputs = self.inputs.to_device(device);
         self.point.x = self.point.x.clone().to_device(device);

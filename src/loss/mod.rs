@@ -299,17 +299,27 @@ pub fn cost_terms(
     targets: &Targets,
     weights: &CostWeights,
 ) -> Result<CostTerms> {
-    let style = StyleReads::of_taps(taps, weights, 0);
+    // With regions the cost reads the guided Grams of the regions with a style only.
+    let style = if targets.regions.is_empty() {
+        StyleReads::of_taps(taps, weights, 0)
+    } else {
+        StyleReads {
+            grams: Vec::new(),
+            sums: Vec::new(),
+            pixels: 0,
+        }
+    };
     let regions = targets
         .regions
         .iter()
-        .map(|r| {
-            weights
+        .map(|r| match r.grams {
+            Some(_) => weights
                 .style_layers
                 .iter()
                 .zip(&r.masks)
                 .map(|((l, _), m)| regions::guided_gram(taps[l.0].clone(), &m.tensor))
-                .collect()
+                .collect(),
+            None => Vec::new(),
         })
         .collect();
     let reads = Reads {
@@ -380,8 +390,7 @@ pub fn terms_from_reads(
             Vec::new(),
         )
     } else {
-        let dims: Vec<[usize; 3]> = reads.grams.iter().map(|(_, d)| *d).collect();
-        region_terms(reads.regions, &dims, targets, weights)
+        region_terms(reads.regions, targets, weights)
     };
     let mut style_total = content.zeros_like();
     for ((_, lambda), j) in weights.style_layers.iter().zip(&style) {
@@ -408,7 +417,6 @@ pub fn terms_from_reads(
 /// `sum_l lambda_l J_r[l]` ([`regions`]), from the guided Grams `grams[r][l]`.
 fn region_terms(
     grams: Vec<Vec<Tensor<2>>>,
-    dims: &[[usize; 3]],
     targets: &Targets,
     weights: &CostWeights,
 ) -> (Vec<Tensor<1>>, Vec<Tensor<1>>) {
@@ -422,7 +430,8 @@ fn region_terms(
             continue;
         };
         for (k, ((g, t), m)) in guided.into_iter().zip(style).zip(&target.masks).enumerate() {
-            let j = regions::guided_cost(t.clone(), g, dims[k][0], m.mass);
+            let c = g.dims()[0];
+            let j = regions::guided_cost(t.clone(), g, c, m.mass);
             let lambda = weights.style_layers[k].1;
             region = Some(match region {
                 Some(acc) => acc + j.clone() * lambda,

@@ -287,6 +287,14 @@ impl Network {
     }
 }
 
+/// Adds `g` to the gradient at tap `layer` (the taps of one backward pass).
+pub(crate) fn add_tap(taps: &mut [Option<Vec<f32>>], layer: usize, g: Vec<f32>) {
+    match &mut taps[layer] {
+        Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+        slot => *slot = Some(g),
+    }
+}
+
 /// A tensor's floats on the host.
 pub(crate) fn floats(data: TensorData, what: &str) -> Result<Vec<f32>> {
     data.try_into_vec_as::<f32>()

@@ -456,10 +456,7 @@ impl Tiled<'_> {
         device: &Device,
     ) -> Result<Vec<Option<Vec<f32>>>> {
         let mut taps: Vec<Option<Vec<f32>>> = vec![None; acts.layers.len()];
-        let mut add = |layer: usize, g: Vec<f32>| match &mut taps[layer] {
-            Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
-            slot => *slot = Some(g),
-        };
+        let mut add = |layer: usize, g: Vec<f32>| super::add_tap(&mut taps, layer, g);
         let l = targets.content_layer;
         if weights.alpha > 0.0 {
             let a = &acts.layers[l.0];

@@ -2,9 +2,9 @@
 //! autodiff tape, which covers only the costs: from the content activation and the
 //! Grams (with `style_loss: w2`, the row sums too), and TV from the image.
 
-use super::{floats, image_floats};
+use super::{add_tap, floats, image_floats};
 use crate::loss::{CostWeights, Costs, Reads, StyleLoss, Targets, terms_from_reads};
-use crate::vgg::cpu::{Activation, CpuVgg};
+use crate::vgg::cpu::{Activation, CpuVgg, mask_planes};
 use crate::vgg::{Layer, Pooling};
 use anyhow::Result;
 use burn::tensor::{Tensor, TensorData};
@@ -44,8 +44,13 @@ pub fn evaluate(
     };
     let content_act = &acts.layers[weights.content_layer.0];
     let content = content_act.to_tensor(&device).autodiff().require_grad();
-    let grams: Vec<(Tensor<2>, [usize; 3])> = weights
-        .style_layers
+    // With regions the cost reads the guided Grams only.
+    let unguided = if targets.regions.is_empty() {
+        &weights.style_layers[..]
+    } else {
+        &[]
+    };
+    let grams: Vec<(Tensor<2>, [usize; 3])> = unguided
         .iter()
         .map(|(l, _)| {
             let a = &acts.layers[l.0];
@@ -97,10 +102,7 @@ pub fn evaluate(
     // The gradient at each layer the cost read: the content's directly, the Grams'
     // through the Gram's adjoint.
     let mut tap_grads: Vec<Option<Vec<f32>>> = vec![None; acts.layers.len()];
-    let mut add = |layer: usize, g: Vec<f32>| match &mut tap_grads[layer] {
-        Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
-        slot => *slot = Some(g),
-    };
+    let mut add = |layer: usize, g: Vec<f32>| add_tap(&mut tap_grads, layer, g);
     if let Some(g) = content.grad(&grads) {
         add(
             weights.content_layer.0,
@@ -126,9 +128,7 @@ pub fn evaluate(
             if let Some(dg) = g.grad(&grads) {
                 let dg = floats(dg.into_data(), "a guided Gram's gradient")?;
                 let mut d = a.gram_adjoint(&dg);
-                let n = a.height * a.width;
-                d.chunks_mut(n.max(1))
-                    .for_each(|row| row.iter_mut().zip(&m.host).for_each(|(v, m)| *v *= m));
+                mask_planes(&mut d, &m.host);
                 add(layer, d);
             }
             crate::vgg::buffers::give(a.data);

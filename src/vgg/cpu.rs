@@ -313,6 +313,13 @@ pub fn unpool(g: &[f32], x: &[f32], c: usize, h: usize, w: usize, pooling: Pooli
     out
 }
 
+/// Multiplies each `[H][W]` plane of `x` (`[C][H][W]`) by `mask` (`[H][W]`), position
+/// by position.
+pub fn mask_planes(x: &mut [f32], mask: &[f32]) {
+    x.par_chunks_mut(mask.len().max(1))
+        .for_each(|plane| plane.iter_mut().zip(mask).for_each(|(v, m)| *v *= m));
+}
+
 impl Activations {
     /// Gives the buffers back for the next iteration.
     pub fn recycle(self) {
@@ -349,16 +356,9 @@ impl Activation {
     /// This activation with each channel multiplied by `mask` (`[H][W]`), position by
     /// position (a region's guided Gram reads it).
     pub fn masked(&self, mask: &[f32]) -> Activation {
-        let n = self.height * self.width;
         let mut data = buffers::any(self.data.len());
-        data.par_chunks_mut(n.max(1))
-            .zip(self.data.par_chunks(n.max(1)))
-            .for_each(|(o, a)| {
-                o.iter_mut()
-                    .zip(a)
-                    .zip(mask)
-                    .for_each(|((o, a), m)| *o = a * m)
-            });
+        data.copy_from_slice(&self.data);
+        mask_planes(&mut data, mask);
         Activation {
             data,
             channels: self.channels,
