@@ -118,6 +118,17 @@ fn cuda_costs_and_gradient_match_the_cpu() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
+fn adam_on_the_card_matches_tensor_adam_on_the_cpu_with_clamp_ema_and_rollback() {
+    for padding in [Padding::Zero, Padding::Replicate] {
+        let (gpu, cpu) = networks_padded(Pooling::Avg, padding);
+        assert!(gpu.keeps_adam_state(), "the CUDA path keeps Adam's state");
+        // 400x300 as the default preset; the image reaches the clamp.
+        check_resident_adam(&gpu, &cpu, (400, 300), 5, 1e-3);
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
 fn five_adam_steps_on_cuda_match_the_cpu() {
     let (gpu, cpu) = networks_padded(Pooling::Avg, Padding::Zero);
     let weights = seed_weights();

@@ -60,7 +60,7 @@ const fn lib(
 #[rustfmt::skip]
 pub const LIBRARIES: [Library; 5] = [
     lib("the NVIDIA driver's CUDA library", &["libcuda.so.1", "libcuda.so"], &[], DRIVER),
-    lib("nvrtc 13 (CUDA's run-time compiler)", &["libnvrtc.so.13", "libnvrtc.so"], &["libnvrtc-builtins.so.13.0", "libnvrtc-builtins.so"], NVRTC),
+    lib("nvrtc 13 (CUDA's run-time compiler)", &["libnvrtc.so.13", "libnvrtc.so"], &["libnvrtc-builtins.so.13.*", "libnvrtc-builtins.so"], NVRTC),
     lib("cuBLASLt 13", &["libcublasLt.so.13", "libcublasLt.so"], &[], CUBLAS),
     lib("cuBLAS 13", &["libcublas.so.13", "libcublas.so"], &[], CUBLAS),
     lib("cuDNN 9", &["libcudnn.so.9", "libcudnn.so"], CUDNN_PARTS, CUDNN),
@@ -161,13 +161,32 @@ fn load_one(lib: &Library, dirs: &[Option<PathBuf>]) -> Option<Option<PathBuf>> 
     None
 }
 
+/// The files in `dir` a companion's name stands for: itself, or with a trailing `*`
+/// every file that starts with what comes before it (nvrtc's builtins are named after
+/// the minor version, `libnvrtc-builtins.so.13.0`, `.13.1`, ...).
+fn companion_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let Some(prefix) = name.strip_suffix('*') else {
+        return vec![dir.join(name)];
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
 /// Loads the companions present in `dir`, retrying those whose own dependencies were
 /// not loaded yet, until no more can be.
 fn load_companions(lib: &Library, dir: &Path) {
     let mut pending: Vec<PathBuf> = lib
         .companions
         .iter()
-        .map(|n| dir.join(n))
+        .flat_map(|n| companion_files(dir, n))
         .filter(|p| p.exists())
         .collect();
     loop {
@@ -228,4 +247,33 @@ pub fn missing_message(lib: &Library, dirs: &[Option<PathBuf>]) -> String {
         searched.join(", "),
         lib.fix
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::companion_files;
+
+    #[test]
+    fn a_trailing_star_names_every_minor_version_present() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for f in [
+            "libnvrtc-builtins.so.13.1",
+            "libnvrtc-builtins.so.13.0",
+            "libnvrtc.so.13",
+        ] {
+            std::fs::write(dir.path().join(f), b"").expect("file");
+        }
+        let names = |pattern: &str| -> Vec<String> {
+            companion_files(dir.path(), pattern)
+                .iter()
+                .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names("libnvrtc-builtins.so.13.*"),
+            ["libnvrtc-builtins.so.13.0", "libnvrtc-builtins.so.13.1"]
+        );
+        // A plain name stands for itself, present or not (the caller checks).
+        assert_eq!(names("libnvrtc-builtins.so"), ["libnvrtc-builtins.so"]);
+    }
 }

@@ -11,6 +11,7 @@ use super::{
 use crate::backend::{Backend, BackendChoice, BackendKind};
 use crate::image as img;
 use crate::loss::{CostWeights, Costs, Targets};
+use crate::network::resident::{AdamTensors, AdamUpdate, Resident};
 use crate::network::{ConvChoice, Network};
 use crate::optim::Optimizer;
 use crate::preset::{Change, Preset};
@@ -58,6 +59,11 @@ struct Worker {
     inputs: Inputs,
     targets: Targets,
     point: Point,
+    /// Where the network keeps the image and Adam's moments between iterations (see
+    /// `network::resident`); while it does, `point` holds the true iteration and
+    /// scalars, and its tensors are behind unless `stale` is false.
+    resident: Option<Resident>,
+    stale: bool,
     elapsed_s: f64,
     state: RunState,
     stop: bool,
@@ -233,6 +239,8 @@ impl Worker {
             inputs,
             targets,
             point,
+            resident: None,
+            stale: false,
             elapsed_s,
             state: RunState::Running,
             stop: false,
@@ -281,10 +289,11 @@ impl Worker {
                 break RunState::Finished;
             }
             if let Err(e) = self.step() {
-                // Keep the work: the checkpoint of the last sound state.
-                let _ = self
-                    .checkpoint()
-                    .save(&self.run_dir.file(run_dir::CHECKPOINT));
+                // Keep the work: the checkpoint of the last sound state, where it can
+                // still be read back.
+                if let Ok(cp) = self.checkpoint() {
+                    let _ = cp.save(&self.run_dir.file(run_dir::CHECKPOINT));
+                }
                 return Err(e);
             }
         };
@@ -433,6 +442,13 @@ impl Worker {
                 return;
             }
         };
+        if let Err(e) = self.leave_resident() {
+            self.emit(Event::Notice(format!(
+                "staying on {}: {e:#}",
+                self.backend.description
+            )));
+            return;
+        }
         self.targets = self.targets.to_device(device);
         self.inputs = self.inputs.to_device(device);
         self.point.x = self.point.x.clone().to_device(device);
@@ -456,15 +472,18 @@ impl Worker {
         let candidate = self.point.clone();
         let lr = self.preset.settings.optimizer.lr();
         let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if self.keeps_state() {
+                return self.resident_costs().map(|costs| (None, costs));
+            }
             let (network, targets, weights) = (&self.network, &self.targets, &self.weights);
             let mut eval = |x: &Tensor<4>| {
                 // Tests make the compute path fail here (a lost device, a bug).
                 fail::fail_point!("network-evaluate");
                 network.evaluate(x, targets, weights)
             };
-            self.point
-                .optimizer
-                .step(lr, self.point.x.clone(), &mut eval)
+            let point = &mut self.point;
+            let (next, costs) = point.optimizer.step(lr, point.x.clone(), &mut eval)?;
+            Ok((Some(next), costs))
         }));
         let result = match stepped {
             Ok(result) => result,
@@ -480,24 +499,25 @@ impl Worker {
             }
         };
         let elapsed_before = self.elapsed_s;
-        self.elapsed_s += started.elapsed().as_secs_f64();
         let (next, costs) = match result {
             Ok((next, costs)) if self.guard.accepts(&costs) => (next, costs),
-            Ok((_, costs)) => return self.roll_back(&format!("J = {:e}", costs.total)),
-            Err(e) => return self.roll_back(&format!("{e:#}")),
+            rejected => {
+                self.elapsed_s += started.elapsed().as_secs_f64();
+                return match rejected {
+                    Ok((_, costs)) => self.roll_back(&format!("J = {:e}", costs.total)),
+                    Err(e) => self.roll_back(&format!("{e:#}")),
+                };
+            }
         };
         self.guard.passed(candidate, costs.total);
+        match next {
+            Some(next) => self.take_host_step(next),
+            None => self.take_resident_step(lr)?,
+        }
+        self.elapsed_s += started.elapsed().as_secs_f64();
         let record = self.record(&costs, elapsed_before, false);
         self.run_dir.append_record(&record)?;
         self.emit(Event::Iteration(record));
-        self.point.x = if self.preset.clamp {
-            img::clamp_pixels(next)
-        } else {
-            next
-        };
-        if let Some(ema) = &mut self.point.ema {
-            ema.update(&self.point.x, self.preset.ema);
-        }
         self.point.iter += 1;
         if self.preset.save_every > 0 && self.point.iter.is_multiple_of(self.preset.save_every) {
             self.save_snapshot()?;
@@ -506,6 +526,100 @@ impl Worker {
         {
             self.send_preview();
         }
+        Ok(())
+    }
+
+    /// Whether this step goes through the network's resident state: Adam, on a path
+    /// that keeps it.
+    fn keeps_state(&self) -> bool {
+        matches!(self.point.optimizer, Optimizer::Adam(_)) && self.network.keeps_adam_state()
+    }
+
+    /// The costs of the resident image, taking the state over first where the network
+    /// does not hold it yet.
+    fn resident_costs(&mut self) -> Result<Costs> {
+        if self.resident.is_none() {
+            let Optimizer::Adam(adam) = &self.point.optimizer else {
+                bail!("the network keeps Adam's state only")
+            };
+            let state = AdamTensors {
+                x: self.point.x.clone(),
+                m: adam.m.clone(),
+                v: adam.v.clone(),
+                avg: self.point.ema.as_ref().map(|e| e.avg.clone()),
+            };
+            self.resident = Some(Resident::new(&self.network, &state)?);
+        }
+        let Some(resident) = self.resident.as_mut() else {
+            unreachable!("taken over above")
+        };
+        // Tests make the compute path fail here (a lost device, a bug).
+        fail::fail_point!("network-evaluate");
+        resident.evaluate(&self.network, &self.targets, &self.weights)
+    }
+
+    /// Adam's update where the network keeps the state; the point's scalars follow.
+    fn take_resident_step(&mut self, lr: f64) -> Result<()> {
+        let (Some(resident), Optimizer::Adam(adam)) =
+            (self.resident.as_mut(), &mut self.point.optimizer)
+        else {
+            bail!("an update of the network's state without it")
+        };
+        let mut update = AdamUpdate::new(adam, adam.t + 1, lr);
+        if self.preset.clamp {
+            update = update.clamped();
+        }
+        if self.point.ema.is_some() {
+            update = update.averaged(self.preset.ema);
+        }
+        resident.update(&update)?;
+        adam.t += 1;
+        if let Some(ema) = &mut self.point.ema {
+            ema.count += 1;
+        }
+        self.stale = true;
+        Ok(())
+    }
+
+    /// The next image of a step the engine took on its own tensors.
+    fn take_host_step(&mut self, next: Tensor<4>) {
+        self.point.x = if self.preset.clamp {
+            img::clamp_pixels(next)
+        } else {
+            next
+        };
+        if let Some(ema) = &mut self.point.ema {
+            ema.update(&self.point.x, self.preset.ema);
+        }
+    }
+
+    /// Brings the point's tensors up to the resident state.
+    fn settle(&mut self) -> Result<()> {
+        if !self.stale {
+            return Ok(());
+        }
+        let Some(resident) = &self.resident else {
+            bail!(
+                "the run's image was lost with its compute path; resume the run from its last checkpoint"
+            )
+        };
+        let state = resident.store(&self.backend.device)?;
+        self.point.x = state.x;
+        if let Optimizer::Adam(adam) = &mut self.point.optimizer {
+            (adam.m, adam.v) = (state.m, state.v);
+        }
+        if let (Some(ema), Some(avg)) = (&mut self.point.ema, state.avg) {
+            ema.avg = avg;
+        }
+        self.stale = false;
+        Ok(())
+    }
+
+    /// Takes the state back from the network, which will not keep it (another scale,
+    /// another backend).
+    fn leave_resident(&mut self) -> Result<()> {
+        self.settle()?;
+        self.resident = None;
         Ok(())
     }
 
@@ -536,6 +650,9 @@ impl Worker {
         };
         let iter = good.iter;
         self.point = good;
+        if let Some(resident) = &mut self.resident {
+            resident.roll_back()?;
+        }
         self.point.optimizer.cost_changed();
         let lr = self.preset.settings.optimizer.lr() / 2.0;
         self.preset.settings.optimizer.set_lr(lr);
@@ -555,17 +672,19 @@ impl Worker {
         Ok(())
     }
 
-    fn checkpoint(&self) -> Checkpoint {
-        Checkpoint {
+    fn checkpoint(&mut self) -> Result<Checkpoint> {
+        self.settle()?;
+        Ok(Checkpoint {
             point: self.point.clone(),
             elapsed_s: self.elapsed_s,
             best_j: self.guard.best_j(),
-        }
+        })
     }
 
     /// Moves to the next scale: the image, Adam's moments and the average are
     /// upsampled; L-BFGS starts a new history; the targets are computed at the new size.
     fn next_stage(&mut self) -> Result<()> {
+        self.leave_resident()?;
         self.stage += 1;
         let Stage { width, height, .. } = self.stages[self.stage];
         self.point.x = img::resize_tensor(self.point.x.clone(), width, height);
@@ -607,13 +726,15 @@ impl Worker {
             .unwrap_or_else(|| self.point.x.clone())
     }
 
-    fn picture(&self) -> Result<image::RgbImage> {
+    fn picture(&mut self) -> Result<image::RgbImage> {
+        self.settle()?;
         self.inputs.render(&self.current())
     }
 
     /// Records the costs of the final image: one more evaluation, so that losses.jsonl
     /// ends with the J of the picture the run leaves.
-    fn record_final(&self) -> Result<()> {
+    fn record_final(&mut self) -> Result<()> {
+        self.settle()?;
         let (costs, _) = self
             .network
             .evaluate(&self.current(), &self.targets, &self.weights)?;
@@ -630,7 +751,7 @@ impl Worker {
         let image = self.picture()?;
         let path = self.run_dir.snapshot_path(self.point.iter);
         img::save(&image, &path)?;
-        self.checkpoint()
+        self.checkpoint()?
             .save(&self.run_dir.file(run_dir::CHECKPOINT))?;
         self.write_report(RunStatus::Running);
         self.emit(Event::Saved(path));
@@ -670,7 +791,7 @@ impl Worker {
         let image = self.picture()?;
         let final_image = self.run_dir.file(run_dir::FINAL);
         img::save(&image, &final_image)?;
-        self.checkpoint()
+        self.checkpoint()?
             .save(&self.run_dir.file(run_dir::CHECKPOINT))?;
         self.run_dir.write_preset(&self.preset)?;
         self.write_report(match end {

@@ -1,14 +1,16 @@
 //! The CUDA path as the seam sees it: burn tensors on the host in, costs and the image
 //! gradient out, with the targets kept on the card between iterations.
 
-use super::cuda::{CudaCostWeights, CudaTargets, CudaVgg};
+use super::cuda::{AdamBuffers, AdamOutputs, CudaCostWeights, CudaTargets, CudaVgg};
+use super::resident::{AdamTensors, AdamUpdate};
 use super::{floats, image_floats};
 use crate::backend::Precision;
 use crate::loss::{CostWeights, Costs, Targets};
 use crate::vgg::{HostWeights, Layer, Padding, Pooling};
 use anyhow::Result;
-use burn::tensor::{Tensor, TensorData};
-use std::sync::Mutex;
+use burn::tensor::{Device, Tensor, TensorData};
+use cudarc::driver::CudaSlice;
+use std::sync::{Arc, Mutex};
 
 pub struct CudaPath {
     vgg: CudaVgg,
@@ -56,6 +58,21 @@ impl CudaPath {
         pooling: Pooling,
     ) -> Result<(Costs, Tensor<4>)> {
         let (pixels, h, w) = image_floats(x)?;
+        let (parts, g) = self.with_targets(targets, weights, |on_card, cost| {
+            self.vgg.evaluate(&pixels, h, w, pooling, on_card, cost)
+        })?;
+        let costs = Costs::from_parts(weights, parts.content, &parts.style, parts.tv);
+        let g = Tensor::from_data(TensorData::new(g, [1, 3, h, w]), &x.device());
+        Ok((costs, g))
+    }
+
+    /// Runs `f` with the targets on the card, uploading them where they changed.
+    fn with_targets<T>(
+        &self,
+        targets: &Targets,
+        weights: &CostWeights,
+        f: impl FnOnce(&CudaTargets, &CudaCostWeights) -> Result<T>,
+    ) -> Result<T> {
         let mut held = self
             .targets
             .lock()
@@ -73,10 +90,7 @@ impl CudaPath {
             style_layers: &weights.style_layers,
             tv_weight: weights.tv_weight,
         };
-        let (parts, g) = self.vgg.evaluate(&pixels, h, w, pooling, on_card, &cost)?;
-        let costs = Costs::from_parts(weights, parts.content, &parts.style, parts.tv);
-        let g = Tensor::from_data(TensorData::new(g, [1, 3, h, w]), &x.device());
-        Ok((costs, g))
+        f(on_card, &cost)
     }
 
     fn upload(&self, targets: &Targets) -> Result<CudaTargets> {
@@ -88,5 +102,161 @@ impl CudaPath {
             .collect::<Result<Vec<_>>>()?;
         self.vgg
             .upload_targets(targets.content_layer, &content, &grams)
+    }
+}
+
+/// One copy of a resident Adam run's state on the card, `[3][h][w]` each; `avg` is
+/// zeros where `ema` is off.
+struct CardSet {
+    x: CudaSlice<f32>,
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    avg: CudaSlice<f32>,
+}
+
+/// A resident Adam run on the card (`super::resident`): per iteration the costs come
+/// back and nothing else crosses the bus.
+pub struct CardState {
+    path: Arc<CudaPath>,
+    dims: [usize; 4],
+    averaged: bool,
+    now: CardSet,
+    /// The state before the last update.
+    before: Option<CardSet>,
+    /// The gradient at `now.x`, written by each evaluation.
+    grad: CudaSlice<f32>,
+    evaluated: bool,
+}
+
+impl CudaPath {
+    /// Takes over a run's state: the image, Adam's moments and the EMA's average.
+    pub fn resident(self: &Arc<Self>, state: &AdamTensors) -> Result<CardState> {
+        let dims = state.x.dims();
+        let n = dims.iter().product();
+        let up = |t: Option<&Tensor<4>>, what: &str| -> Result<CudaSlice<f32>> {
+            let host = match t {
+                Some(t) => floats(t.to_data(), what)?,
+                None => vec![0.0; n],
+            };
+            anyhow::ensure!(
+                host.len() == n,
+                "{what} holds {} floats, not {n}",
+                host.len()
+            );
+            self.vgg.upload(&host)
+        };
+        Ok(CardState {
+            path: self.clone(),
+            dims,
+            averaged: state.avg.is_some(),
+            now: CardSet {
+                x: up(Some(&state.x), "the image")?,
+                m: up(state.m.as_ref(), "Adam's first moment")?,
+                v: up(state.v.as_ref(), "Adam's second moment")?,
+                avg: up(state.avg.as_ref(), "the EMA")?,
+            },
+            before: None,
+            grad: self.vgg.alloc(n)?,
+            evaluated: false,
+        })
+    }
+}
+
+impl Drop for CardState {
+    fn drop(&mut self) {
+        // The buffers are freed in the stream's order, which needs the context current
+        // on this thread; cudarc would otherwise keep the error for the next call.
+        let _ = self.path.vgg.bind();
+    }
+}
+
+impl CardState {
+    pub fn evaluate(
+        &mut self,
+        pooling: Pooling,
+        targets: &Targets,
+        weights: &CostWeights,
+    ) -> Result<Costs> {
+        let [_, _, h, w] = self.dims;
+        let (path, x, grad) = (&self.path, &self.now.x, &mut self.grad);
+        let parts = path.with_targets(targets, weights, |on_card, cost| {
+            path.vgg
+                .evaluate_on_card(x, h, w, pooling, on_card, cost, grad)
+        })?;
+        self.evaluated = true;
+        Ok(Costs::from_parts(
+            weights,
+            parts.content,
+            &parts.style,
+            parts.tv,
+        ))
+    }
+
+    pub fn update(&mut self, update: &AdamUpdate) -> Result<()> {
+        anyhow::ensure!(
+            std::mem::take(&mut self.evaluated),
+            "an Adam update before the image was evaluated"
+        );
+        let vgg = &self.path.vgg;
+        // The buffers of the state before last are reused for the next one.
+        let mut next = match self.before.take() {
+            Some(set) => set,
+            None => self.copy(&self.now)?,
+        };
+        let now = AdamBuffers {
+            x: &self.now.x,
+            m: &self.now.m,
+            v: &self.now.v,
+            avg: &self.now.avg,
+        };
+        let out = AdamOutputs {
+            x: &mut next.x,
+            m: &mut next.m,
+            v: &mut next.v,
+            avg: &mut next.avg,
+        };
+        vgg.adam(now, &self.grad, out, update)?;
+        self.before = Some(std::mem::replace(&mut self.now, next));
+        Ok(())
+    }
+
+    pub fn roll_back(&mut self) -> Result<()> {
+        let before = self
+            .before
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no state before an update to roll back to"))?;
+        self.now = self.copy(before)?;
+        self.evaluated = false;
+        Ok(())
+    }
+
+    pub fn store(&self, device: &Device) -> Result<AdamTensors> {
+        let vgg = &self.path.vgg;
+        let t = |v: &CudaSlice<f32>| -> Result<Tensor<4>> {
+            Ok(Tensor::from_data(
+                TensorData::new(vgg.download(v)?, self.dims),
+                device,
+            ))
+        };
+        Ok(AdamTensors {
+            x: t(&self.now.x)?,
+            m: Some(t(&self.now.m)?),
+            v: Some(t(&self.now.v)?),
+            avg: if self.averaged {
+                Some(t(&self.now.avg)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn copy(&self, set: &CardSet) -> Result<CardSet> {
+        let vgg = &self.path.vgg;
+        Ok(CardSet {
+            x: vgg.duplicate(&set.x)?,
+            m: vgg.duplicate(&set.m)?,
+            v: vgg.duplicate(&set.v)?,
+            avg: vgg.duplicate(&set.avg)?,
+        })
     }
 }

@@ -16,6 +16,7 @@ mod burn_path;
 pub mod cuda;
 #[cfg(feature = "cuda")]
 mod cuda_path;
+pub mod resident;
 mod tiled;
 pub mod tiles;
 mod winograd;
@@ -168,6 +169,18 @@ impl Network {
         }
         let _ = weights;
         Ok(())
+    }
+
+    /// Whether Adam's iterations keep the image and the moments with this path
+    /// ([`resident`]): on the card for CUDA, in host buffers for Winograd. burn's paths
+    /// keep them in burn's tensors, which live on their device already.
+    pub fn keeps_adam_state(&self) -> bool {
+        match self.path {
+            Path::Burn => false,
+            Path::Winograd(_) => true,
+            #[cfg(feature = "cuda")]
+            Path::Cuda(_) => true,
+        }
     }
 
     /// Which kernels run: `winograd`, `burn` or `cuda`.

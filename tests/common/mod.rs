@@ -316,9 +316,116 @@ pub fn easel_limited(limit: &str, args: &[&str], cwd: &Path) -> std::process::Ou
 
 /// A demo photograph from presets/images at `w` x `h`, in pixel space.
 pub fn photo(name: &str, w: u32, h: u32, device: &Device) -> Tensor<4> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("presets/images")
-        .join(name);
+    // The GPU machine runs the test binary from a copy of the repository elsewhere.
+    let root = std::env::var_os("EASEL_REPO_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let path = root.join("presets/images").join(name);
     let img = easel::image::load_rgb(&path).expect("a demo image");
     easel::image::to_pixel_space(&easel::image::resize(&img, w, h), device)
+}
+
+/// Adam's iterations on `net`'s resident state (`easel::network::resident`) against the
+/// engine's tensor Adam on `reference`, with the clamp and the EMA: `steps` steps at a
+/// learning rate large enough to reach the clamp, at `w` x `h`. Costs agree to `tol`
+/// at every step, and the image, the moments and the average to `tol` at the end. Then a
+/// rollback returns to the state before the last update exactly.
+pub fn check_resident_adam(
+    net: &easel::network::Network,
+    reference: &easel::network::Network,
+    (w, h): (usize, usize),
+    steps: u64,
+    tol: f64,
+) {
+    use easel::network::resident::{AdamTensors, AdamUpdate, Resident};
+    use easel::optim::Adam;
+    let device = Device::flex();
+    let weights = CostWeights {
+        tv_weight: 0.5,
+        ..seed_weights()
+    };
+    let (content, style) = (
+        photo("chelsea.png", w as u32, h as u32, &device),
+        photo("starry_night.jpg", w as u32, h as u32, &device),
+    );
+    // Noise over the whole pixel range and past it, so that the clamp bites.
+    let x0 = easel::image::uniform_noise(7, w, h, &device) * 7.0;
+    let (lr, decay) = (20.0, 0.9);
+    let targets = |n: &easel::network::Network| {
+        n.targets(content.clone(), &[(style.clone(), 1.0)], &weights)
+            .expect("targets")
+    };
+    let (want_targets, got_targets) = (targets(reference), targets(net));
+
+    let mut adam = Adam::default();
+    let mut ema = easel::engine::Ema::start(&x0);
+    let mut x = x0.clone();
+    let mut want_costs = Vec::new();
+    for _ in 0..steps {
+        let mut eval = |x: &Tensor<4>| reference.evaluate(x, &want_targets, &weights);
+        let (next, costs) = adam.step(lr, x, &mut eval).expect("a tensor Adam step");
+        x = easel::image::clamp_pixels(next);
+        ema.update(&x, decay);
+        want_costs.push(costs);
+    }
+
+    let start = AdamTensors {
+        x: x0.clone(),
+        m: None,
+        v: None,
+        avg: Some(x0.zeros_like()),
+    };
+    let mut resident = Resident::new(net, &start).expect("the resident state");
+    let update = |t: u64| {
+        AdamUpdate::new(&Adam::default(), t, lr)
+            .clamped()
+            .averaged(decay)
+    };
+    for (t, want) in (1..=steps).zip(&want_costs) {
+        let got = resident
+            .evaluate(net, &got_targets, &weights)
+            .expect("a resident evaluation");
+        assert_same_costs(&got, want, tol, &format!("resident Adam, step {t}"));
+        resident.update(&update(t)).expect("a resident update");
+    }
+    let got = resident.store(&device).expect("the resident state back");
+    let (m, v) = (adam.m.as_ref().expect("m"), adam.v.as_ref().expect("v"));
+    for (name, a, b) in [
+        ("image", &got.x, &x),
+        ("first moment", got.m.as_ref().expect("m"), m),
+        ("second moment", got.v.as_ref().expect("v"), v),
+        ("EMA", got.avg.as_ref().expect("avg"), &ema.avg),
+    ] {
+        let e = rel_err(&values(a), &values(b));
+        assert!(
+            e <= tol,
+            "resident Adam after {steps} steps: the {name} differs by {e:e}"
+        );
+    }
+    let clamped = values(&got.x)
+        .iter()
+        .filter(|v| **v <= -123.0 || **v >= 151.0)
+        .count();
+    assert!(clamped > 0, "the test image never reached the clamp");
+
+    resident
+        .evaluate(net, &got_targets, &weights)
+        .expect("one more evaluation");
+    resident
+        .update(&update(steps + 1))
+        .expect("one more update");
+    resident.roll_back().expect("a rollback");
+    let back = resident
+        .store(&device)
+        .expect("the state after the rollback");
+    assert_eq!(
+        values(&back.x),
+        values(&got.x),
+        "a rollback returns to the image before the update"
+    );
+    assert_eq!(
+        values(back.m.as_ref().expect("m")),
+        values(got.m.as_ref().expect("m")),
+        "a rollback returns to the moments before the update"
+    );
 }

@@ -139,16 +139,20 @@ impl Convs {
             fwd.get_workspace_size(algo)
                 .with_context(|| format!("sizing cuDNN's forward workspace for {}", what()))
         };
-        let mut forward = fwd
+        let picked = fwd
             .pick_algorithm()
-            .with_context(|| format!("picking cuDNN's forward algorithm for {}", what()))?;
-        let mut fwd_bytes = size_fwd(forward)?;
-        if fwd_bytes > WORKSPACE_LIMIT {
-            // cuDNN's heuristics rank by speed alone; an FFT algorithm's workspace at
-            // 2048x2048 can take gigabytes. Implicit GEMM needs next to none.
-            forward = FWD_FALLBACK;
-            fwd_bytes = size_fwd(forward)?;
-        }
+            .with_context(|| format!("picking cuDNN's forward algorithm for {}", what()));
+        // cuDNN's heuristics rank by speed alone; an FFT algorithm's workspace at
+        // 2048x2048 can take gigabytes. Their first choice may also be a tensor-op
+        // variant this math type cannot size. Implicit GEMM needs next to no workspace
+        // and runs in every math type.
+        let (forward, fwd_bytes) = match picked.and_then(|a| Ok((a, size_fwd(a)?))) {
+            Ok((a, bytes)) if bytes <= WORKSPACE_LIMIT => (a, bytes),
+            other => {
+                tracing::debug!("cuDNN forward for {}: falling back from {other:?}", what());
+                (FWD_FALLBACK, size_fwd(FWD_FALLBACK)?)
+            }
+        };
         let bwd = ConvBackwardData {
             conv,
             dx: &x,
@@ -159,14 +163,16 @@ impl Convs {
             bwd.get_workspace_size(algo)
                 .with_context(|| format!("sizing cuDNN's backward workspace for {}", what()))
         };
-        let mut backward = bwd
+        let picked = bwd
             .pick_algorithm()
-            .with_context(|| format!("picking cuDNN's backward algorithm for {}", what()))?;
-        let mut bwd_bytes = size_bwd(backward)?;
-        if bwd_bytes > WORKSPACE_LIMIT {
-            backward = BWD_FALLBACK;
-            bwd_bytes = size_bwd(backward)?;
-        }
+            .with_context(|| format!("picking cuDNN's backward algorithm for {}", what()));
+        let (backward, bwd_bytes) = match picked.and_then(|a| Ok((a, size_bwd(a)?))) {
+            Ok((a, bytes)) if bytes <= WORKSPACE_LIMIT => (a, bytes),
+            other => {
+                tracing::debug!("cuDNN backward for {}: falling back from {other:?}", what());
+                (BWD_FALLBACK, size_bwd(BWD_FALLBACK)?)
+            }
+        };
         let need = fwd_bytes.max(bwd_bytes);
         if need > self.workspace.as_ref().map_or(0, |ws| ws.len()) {
             // The old workspace is freed in stream order, after the work that uses it.

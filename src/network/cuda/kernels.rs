@@ -152,6 +152,63 @@ extern "C" __global__ void finish(float* g, const float* x, unsigned h, unsigned
     }
     block_add(sum, costs + slot);
 }
+
+// Replicate padding by one pixel: [3][h][w] into [3][h+2][w+2], each border pixel a copy
+// of its nearest image pixel (crate::vgg::padding::replicate).
+extern "C" __global__ void replicate_pad(const float* x, float* y, unsigned h, unsigned w) {
+    unsigned hp = h + 2, wp = w + 2;
+    LOOP(i, 3u * hp * wp) {
+        unsigned px = i % wp, t = i / wp, py = t % hp, c = t / hp;
+        unsigned sy = py == 0 ? 0 : (py > h ? h - 1 : py - 1);
+        unsigned sx = px == 0 ? 0 : (px > w ? w - 1 : px - 1);
+        y[i] = x[(c * h + sy) * w + sx];
+    }
+}
+
+// The adjoint of replicate_pad: each image pixel sums the gradient gp ([3][h+2][w+2]) of
+// the padded pixels that copy it (crate::vgg::padding::fold).
+extern "C" __global__ void fold(const float* gp, float* g, unsigned h, unsigned w) {
+    unsigned wp = w + 2, hp = h + 2;
+    LOOP(i, 3u * h * w) {
+        unsigned x = i % w, t = i / w, y = t % h, c = t / h;
+        unsigned y0 = y == 0 ? 0 : y + 1, y1 = y + 1 == h ? hp - 1 : y + 1;
+        unsigned x0 = x == 0 ? 0 : x + 1, x1 = x + 1 == w ? wp - 1 : x + 1;
+        float sum = 0.0f;
+        for (unsigned py = y0; py <= y1; ++py)
+            for (unsigned px = x0; px <= x1; ++px)
+                sum += gp[(c * hp + py) * wp + px];
+        g[i] = sum;
+    }
+}
+
+// One Adam step on [3][plane] from (x, m, v, avg) with the gradient g into (x2, m2, v2,
+// avg2), then the clamp to [lo[c], hi[c]] and the EMA: AdamUpdate::apply
+// (network/resident.rs), operation for operation.
+extern "C" __global__ void adam(const float* x, const float* m, const float* v,
+                                const float* avg, const float* g, float* x2, float* m2,
+                                float* v2, float* avg2, unsigned plane, float b1, float b2,
+                                float keep1, float keep2, float eps, float step,
+                                float sqrt_bc2, int clamp, float lo0, float lo1, float lo2,
+                                float hi0, float hi1, float hi2, int ema, float decay,
+                                float keep) {
+    LOOP(i, 3u * plane) {
+        unsigned c = i / plane;
+        float gi = g[i];
+        float mi = m[i] * b1 + gi * keep1;
+        float vi = v[i] * b2 + gi * gi * keep2;
+        float denom = sqrtf(vi) / sqrt_bc2 + eps;
+        float xi = x[i] - mi / denom * step;
+        if (clamp) {
+            float lo = c == 0 ? lo0 : (c == 1 ? lo1 : lo2);
+            float hi = c == 0 ? hi0 : (c == 1 ? hi1 : hi2);
+            xi = fminf(fmaxf(xi, lo), hi);
+        }
+        x2[i] = xi;
+        m2[i] = mi;
+        v2[i] = vi;
+        avg2[i] = ema ? avg[i] * decay + xi * keep : avg[i];
+    }
+}
 "#;
 
 /// Threads per block: a multiple of 32, as `block_add` needs.
@@ -186,6 +243,25 @@ pub(super) struct Kernels {
     content: CudaFunction,
     style: CudaFunction,
     finish: CudaFunction,
+    replicate_pad: CudaFunction,
+    fold: CudaFunction,
+    adam: CudaFunction,
+}
+
+/// One state of a resident Adam run on the card: `[3][h][w]` each.
+pub(crate) struct AdamBuffers<'a> {
+    pub x: &'a CudaSlice<f32>,
+    pub m: &'a CudaSlice<f32>,
+    pub v: &'a CudaSlice<f32>,
+    pub avg: &'a CudaSlice<f32>,
+}
+
+/// Where an Adam step writes its state.
+pub(crate) struct AdamOutputs<'a> {
+    pub x: &'a mut CudaSlice<f32>,
+    pub m: &'a mut CudaSlice<f32>,
+    pub v: &'a mut CudaSlice<f32>,
+    pub avg: &'a mut CudaSlice<f32>,
 }
 
 impl Kernels {
@@ -201,9 +277,16 @@ impl Kernels {
             ..Default::default()
         };
         let arch = format!("--gpu-architecture=compute_{major}{minor}");
-        let ptx = compile_ptx_with_opts(SOURCE, opts(Some(arch)))
-            .or_else(|_| compile_ptx_with_opts(SOURCE, opts(None)))
-            .context("compiling easel's CUDA kernels with nvrtc")?;
+        // An nvrtc older than the card does not know its architecture; its default
+        // then serves. Where both fail, both errors are told.
+        let ptx = compile_ptx_with_opts(SOURCE, opts(Some(arch.clone()))).or_else(|first| {
+            compile_ptx_with_opts(SOURCE, opts(None)).map_err(|second| {
+                anyhow::anyhow!(
+                    "with {arch}: {first:?}; with nvrtc's default architecture: {second:?}"
+                )
+            })
+        });
+        let ptx = ptx.context("compiling easel's CUDA kernels with nvrtc")?;
         let module = ctx
             .load_module(ptx)
             .context("loading easel's CUDA kernels")?;
@@ -221,6 +304,9 @@ impl Kernels {
             content: f("content")?,
             style: f("style")?,
             finish: f("finish")?,
+            replicate_pad: f("replicate_pad")?,
+            fold: f("fold")?,
+            adam: f("adam")?,
         })
     }
 
@@ -372,6 +458,78 @@ impl Kernels {
         b.arg(g).arg(x).arg(&h).arg(&w).arg(&s0).arg(&s1).arg(&s2);
         b.arg(&tv).arg(&tvw).arg(costs).arg(&slot);
         unsafe { b.launch(grid(3 * (h * w) as usize)) }.context("launching finish")?;
+        Ok(())
+    }
+
+    /// Replicate padding by one pixel: `x` (`[3][h][w]`) into `y` (`[3][h+2][w+2]`).
+    pub fn replicate_pad(
+        &self,
+        s: &CudaStream,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        (h, w): (usize, usize),
+    ) -> Result<()> {
+        let n = y.len();
+        let (h, w) = (u(h), u(w));
+        let mut b = s.launch_builder(&self.replicate_pad);
+        b.arg(x).arg(y).arg(&h).arg(&w);
+        unsafe { b.launch(grid(n)) }.context("launching replicate_pad")?;
+        Ok(())
+    }
+
+    /// The adjoint of [`Kernels::replicate_pad`]: `gp` (`[3][h+2][w+2]`) into `g`.
+    pub fn fold(
+        &self,
+        s: &CudaStream,
+        gp: &CudaSlice<f32>,
+        g: &mut CudaSlice<f32>,
+        (h, w): (usize, usize),
+    ) -> Result<()> {
+        let n = g.len();
+        let (h, w) = (u(h), u(w));
+        let mut b = s.launch_builder(&self.fold);
+        b.arg(gp).arg(g).arg(&h).arg(&w);
+        unsafe { b.launch(grid(n)) }.context("launching fold")?;
+        Ok(())
+    }
+
+    /// One Adam step of `update` from `now` with the gradient `g` into `next`.
+    pub fn adam(
+        &self,
+        s: &CudaStream,
+        now: AdamBuffers,
+        g: &CudaSlice<f32>,
+        next: AdamOutputs,
+        update: &crate::network::resident::AdamUpdate,
+    ) -> Result<()> {
+        let n = g.len();
+        let plane = u(n / 3);
+        let (clamp, ([lo0, lo1, lo2], [hi0, hi1, hi2])) = match update.clamp {
+            Some(range) => (1i32, range),
+            None => (0, ([0.0; 3], [0.0; 3])),
+        };
+        let (ema, (decay, keep)) = match update.ema {
+            Some(d) => (1i32, d),
+            None => (0, (0.0f32, 0.0f32)),
+        };
+        let mut b = s.launch_builder(&self.adam);
+        b.arg(now.x).arg(now.m).arg(now.v).arg(now.avg).arg(g);
+        b.arg(next.x)
+            .arg(next.m)
+            .arg(next.v)
+            .arg(next.avg)
+            .arg(&plane);
+        b.arg(&update.beta1).arg(&update.beta2);
+        b.arg(&update.keep1).arg(&update.keep2).arg(&update.eps);
+        b.arg(&update.step).arg(&update.sqrt_bc2).arg(&clamp);
+        b.arg(&lo0)
+            .arg(&lo1)
+            .arg(&lo2)
+            .arg(&hi0)
+            .arg(&hi1)
+            .arg(&hi2);
+        b.arg(&ema).arg(&decay).arg(&keep);
+        unsafe { b.launch(grid(n)) }.context("launching adam")?;
         Ok(())
     }
 }

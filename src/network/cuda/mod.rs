@@ -10,7 +10,9 @@ mod conv;
 mod gram;
 mod kernels;
 
-use crate::vgg::{BLOCK_ENDS, CHANNELS, Layer, Padding, Pooling, padding};
+pub(crate) use kernels::{AdamBuffers, AdamOutputs};
+
+use crate::vgg::{BLOCK_ENDS, CHANNELS, Layer, Padding, Pooling};
 use anyhow::{Context, Result, anyhow, ensure};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use std::collections::HashMap;
@@ -135,6 +137,11 @@ impl CudaVgg {
         );
         let ctx =
             CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
+        // SAFETY: everything runs on one stream (cuDNN and cuBLAS are set to it), so the
+        // stream's order alone keeps every buffer's uses apart. cudarc's per-buffer
+        // events would add two driver calls per argument to each of ~100 launches an
+        // iteration.
+        unsafe { ctx.disable_event_tracking() };
         let name = ctx.name().context("reading the CUDA device's name")?;
         let stream = ctx.default_stream();
         let kernels = kernels::Kernels::new(&ctx)?;
@@ -218,10 +225,27 @@ impl CudaVgg {
         pooling: Pooling,
     ) -> Result<Vec<HostActivation>> {
         conv::check_size(h, w, deepest)?;
+        ensure!(
+            image.len() == 3 * h * w,
+            "the image holds {} floats, not 3x{h}x{w}",
+            image.len()
+        );
         let mut st = self.lock(h, w)?;
-        let x = self.upload_image(&mut st, image, h, w)?;
-        let acts = self.run(&mut st, &x, h, w, deepest, pooling)?;
+        let mut x = st.f32s.take(&self.stream, image.len())?;
+        self.stream
+            .memcpy_htod(image, &mut x)
+            .context("copying the image to the CUDA device")?;
+        let padded = self.padded(&mut st, &x, h, w)?;
+        let acts = self.run(
+            &mut st,
+            padded.as_ref().unwrap_or(&x),
+            h,
+            w,
+            deepest,
+            pooling,
+        )?;
         st.f32s.give(x);
+        padded.into_iter().for_each(|p| st.f32s.give(p));
         let mut out = Vec::with_capacity(acts.len());
         for a in acts {
             let host = self.stream.clone_dtoh(&a.data);
@@ -229,6 +253,10 @@ impl CudaVgg {
             out.push((host, a.c, a.h, a.w));
             st.f32s.give(a.data);
         }
+        // A copy into pageable memory may return before it lands.
+        self.stream
+            .synchronize()
+            .context("waiting for the CUDA device to copy the activations back")?;
         Ok(out)
     }
 
@@ -276,13 +304,73 @@ impl CudaVgg {
         targets: &CudaTargets,
         weights: &CudaCostWeights,
     ) -> Result<(CudaCosts, Vec<f32>)> {
+        ensure!(
+            image.len() == 3 * h * w,
+            "the image holds {} floats, not 3x{h}x{w}",
+            image.len()
+        );
+        let [mut x, mut grad] = self.pooled(h, w, [image.len(); 2])?;
+        self.stream
+            .memcpy_htod(image, &mut x)
+            .context("copying the image to the CUDA device")?;
+        let costs = self.evaluate_on_card(&x, h, w, pooling, targets, weights, &mut grad);
+        let out = costs.and_then(|c| Ok((c, self.download(&grad)?)));
+        self.give_back([x, grad])?;
+        out
+    }
+
+    /// `N` buffers from the pool for an `h` x `w` image.
+    fn pooled<const N: usize>(
+        &self,
+        h: usize,
+        w: usize,
+        lens: [usize; N],
+    ) -> Result<[CudaSlice<f32>; N]> {
+        let mut st = self.lock(h, w)?;
+        let mut out = Vec::with_capacity(N);
+        for len in lens {
+            out.push(st.f32s.take(&self.stream, len)?);
+        }
+        out.try_into()
+            .map_err(|_| anyhow!("the pool gave the wrong number of buffers"))
+    }
+
+    /// Buffers back to the pool.
+    fn give_back<const N: usize>(&self, buffers: [CudaSlice<f32>; N]) -> Result<()> {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| anyhow!("the CUDA network's state was poisoned by a panic"))?;
+        buffers.into_iter().for_each(|b| st.f32s.give(b));
+        Ok(())
+    }
+
+    /// [`CudaVgg::evaluate`] of an image on the card, writing the gradient into `grad`
+    /// (`[3][h][w]`) on the card. Only the costs come back: one small copy, which is the
+    /// iteration's one wait for the card.
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate_on_card(
+        &self,
+        image: &CudaSlice<f32>,
+        h: usize,
+        w: usize,
+        pooling: Pooling,
+        targets: &CudaTargets,
+        weights: &CudaCostWeights,
+        grad: &mut CudaSlice<f32>,
+    ) -> Result<CudaCosts> {
         let deepest = gram::check_targets(targets, weights)?;
         conv::check_size(h, w, deepest)?;
+        ensure!(
+            image.len() == 3 * h * w && grad.len() == 3 * h * w,
+            "the image and its gradient on the card are not 3x{h}x{w}"
+        );
         let mut guard = self.lock(h, w)?;
         let st = &mut *guard;
         let s = &self.stream;
-        let x = self.upload_image(st, image, h, w)?;
-        let acts = self.run(st, &x, h, w, deepest, pooling)?;
+        let padded = self.padded(st, image, h, w)?;
+        let x = padded.as_ref().unwrap_or(image);
+        let acts = self.run(st, x, h, w, deepest, pooling)?;
         // [content, tv, style...], raw sums the host scales below.
         let mut costs = st.f64s.zeroed(s, 2 + weights.style_layers.len())?;
         let mut g = st.f32s.zeroed(s, acts[deepest.0].data.len())?;
@@ -309,16 +397,28 @@ impl CudaVgg {
                 st.f32s.give(std::mem::replace(&mut g, up));
             }
         }
-        // On a padded image TV is unchanged (the copies add no differences) and its
-        // gradient folds back exactly with the rest.
+        // The input scale, then TV, which is the image's own: on the padded image each
+        // edge's differences would count twice, since the border copies the edge.
         let tv = weights.tv_weight;
-        let padded = (h + 2 * self.pad, w + 2 * self.pad);
-        self.kernels
-            .finish(s, &mut g, &x, padded, self.scale, tv, &mut costs, 1)?;
+        match self.pad {
+            0 => {
+                self.kernels
+                    .finish(s, &mut g, x, (h, w), self.scale, tv, &mut costs, 1)?;
+                s.memcpy_dtod(&g, grad)
+                    .context("copying the image gradient on the CUDA device")?;
+            }
+            _ => {
+                let padded_size = (h + 2, w + 2);
+                self.kernels
+                    .finish(s, &mut g, x, padded_size, self.scale, 0.0, &mut costs, 1)?;
+                self.kernels.fold(s, &g, grad, (h, w))?;
+                // Scaling by 1 is exact: only TV is added.
+                self.kernels
+                    .finish(s, grad, image, (h, w), [1.0; 3], tv, &mut costs, 1)?;
+            }
+        }
         let sums = s.clone_dtoh(&costs);
         let sums = sums.context("copying the costs back from the CUDA device")?;
-        let grad = s.clone_dtoh(&g);
-        let grad = grad.context("copying the image gradient back from the CUDA device")?;
         // A copy to pageable memory returns once done; said here rather than assumed.
         s.synchronize()
             .context("waiting for the CUDA device to finish the iteration")?;
@@ -328,41 +428,91 @@ impl CudaVgg {
             style: sums[2..].to_vec(),
             tv: sums[1],
         };
-        st.f32s.give(x);
         st.f32s.give(g);
         st.f64s.give(costs);
         acts.into_iter().for_each(|a| st.f32s.give(a.data));
-        let grad = match self.pad {
-            0 => grad,
-            _ => padding::fold(&grad, 3, h, w),
-        };
-        Ok((parts, grad))
+        padded.into_iter().for_each(|p| st.f32s.give(p));
+        Ok(parts)
     }
 
-    fn upload_image(
+    /// The image padded on the card where conv1_1 reads it padded (replicate padding).
+    fn padded(
         &self,
         st: &mut State,
-        image: &[f32],
+        image: &CudaSlice<f32>,
         h: usize,
         w: usize,
-    ) -> Result<CudaSlice<f32>> {
-        ensure!(
-            image.len() == 3 * h * w,
-            "the image holds {} floats, not 3x{h}x{w}",
-            image.len()
-        );
-        let padded;
-        let image = match self.pad {
-            0 => image,
-            _ => {
-                padded = padding::replicate(image, 3, h, w);
-                &padded
-            }
-        };
-        let mut x = st.f32s.take(&self.stream, image.len())?;
+    ) -> Result<Option<CudaSlice<f32>>> {
+        if self.pad == 0 {
+            return Ok(None);
+        }
+        let mut x = st.f32s.take(&self.stream, 3 * (h + 2) * (w + 2))?;
+        self.kernels
+            .replicate_pad(&self.stream, image, &mut x, (h, w))?;
+        Ok(Some(x))
+    }
+
+    /// Makes the card's context current on this thread (before work, or before buffers
+    /// are dropped).
+    pub fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")
+    }
+
+    /// A new buffer of `len` floats on the card, contents undefined.
+    pub fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.ctx
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")?;
+        unsafe { self.stream.alloc::<f32>(len) }
+            .with_context(|| format!("allocating {len} floats on the CUDA device"))
+    }
+
+    /// A copy of host floats on the card.
+    pub fn upload(&self, v: &[f32]) -> Result<CudaSlice<f32>> {
+        self.ctx
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")?;
         self.stream
-            .memcpy_htod(image, &mut x)
-            .context("copying the image to the CUDA device")?;
-        Ok(x)
+            .clone_htod(v)
+            .context("copying to the CUDA device")
+    }
+
+    /// A copy of a buffer on the card.
+    pub fn duplicate(&self, v: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
+        self.ctx
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")?;
+        self.stream
+            .clone_dtod(v)
+            .context("copying a buffer on the CUDA device")
+    }
+
+    /// A buffer's floats on the host.
+    pub fn download(&self, v: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        self.ctx
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")?;
+        let host = self.stream.clone_dtoh(v);
+        let host = host.context("copying back from the CUDA device")?;
+        self.stream
+            .synchronize()
+            .context("waiting for the CUDA device")?;
+        Ok(host)
+    }
+
+    /// One Adam step on the card (see `kernels.rs`'s `adam`).
+    pub(crate) fn adam(
+        &self,
+        now: kernels::AdamBuffers,
+        g: &CudaSlice<f32>,
+        next: kernels::AdamOutputs,
+        update: &crate::network::resident::AdamUpdate,
+    ) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .context("binding the CUDA context to this thread")?;
+        self.kernels.adam(&self.stream, now, g, next, update)
     }
 }

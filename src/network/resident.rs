@@ -1,0 +1,282 @@
+//! Adam's iterations where the network keeps the image: the image, Adam's moments and
+//! the EMA's running average stay with the compute path between iterations (on the CUDA
+//! card, or in plain host buffers for the CPU's Winograd kernels), and each iteration is
+//! one evaluation and one fused update. Only the costs come back; the engine reads the
+//! state back ([`Resident::store`]) for previews, checkpoints and moves.
+//!
+//! Why: on a GPU, the engine's tensor Adam (burn-flex on the host) moves the image up
+//! and the gradient down every iteration and runs ten passes over the image on the
+//! host. At 2048x2048 that is ~0.24 s an iteration on two cores, where the card's own
+//! work takes ~0.06 s (docs/design.md §4). burn's own paths (wgpu) keep tensor Adam:
+//! their tensors already live on the device.
+//!
+//! The update is `torch.optim.Adam`'s, as [`crate::optim::Adam::step`] has it, then the
+//! clamp to the pixel range and the EMA, in one pass per element.
+
+use super::{Network, floats};
+use crate::loss::{CostWeights, Costs, Targets};
+use anyhow::{Result, anyhow, ensure};
+use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// The state a resident run keeps, as the engine holds it: the image, Adam's moments
+/// (absent before the first step) and the EMA's running average (where `ema` is on).
+#[derive(Debug, Clone)]
+pub struct AdamTensors {
+    pub x: Tensor<4>,
+    pub m: Option<Tensor<4>>,
+    pub v: Option<Tensor<4>>,
+    pub avg: Option<Tensor<4>>,
+}
+
+/// One update's constants, worked out on the host in float64 and applied in float32.
+/// The complements `1 - beta` are taken in float64 as PyTorch and burn take them: in
+/// float32, `1 - 0.999` is 1.3e-5 off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamUpdate {
+    pub beta1: f32,
+    pub beta2: f32,
+    /// `1 - beta1`, `1 - beta2`.
+    pub keep1: f32,
+    pub keep2: f32,
+    pub eps: f32,
+    /// `lr / (1 - beta1^t)`.
+    pub step: f32,
+    /// `sqrt(1 - beta2^t)`.
+    pub sqrt_bc2: f32,
+    /// Per channel, the pixel range `[lo, hi]` the image is clamped to, where `clamp` is on.
+    pub clamp: Option<([f32; 3], [f32; 3])>,
+    /// The EMA's decay and `1 - decay`, where `ema` is on.
+    pub ema: Option<(f32, f32)>,
+}
+
+impl AdamUpdate {
+    /// The update of Adam's step `t` (1-based) with learning rate `lr`.
+    pub fn new(adam: &crate::optim::Adam, t: u64, lr: f64) -> AdamUpdate {
+        let t = t.min(i32::MAX as u64) as i32;
+        AdamUpdate {
+            beta1: adam.beta1 as f32,
+            beta2: adam.beta2 as f32,
+            keep1: (1.0 - adam.beta1) as f32,
+            keep2: (1.0 - adam.beta2) as f32,
+            eps: adam.eps as f32,
+            step: (lr / (1.0 - adam.beta1.powi(t))) as f32,
+            sqrt_bc2: (1.0 - adam.beta2.powi(t)).sqrt() as f32,
+            clamp: None,
+            ema: None,
+        }
+    }
+
+    /// Clamps the image to the pixel range after each update.
+    pub fn clamped(mut self) -> AdamUpdate {
+        let m = crate::image::MEANS;
+        self.clamp = Some((
+            [-m[0], -m[1], -m[2]],
+            [255.0 - m[0], 255.0 - m[1], 255.0 - m[2]],
+        ));
+        self
+    }
+
+    /// Updates the EMA with `decay` after each update.
+    pub fn averaged(mut self, decay: f64) -> AdamUpdate {
+        self.ema = Some((decay as f32, (1.0 - decay) as f32));
+        self
+    }
+
+    /// The update of one element of channel `c`: `(x, m, v, avg)` from the old ones and
+    /// the gradient `g`. The CUDA kernel `adam` (cuda/kernels.rs) is this, line by line.
+    #[inline]
+    pub fn apply(&self, c: usize, (x, m, v, avg): (f32, f32, f32, f32), g: f32) -> [f32; 4] {
+        let m = m * self.beta1 + g * self.keep1;
+        let v = v * self.beta2 + g * g * self.keep2;
+        let denom = v.sqrt() / self.sqrt_bc2 + self.eps;
+        let mut x = x - m / denom * self.step;
+        if let Some((lo, hi)) = self.clamp {
+            x = x.max(lo[c]).min(hi[c]);
+        }
+        let avg = match self.ema {
+            Some((d, keep)) => avg * d + x * keep,
+            None => avg,
+        };
+        [x, m, v, avg]
+    }
+}
+
+/// The resident state of one run, on the path that computes it.
+pub enum Resident {
+    Host(Box<HostState>),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<super::cuda_path::CardState>),
+}
+
+impl Resident {
+    /// Takes over `state`. The moments start at zero where they are absent, which gives
+    /// the first step's `m = (1 - beta1) g` exactly.
+    pub fn new(network: &Network, state: &AdamTensors) -> Result<Resident> {
+        match &network.path {
+            #[cfg(feature = "cuda")]
+            super::Path::Cuda(cuda) => Ok(Resident::Cuda(Box::new(cuda.resident(state)?))),
+            _ => Ok(Resident::Host(Box::new(HostState::new(state)?))),
+        }
+    }
+
+    /// The costs of the image held, keeping their gradient for [`Resident::update`].
+    pub fn evaluate(
+        &mut self,
+        network: &Network,
+        targets: &Targets,
+        weights: &CostWeights,
+    ) -> Result<Costs> {
+        match self {
+            Resident::Host(h) => h.evaluate(network, targets, weights),
+            #[cfg(feature = "cuda")]
+            Resident::Cuda(c) => c.evaluate(network.pooling(), targets, weights),
+        }
+    }
+
+    /// One step from the image last evaluated, which becomes the state a rollback goes
+    /// back to.
+    pub fn update(&mut self, update: &AdamUpdate) -> Result<()> {
+        match self {
+            Resident::Host(h) => h.update(update),
+            #[cfg(feature = "cuda")]
+            Resident::Cuda(c) => c.update(update),
+        }
+    }
+
+    /// Goes back to the state before the last update.
+    pub fn roll_back(&mut self) -> Result<()> {
+        match self {
+            Resident::Host(h) => h.roll_back(),
+            #[cfg(feature = "cuda")]
+            Resident::Cuda(c) => c.roll_back(),
+        }
+    }
+
+    /// The state as tensors on `device`.
+    pub fn store(&self, device: &Device) -> Result<AdamTensors> {
+        match self {
+            Resident::Host(h) => Ok(h.store(device)),
+            #[cfg(feature = "cuda")]
+            Resident::Cuda(c) => c.store(device),
+        }
+    }
+}
+
+/// One copy of the state in host buffers. `avg` is zeros where `ema` is off.
+#[derive(Clone)]
+struct HostSet {
+    x: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    avg: Vec<f32>,
+}
+
+/// The state in host buffers, for the CPU's Winograd path.
+pub struct HostState {
+    dims: [usize; 4],
+    averaged: bool,
+    now: HostSet,
+    /// The state before the last update.
+    before: Option<HostSet>,
+    /// The gradient at `now.x`, once evaluated.
+    grad: Option<Vec<f32>>,
+}
+
+/// A tensor's floats, or zeros where it is absent.
+fn floats_or_zeros(t: Option<&Tensor<4>>, n: usize, what: &str) -> Result<Vec<f32>> {
+    match t {
+        Some(t) => {
+            let v = floats(t.to_data(), what)?;
+            ensure!(v.len() == n, "{what} holds {} floats, not {n}", v.len());
+            Ok(v)
+        }
+        None => Ok(vec![0.0; n]),
+    }
+}
+
+impl HostState {
+    fn new(state: &AdamTensors) -> Result<HostState> {
+        let dims = state.x.dims();
+        let x = floats(state.x.to_data(), "the image")?;
+        let n = x.len();
+        Ok(HostState {
+            dims,
+            averaged: state.avg.is_some(),
+            now: HostSet {
+                m: floats_or_zeros(state.m.as_ref(), n, "Adam's first moment")?,
+                v: floats_or_zeros(state.v.as_ref(), n, "Adam's second moment")?,
+                avg: floats_or_zeros(state.avg.as_ref(), n, "the EMA")?,
+                x,
+            },
+            before: None,
+            grad: None,
+        })
+    }
+
+    fn evaluate(
+        &mut self,
+        network: &Network,
+        targets: &Targets,
+        weights: &CostWeights,
+    ) -> Result<Costs> {
+        let x = Tensor::<4>::from_data(
+            TensorData::new(self.now.x.clone(), self.dims),
+            &network.device(),
+        );
+        let (costs, g) = network.evaluate(&x, targets, weights)?;
+        self.grad = Some(floats(g.into_data(), "the image gradient")?);
+        Ok(costs)
+    }
+
+    fn update(&mut self, u: &AdamUpdate) -> Result<()> {
+        let g = self
+            .grad
+            .take()
+            .ok_or_else(|| anyhow!("an Adam update before the image was evaluated"))?;
+        // The buffers of the state before last are reused for the next one.
+        let mut next = self.before.take().unwrap_or_else(|| self.now.clone());
+        let plane = self.dims[2] * self.dims[3];
+        let now = &self.now;
+        // Rows never cross a channel, so each knows its channel.
+        let row = self.dims[3].max(1);
+        next.x
+            .par_chunks_mut(row)
+            .zip(next.m.par_chunks_mut(row))
+            .zip(next.v.par_chunks_mut(row))
+            .zip(next.avg.par_chunks_mut(row))
+            .enumerate()
+            .for_each(|(k, (((xs, ms), vs), avgs))| {
+                let start = k * row;
+                let c = start / plane;
+                for j in 0..xs.len() {
+                    let i = start + j;
+                    let old = (now.x[i], now.m[i], now.v[i], now.avg[i]);
+                    [xs[j], ms[j], vs[j], avgs[j]] = u.apply(c, old, g[i]);
+                }
+            });
+        self.before = Some(std::mem::replace(&mut self.now, next));
+        Ok(())
+    }
+
+    fn roll_back(&mut self) -> Result<()> {
+        let before = self
+            .before
+            .as_ref()
+            .ok_or_else(|| anyhow!("no state before an update to roll back to"))?;
+        self.now = before.clone();
+        self.grad = None;
+        Ok(())
+    }
+
+    fn store(&self, device: &Device) -> AdamTensors {
+        let t =
+            |v: &Vec<f32>| Tensor::<4>::from_data(TensorData::new(v.clone(), self.dims), device);
+        AdamTensors {
+            x: t(&self.now.x),
+            m: Some(t(&self.now.m)),
+            v: Some(t(&self.now.v)),
+            avg: self.averaged.then(|| t(&self.now.avg)),
+        }
+    }
+}
