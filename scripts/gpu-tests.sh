@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need an NVIDIA GPU: tests/cuda.rs's `ignore`d tests (the CUDA path
-# against the CPU path on the same weights), then `easel bench --backend cuda`.
+# against the CPU path on the same weights), `easel bench --backend cuda --profile` in
+# fp32 and tf32, and the default preset's wall time on the card.
 #
 #   scripts/gpu-tests.sh                 build here and run here (a GPU machine with cargo)
 #   scripts/gpu-tests.sh --pack DIR      build here, write the test binary and easel to DIR
@@ -23,14 +24,31 @@ for line in sys.stdin:
         print(m["executable"])' | tail -n1
 }
 
+# Each step runs even where an earlier one failed, so that one trip to a GPU machine
+# brings back every figure it can; the exit status is the first failure's.
+status=0
+step() {
+  echo "== $*"
+  "$@" || { rc=$?; echo "== FAILED ($rc): $*"; [ "$status" -ne 0 ] || status=$rc; }
+}
+
 run_from() {
   local tests="$1" easel="$2"
+  local weights=()
+  [ -z "${EASEL_GPU_TEST_WEIGHTS:-}" ] || weights=(--weights "$EASEL_GPU_TEST_WEIGHTS")
   export EASEL_REPO_ROOT="$PWD"
-  echo "== tests/cuda.rs, all of them (the ignored ones need the GPU)"
-  "$tests" --include-ignored --test-threads=1
-  echo "== easel bench --backend cuda (fp32, then tf32)"
-  "$easel" bench --backend cuda --sizes "$sizes" --iters 10 ${EASEL_GPU_TEST_WEIGHTS:+--weights "$EASEL_GPU_TEST_WEIGHTS"}
-  "$easel" bench --backend cuda --precision tf32 --sizes "$sizes" --iters 10 ${EASEL_GPU_TEST_WEIGHTS:+--weights "$EASEL_GPU_TEST_WEIGHTS"}
+  # tests/cuda.rs, all of them (the ignored ones need the GPU).
+  step "$tests" --include-ignored --test-threads=1
+  # fp32, then tf32; --profile splits the forward pass, the backward pass and the step.
+  step "$easel" bench --backend cuda --sizes "$sizes" --iters 10 --profile "${weights[@]}"
+  step "$easel" bench --backend cuda --precision tf32 --sizes "$sizes" --iters 10 --profile "${weights[@]}"
+  # The default preset from start to final.png.
+  local out; out=$(mktemp -d)
+  step bash -c 'start=$(date +%s%N); "$0" run default --backend cuda --ui plain --out "$1" "${@:2}" >/dev/null &&
+    echo "default preset on CUDA: $(( ($(date +%s%N) - start) / 1000000 )) ms from start to final.png"' \
+    "$easel" "$out" "${weights[@]}"
+  rm -rf "$out"
+  return "$status"
 }
 
 case "${1:-}" in

@@ -426,12 +426,13 @@ impl Worker {
     /// Moves everything the run holds to another device, between two iterations.
     fn switch_backend(&mut self, backend: Backend) {
         let device = &backend.device;
-        let moved =
-            stage_fits(&self.stages, backend.kind, &self.preset, &self.weights).and_then(|fits| {
-                let mut n = self.network.to_backend(&backend)?;
-                n.set_tile(fits[self.stage].tile);
-                n.check(&self.weights).map(|()| (n, fits))
-            });
+        // The state comes back from the old path first; it keeps it until the move.
+        let moved = self.settle().and_then(|()| {
+            let fits = stage_fits(&self.stages, backend.kind, &self.preset, &self.weights)?;
+            let mut n = self.network.to_backend(&backend)?;
+            n.set_tile(fits[self.stage].tile);
+            n.check(&self.weights).map(|()| (n, fits))
+        });
         (self.network, self.fits) = match moved {
             Ok(moved) => moved,
             Err(e) => {
@@ -442,13 +443,7 @@ impl Worker {
                 return;
             }
         };
-        if let Err(e) = self.leave_resident() {
-            self.emit(Event::Notice(format!(
-                "staying on {}: {e:#}",
-                self.backend.description
-            )));
-            return;
-        }
+        self.resident = None;
         self.targets = self.targets.to_device(device);
         self.inputs = self.inputs.to_device(device);
         self.point.x = self.point.x.clone().to_device(device);
