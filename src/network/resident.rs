@@ -83,22 +83,51 @@ impl AdamUpdate {
         self
     }
 
-    /// The update of one element of channel `c`: `(x, m, v, avg)` from the old ones and
-    /// the gradient `g`. The CUDA kernel `adam` (cuda/kernels.rs) is this, line by line.
-    #[inline]
-    pub fn apply(&self, c: usize, (x, m, v, avg): (f32, f32, f32, f32), g: f32) -> [f32; 4] {
+    /// The update of a run of elements of channel `c`: `next` (x, m, v, avg) from
+    /// `now` (x, m, v, avg) and the gradient `g`. The CUDA kernel `adam`
+    /// (cuda/kernels.rs) is [`AdamUpdate::element`], line by line.
+    pub fn apply(&self, c: usize, now: [&[f32]; 4], g: &[f32], next: [&mut [f32]; 4]) {
+        match self.clamp {
+            Some((lo, hi)) => self.apply_as::<true>(now, g, next, (lo[c], hi[c])),
+            None => self.apply_as::<false>(now, g, next, (0.0, 0.0)),
+        }
+    }
+
+    /// [`AdamUpdate::apply`] with the clamp decided outside the loop, which leaves the
+    /// loop free of branches and bounds checks, so that it vectorises.
+    fn apply_as<const CLAMP: bool>(
+        &self,
+        [x, m, v, avg]: [&[f32]; 4],
+        g: &[f32],
+        [x2, m2, v2, avg2]: [&mut [f32]; 4],
+        range: (f32, f32),
+    ) {
+        // Without the EMA the average is never read: a decay of 1 keeps it as it is.
+        let (decay, keep) = self.ema.unwrap_or((1.0, 0.0));
+        let old = x.iter().zip(m).zip(v).zip(avg).zip(g);
+        let new = x2.iter_mut().zip(m2).zip(v2).zip(avg2);
+        for (((((x, m), v), avg), g), (((x2, m2), v2), avg2)) in old.zip(new) {
+            [*x2, *m2, *v2] = self.element::<CLAMP>(*x, *m, *v, *g, range);
+            *avg2 = *avg * decay + *x2 * keep;
+        }
+    }
+
+    /// One element's step, then the clamp to `[lo, hi]` where `CLAMP`.
+    #[inline(always)]
+    fn element<const CLAMP: bool>(
+        &self,
+        x: f32,
+        m: f32,
+        v: f32,
+        g: f32,
+        (lo, hi): (f32, f32),
+    ) -> [f32; 3] {
         let m = m * self.beta1 + g * self.keep1;
         let v = v * self.beta2 + g * g * self.keep2;
         let denom = v.sqrt() / self.sqrt_bc2 + self.eps;
-        let mut x = x - m / denom * self.step;
-        if let Some((lo, hi)) = self.clamp {
-            x = x.max(lo[c]).min(hi[c]);
-        }
-        let avg = match self.ema {
-            Some((d, keep)) => avg * d + x * keep,
-            None => avg,
-        };
-        [x, m, v, avg]
+        let x = x - m / denom * self.step;
+        let x = if CLAMP { x.max(lo).min(hi) } else { x };
+        [x, m, v]
     }
 }
 
@@ -248,12 +277,9 @@ impl HostState {
             .enumerate()
             .for_each(|(k, (((xs, ms), vs), avgs))| {
                 let start = k * row;
-                let c = start / plane;
-                for j in 0..xs.len() {
-                    let i = start + j;
-                    let old = (now.x[i], now.m[i], now.v[i], now.avg[i]);
-                    [xs[j], ms[j], vs[j], avgs[j]] = u.apply(c, old, g[i]);
-                }
+                let r = start..start + xs.len();
+                let old = [&now.x, &now.m, &now.v, &now.avg].map(|v| &v[r.clone()]);
+                u.apply(start / plane, old, &g[r], [xs, ms, vs, avgs]);
             });
         self.before = Some(std::mem::replace(&mut self.now, next));
         Ok(())

@@ -182,7 +182,7 @@ extern "C" __global__ void fold(const float* gp, float* g, unsigned h, unsigned 
 }
 
 // One Adam step on [3][plane] from (x, m, v, avg) with the gradient g into (x2, m2, v2,
-// avg2), then the clamp to [lo[c], hi[c]] and the EMA: AdamUpdate::apply
+// avg2), then the clamp to [lo[c], hi[c]] and the EMA: AdamUpdate::apply and ::element
 // (network/resident.rs), operation for operation.
 extern "C" __global__ void adam(const float* x, const float* m, const float* v,
                                 const float* avg, const float* g, float* x2, float* m2,
