@@ -13,7 +13,7 @@ use common::*;
 use easel::backend::cuda_libs::{self, LIBRARIES};
 use easel::backend::{Backend, BackendChoice, BackendKind};
 use easel::engine::{Destination, RunSpec};
-use easel::loss::CostWeights;
+use easel::loss::{CostWeights, StyleLoss};
 use easel::network::{ConvChoice, Network};
 use easel::optim::{Optimizer, OptimizerSpec};
 use easel::preset::Preset;
@@ -52,11 +52,17 @@ fn image(seed: u64, h: usize, w: usize) -> Tensor<4> {
 }
 
 /// Costs to 1e-4 and the gradient to 1e-3, CUDA against the CPU, at one size.
-fn check_costs_and_gradient(h: usize, w: usize, pooling: Pooling, padding: Padding) {
+fn check_costs_and_gradient(
+    h: usize,
+    w: usize,
+    pooling: Pooling,
+    padding: Padding,
+    style_loss: StyleLoss,
+) {
     let (gpu, cpu) = networks_padded(pooling, padding);
     let weights = CostWeights {
         tv_weight: 0.5,
-        style_loss: easel::loss::StyleLoss::Gram,
+        style_loss,
         ..seed_weights()
     };
     let (content, style, x) = (image(1, h, w), image(2, h, w), image(3, h, w));
@@ -68,7 +74,9 @@ fn check_costs_and_gradient(h: usize, w: usize, pooling: Pooling, padding: Paddi
     };
     let (want, want_g) = run(&cpu);
     let (got, got_g) = run(&gpu);
-    let at = format!("{w}x{h}, {pooling:?} pooling, {padding:?} padding, CUDA against the CPU");
+    let at = format!(
+        "{w}x{h}, {pooling:?} pooling, {padding:?} padding, {style_loss:?} style, CUDA against the CPU"
+    );
     assert_same_costs(&got, &want, 1e-4, &at);
     let e = rel_err(&values(&got_g), &values(&want_g));
     assert!(
@@ -110,9 +118,19 @@ fn cuda_features_match_the_cpu_layer_by_layer() {
 fn cuda_costs_and_gradient_match_the_cpu() {
     for (h, w) in [(40, 48), (300, 400), (37, 50)] {
         for pooling in [Pooling::Avg, Pooling::Max] {
-            check_costs_and_gradient(h, w, pooling, Padding::Zero);
+            check_costs_and_gradient(h, w, pooling, Padding::Zero, StyleLoss::Gram);
         }
-        check_costs_and_gradient(h, w, Pooling::Avg, Padding::Replicate);
+        check_costs_and_gradient(h, w, Pooling::Avg, Padding::Replicate, StyleLoss::Gram);
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
+fn w2_on_cuda_matches_the_cpu() {
+    // The host computes W2 from the card's Grams and row sums; the card takes the
+    // adjoints back through the network.
+    for (h, w) in [(40, 48), (300, 400)] {
+        check_costs_and_gradient(h, w, Pooling::Avg, Padding::Zero, StyleLoss::W2);
     }
 }
 

@@ -1,13 +1,17 @@
 //! The CUDA path as the seam sees it: burn tensors on the host in, costs and the image
 //! gradient out, with the targets kept on the card between iterations.
 
-use super::cuda::{AdamBuffers, AdamOutputs, CudaCostWeights, CudaTargets, CudaVgg};
+use super::cuda::{
+    AdamBuffers, AdamOutputs, CudaCostWeights, CudaTargets, CudaVgg, HostStyle, HostStyleAdjoint,
+    HostStyleRead,
+};
 use super::resident::{AdamTensors, AdamUpdate};
 use super::{floats, image_floats};
 use crate::backend::Precision;
-use crate::loss::{CostWeights, Costs, Targets};
+use crate::loss::w2::W2Target;
+use crate::loss::{CostWeights, Costs, StyleLoss, Targets};
 use crate::vgg::{HostWeights, Layer, Padding, Pooling};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::tensor::{Device, Tensor, TensorData};
 use cudarc::driver::CudaSlice;
 use std::sync::{Arc, Mutex};
@@ -83,12 +87,17 @@ impl CudaPath {
         let Some((_, on_card)) = held.as_ref() else {
             unreachable!("the targets were just uploaded")
         };
+        let w2 = |reads: &[HostStyleRead]| w2_adjoints(&targets.w2, weights, reads);
         let cost = CudaCostWeights {
             alpha: weights.alpha,
             beta: weights.beta,
             content_layer: weights.content_layer,
             style_layers: &weights.style_layers,
             tv_weight: weights.tv_weight,
+            host_style: match weights.style_loss {
+                StyleLoss::Gram => None,
+                StyleLoss::W2 => Some(&w2 as &HostStyle),
+            },
         };
         f(on_card, &cost)
     }
@@ -103,6 +112,40 @@ impl CudaPath {
         self.vgg
             .upload_targets(targets.content_layer, &content, &grams)
     }
+}
+
+/// `style_loss: w2` from the card's Grams and row sums, on the host as the CPU paths
+/// compute it (`loss::w2`), the layers in parallel; the gradients weighted by
+/// `beta lambda_l` for the card's backward pass.
+fn w2_adjoints(
+    targets: &[W2Target],
+    weights: &CostWeights,
+    reads: &[HostStyleRead],
+) -> Result<Vec<HostStyleAdjoint>> {
+    use rayon::prelude::*;
+    anyhow::ensure!(
+        targets.len() == reads.len() && reads.len() == weights.style_layers.len(),
+        "style_loss w2 has {} targets for {} style layers",
+        targets.len(),
+        weights.style_layers.len()
+    );
+    reads
+        .par_iter()
+        .zip(targets.par_iter())
+        .zip(weights.style_layers.par_iter())
+        .map(|((read, target), (_, lambda))| {
+            let cost = target
+                .cost(&read.gram, &read.sums, read.positions)
+                .context("style_loss w2")?;
+            let scale = (weights.beta * lambda) as f32;
+            let scaled = |v: Vec<f32>| v.into_iter().map(|d| d * scale).collect();
+            Ok(HostStyleAdjoint {
+                cost: cost.value,
+                d_gram: scaled(cost.d_gram),
+                d_sums: scaled(cost.d_sums),
+            })
+        })
+        .collect()
 }
 
 /// One copy of a resident Adam run's state on the card, `[3][h][w]` each; `avg` is

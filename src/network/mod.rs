@@ -161,13 +161,6 @@ impl Network {
                 self.path_name()
             );
         }
-        #[cfg(feature = "cuda")]
-        if matches!(self.path, Path::Cuda(_)) && weights.style_loss == crate::loss::StyleLoss::W2 {
-            anyhow::bail!(
-                "style_loss: w2 is not on the CUDA path yet; use --backend cpu or --backend wgpu for it, or style_loss: gram on CUDA"
-            );
-        }
-        let _ = weights;
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 //! matrix `A^T` (leading dimension N), and a row-major `[C][C]` result is stored as its
 //! transpose. Both products below are written in those terms.
 
-use super::{Act, CudaCostWeights, CudaTargets, CudaVgg, State};
+use super::{Act, CudaCostWeights, CudaTargets, CudaVgg, HostTap, State};
 use crate::vgg::Layer;
 use anyhow::{Context, Result, ensure};
 use cudarc::cublas::sys::{cublasMath_t, cublasOperation_t};
@@ -113,14 +113,14 @@ pub(super) fn check_targets(targets: &CudaTargets, weights: &CudaCostWeights) ->
 
 impl CudaVgg {
     /// Adds to `g` the gradients of the costs read at layer `i` (activation `a`), and
-    /// their values to `costs`.
+    /// their values to `costs`; the style's from `host` where the host computed it.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn taps(
         &self,
         st: &mut State,
         a: &Act,
         i: usize,
-        targets: &CudaTargets,
+        (targets, host): (&CudaTargets, Option<&[HostTap]>),
         weights: &CudaCostWeights,
         g: &mut CudaSlice<f32>,
         costs: &mut CudaSlice<f64>,
@@ -144,6 +144,11 @@ impl CudaVgg {
                 continue;
             }
             let (c, n, norm) = (a.c, a.h * a.w, 2.0 * chw);
+            if let Some(tap) = host.and_then(|taps| taps.get(k)) {
+                st.gram.adjoint_add(i, &tap.sym, &a.data, (c, n), g)?;
+                self.kernels.add_rows(s, g, &tap.d_sums, n)?;
+                continue;
+            }
             let coef = 2.0 * weights.beta * lambda / norm;
             let mut gram = st.f32s.take(s, c * c)?;
             let mut sym = st.f32s.take(s, c * c)?;

@@ -153,6 +153,23 @@ extern "C" __global__ void finish(float* g, const float* x, unsigned h, unsigned
     block_add(sum, costs + slot);
 }
 
+// Row sums of a [c][n] activation, in float64, into sums[c] (zeroed by the caller):
+// a block per row at a time.
+extern "C" __global__ void row_sums(const float* a, double* sums, unsigned c, unsigned n) {
+    for (unsigned r = blockIdx.x; r < c; r += gridDim.x) {
+        double sum = 0.0;
+        for (unsigned i = threadIdx.x; i < n; i += blockDim.x) sum += (double)a[r * n + i];
+        block_add(sum, sums + r);
+        // block_add's shared partial sums are read before the next row writes them.
+        __syncthreads();
+    }
+}
+
+// The adjoint of the row sums: g[r][p] += ds[r] on [c][n].
+extern "C" __global__ void add_rows(float* g, const float* ds, unsigned n, unsigned total) {
+    LOOP(i, total) g[i] += ds[i / n];
+}
+
 // Replicate padding by one pixel: [3][h][w] into [3][h+2][w+2], each border pixel a copy
 // of its nearest image pixel (crate::vgg::padding::replicate).
 extern "C" __global__ void replicate_pad(const float* x, float* y, unsigned h, unsigned w) {
@@ -246,6 +263,8 @@ pub(super) struct Kernels {
     replicate_pad: CudaFunction,
     fold: CudaFunction,
     adam: CudaFunction,
+    row_sums: CudaFunction,
+    add_rows: CudaFunction,
 }
 
 /// One state of a resident Adam run on the card: `[3][h][w]` each.
@@ -307,6 +326,8 @@ impl Kernels {
             replicate_pad: f("replicate_pad")?,
             fold: f("fold")?,
             adam: f("adam")?,
+            row_sums: f("row_sums")?,
+            add_rows: f("add_rows")?,
         })
     }
 
@@ -461,7 +482,7 @@ impl Kernels {
         Ok(())
     }
 
-    /// Replicate padding by one pixel: `x` (`[3][h][w]`) into `y` (`[3][h+2][w+2]`).
+    /// Replicate padding, one pixel: `x` (`[3][h][w]`) into `y` (`[3][h+2][w+2]`).
     pub fn replicate_pad(
         &self,
         s: &CudaStream,
@@ -530,6 +551,42 @@ impl Kernels {
             .arg(&hi2);
         b.arg(&ema).arg(&decay).arg(&keep);
         unsafe { b.launch(grid(n)) }.context("launching adam")?;
+        Ok(())
+    }
+
+    /// `sums[r] += sum_p a[r][p]` in float64, for `a` the `[c][n]` activation.
+    pub fn row_sums(
+        &self,
+        s: &CudaStream,
+        a: &CudaSlice<f32>,
+        sums: &mut CudaSlice<f64>,
+        (c, n): (usize, usize),
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (c.clamp(1, MAX_BLOCKS) as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (c, n) = (u(c), u(n));
+        let mut b = s.launch_builder(&self.row_sums);
+        b.arg(a).arg(sums).arg(&c).arg(&n);
+        unsafe { b.launch(cfg) }.context("launching row_sums")?;
+        Ok(())
+    }
+
+    /// `g[r][p] += ds[r]` on `[c][n]`: the row sums' adjoint.
+    pub fn add_rows(
+        &self,
+        s: &CudaStream,
+        g: &mut CudaSlice<f32>,
+        ds: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let total = g.len();
+        let (n, total32) = (u(n), u(total));
+        let mut b = s.launch_builder(&self.add_rows);
+        b.arg(g).arg(ds).arg(&n).arg(&total32);
+        unsafe { b.launch(grid(total)) }.context("launching add_rows")?;
         Ok(())
     }
 }

@@ -55,13 +55,43 @@ pub struct CudaCosts {
 }
 
 /// What the cost needs besides the targets.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct CudaCostWeights<'a> {
     pub alpha: f64,
     pub beta: f64,
     pub content_layer: Layer,
     pub style_layers: &'a [(Layer, f64)],
     pub tv_weight: f64,
+    /// Where the host computes the style costs from the card's Grams and row sums
+    /// (`style_loss: w2`, whose matrix square roots the card does not take); else the
+    /// card's Gram cost.
+    pub host_style: Option<&'a HostStyle<'a>>,
+}
+
+/// One style layer's reads for a cost the host computes: the Gram `[C][C]` and the row
+/// sums `[C]` of an activation of `positions` positions.
+pub struct HostStyleRead {
+    pub gram: Vec<f32>,
+    pub sums: Vec<f32>,
+    pub positions: usize,
+}
+
+/// What the host answers per style layer: the unweighted cost `J_style[l]`, and the
+/// gradients of the weighted cost `beta lambda_l J_style[l]` with respect to the Gram
+/// and the row sums.
+pub struct HostStyleAdjoint {
+    pub cost: f64,
+    pub d_gram: Vec<f32>,
+    pub d_sums: Vec<f32>,
+}
+
+/// The host's style cost: one answer per read, in the style layers' order.
+pub type HostStyle<'a> = dyn Fn(&[HostStyleRead]) -> Result<Vec<HostStyleAdjoint>> + Sync + 'a;
+
+/// A host-computed style layer's adjoints on the card: `dG + dG^T` and `ds`.
+struct HostTap {
+    sym: CudaSlice<f32>,
+    d_sums: CudaSlice<f32>,
 }
 
 /// What one thread at a time may touch: the library handles and the buffer pools.
@@ -371,6 +401,11 @@ impl CudaVgg {
         let padded = self.padded(st, image, h, w)?;
         let x = padded.as_ref().unwrap_or(image);
         let acts = self.run(st, x, h, w, deepest, pooling)?;
+        let host = match weights.host_style {
+            Some(f) => Some(self.host_style(st, &acts, weights.style_layers, f)?),
+            None => None,
+        };
+        let taps = host.as_ref().map(|(taps, _)| &taps[..]);
         // [content, tv, style...], raw sums the host scales below.
         let mut costs = st.f64s.zeroed(s, 2 + weights.style_layers.len())?;
         let mut g = st.f32s.zeroed(s, acts[deepest.0].data.len())?;
@@ -378,7 +413,7 @@ impl CudaVgg {
         // gradients join what came from above, then the ReLU mask, the transposed
         // convolution, and the pooling's gradient where a block begins.
         for (i, a) in acts.iter().enumerate().rev() {
-            self.taps(st, a, i, targets, weights, &mut g, &mut costs)?;
+            self.taps(st, a, i, (targets, taps), weights, &mut g, &mut costs)?;
             self.kernels.relu_mask(s, &mut g, &a.data)?;
             let (c_in, margin) = match i {
                 0 => (3, 2 * self.pad),
@@ -425,7 +460,10 @@ impl CudaVgg {
         let content = &acts[weights.content_layer.0];
         let parts = CudaCosts {
             content: sums[0] / (4 * content.data.len()) as f64,
-            style: sums[2..].to_vec(),
+            style: match host {
+                Some((_, costs)) => costs,
+                None => sums[2..].to_vec(),
+            },
             tv: sums[1],
         };
         st.f32s.give(g);
@@ -433,6 +471,75 @@ impl CudaVgg {
         acts.into_iter().for_each(|a| st.f32s.give(a.data));
         padded.into_iter().for_each(|p| st.f32s.give(p));
         Ok(parts)
+    }
+
+    /// The style costs the host computes: each style layer's Gram and row sums go back
+    /// (one wait), `f` answers, and its adjoints come up, ready for the backward pass.
+    fn host_style(
+        &self,
+        st: &mut State,
+        acts: &[Act],
+        layers: &[(Layer, f64)],
+        f: &HostStyle,
+    ) -> Result<(Vec<HostTap>, Vec<f64>)> {
+        let s = &self.stream;
+        let mut on_card = Vec::with_capacity(layers.len());
+        for (l, _) in layers {
+            let a = &acts[l.0];
+            let (c, n) = (a.c, a.h * a.w);
+            let mut gram = st.f32s.take(s, c * c)?;
+            st.gram.gram(l.0, &a.data, (c, n), &mut gram)?;
+            let mut sums = st.f64s.zeroed(s, c)?;
+            self.kernels.row_sums(s, &a.data, &mut sums, (c, n))?;
+            on_card.push((gram, sums, n));
+        }
+        let mut reads = Vec::with_capacity(on_card.len());
+        for (gram, sums, positions) in on_card {
+            let host_gram = s.clone_dtoh(&gram);
+            let host_sums = s.clone_dtoh(&sums);
+            reads.push(HostStyleRead {
+                gram: host_gram.context("copying a Gram back from the CUDA device")?,
+                // As the CPU's row sums: summed in float64, kept in float32.
+                sums: host_sums
+                    .context("copying row sums back from the CUDA device")?
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect(),
+                positions,
+            });
+            st.f32s.give(gram);
+            st.f64s.give(sums);
+        }
+        s.synchronize()
+            .context("waiting for the CUDA device's Grams")?;
+        let answers = f(&reads)?;
+        ensure!(
+            answers.len() == layers.len(),
+            "the host's style cost answered {} layers of {}",
+            answers.len(),
+            layers.len()
+        );
+        let mut taps = Vec::with_capacity(answers.len());
+        let mut costs = Vec::with_capacity(answers.len());
+        for (answer, read) in answers.iter().zip(&reads) {
+            let c = read.sums.len();
+            ensure!(
+                answer.d_gram.len() == c * c && answer.d_sums.len() == c,
+                "the host's style gradient is not {c}x{c} and {c}"
+            );
+            let d = &answer.d_gram;
+            let sym: Vec<f32> = (0..c * c).map(|i| d[i] + d[(i % c) * c + i / c]).collect();
+            let up = |v: &[f32]| {
+                s.clone_htod(v)
+                    .context("copying a style gradient to the CUDA device")
+            };
+            taps.push(HostTap {
+                sym: up(&sym)?,
+                d_sums: up(&answer.d_sums)?,
+            });
+            costs.push(answer.cost);
+        }
+        Ok((taps, costs))
     }
 
     /// The image padded on the card where conv1_1 reads it padded (replicate padding).
