@@ -107,3 +107,63 @@ fn the_workbench_shows_an_engine_panic_and_quits() {
     let screen = tmux.wait_for("EXITED", 10);
     assert!(screen.contains("EXITED 1"), "{screen}");
 }
+
+/// The run's checkpoint: its tensors by name.
+fn checkpoint_tensors(run: &Path) -> std::collections::HashMap<String, Vec<f32>> {
+    let (tensors, _) = easel::weights::read_safetensors(&run.join("checkpoint.safetensors"))
+        .expect("the run's checkpoint");
+    tensors.into_iter().map(|(k, t)| (k, t.data)).collect()
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features failpoints: run by scripts/test.sh"
+)]
+fn a_rollback_returns_to_the_same_image_whether_or_not_a_snapshot_came_between() {
+    // Iterations 0-3 pass, then three evaluations fail in a row: three rollbacks to
+    // iteration 3, a pause, and plain mode stops with a checkpoint. With snapshots
+    // every 2 iterations the network's state was read back at iteration 4 but not at
+    // 3; the point rolled back to must still be iteration 3's image, as without them.
+    let stopped = |save_every: u32| {
+        let dir = common::scratch(
+            &["chelsea.png", "starry_night.jpg"],
+            &format!(
+                "name: tiny\ncontent: chelsea.png\nstyle: starry_night.jpg\nsize: {{width: 32, height: 24}}\niterations: 20\nsave_every: {save_every}\nbackend: cpu\n"
+            ),
+        );
+        let o = run_with(
+            "network-evaluate=4*off->3*return(injected)->off",
+            dir.path(),
+        );
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(err.contains("diverged at iteration 4 (injected)"), "{err}");
+        assert_eq!(
+            err.matches("rolled back to iteration 3").count(),
+            3,
+            "{err}"
+        );
+        let run = only_run(dir.path());
+        let records = common::records(&run);
+        let last = records.last().expect("records").clone();
+        (checkpoint_tensors(&run), last, dir)
+    };
+    let (with_snapshots, last_a, _a) = stopped(2);
+    let (without, last_b, _b) = stopped(0);
+    for name in ["x", "adam.m", "adam.v"] {
+        let (a, b) = (&with_snapshots[name], &without[name]);
+        let most = a
+            .iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            a.len() == b.len() && most == 0.0,
+            "the checkpoint's {name} depends on whether a snapshot came between (by up to {most})"
+        );
+    }
+    assert_eq!(
+        last_a["j"], last_b["j"],
+        "the final J differs: {last_a} vs {last_b}"
+    );
+}

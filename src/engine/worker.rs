@@ -473,7 +473,10 @@ impl Worker {
             let (network, targets, weights) = (&self.network, &self.targets, &self.weights);
             let mut eval = |x: &Tensor<4>| {
                 // Tests make the compute path fail here (a lost device, a bug).
-                fail::fail_point!("network-evaluate");
+                fail::fail_point!("network-evaluate", |e: Option<String>| Err(anyhow!(
+                    "{}",
+                    e.unwrap_or_default()
+                )));
                 network.evaluate(x, targets, weights)
             };
             let point = &mut self.point;
@@ -549,7 +552,10 @@ impl Worker {
             unreachable!("taken over above")
         };
         // Tests make the compute path fail here (a lost device, a bug).
-        fail::fail_point!("network-evaluate");
+        fail::fail_point!("network-evaluate", |e: Option<String>| Err(anyhow!(
+            "{}",
+            e.unwrap_or_default()
+        )));
         resident.evaluate(&self.network, &self.targets, &self.weights)
     }
 
@@ -644,10 +650,18 @@ impl Worker {
             );
         };
         let iter = good.iter;
-        self.point = good;
+        // The network's state goes back first: where it cannot, nothing of it may be
+        // saved (`settle` then fails, and the checkpoint on disk stays the last sound one).
         if let Some(resident) = &mut self.resident {
-            resident.roll_back()?;
+            if let Err(e) = resident.roll_back() {
+                self.resident = None;
+                self.stale = true;
+                return Err(e);
+            }
+            // The good point's tensors are those of whenever it last settled.
+            self.stale = true;
         }
+        self.point = good;
         self.point.optimizer.cost_changed();
         let lr = self.preset.settings.optimizer.lr() / 2.0;
         self.preset.settings.optimizer.set_lr(lr);

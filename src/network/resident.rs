@@ -126,7 +126,17 @@ impl AdamUpdate {
         let v = v * self.beta2 + g * g * self.keep2;
         let denom = v.sqrt() / self.sqrt_bc2 + self.eps;
         let x = x - m / denom * self.step;
-        let x = if CLAMP { x.max(lo).min(hi) } else { x };
+        // As `image::clamp_pixels` (burn's max_pair, min_pair): NaN stays NaN, so that a
+        // blown-up step shows as a NaN cost and rolls back.
+        let x = if !CLAMP {
+            x
+        } else if x < lo {
+            lo
+        } else if x > hi {
+            hi
+        } else {
+            x
+        };
         [x, m, v]
     }
 }

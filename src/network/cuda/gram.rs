@@ -15,6 +15,20 @@ use std::sync::Arc;
 
 pub(super) struct Gram {
     blas: CudaBlas,
+    tf32: bool,
+}
+
+/// cuBLAS's math mode: strict FP32, or TF32 tensor cores allowed.
+fn set_math(blas: &CudaBlas, tf32: bool) -> Result<()> {
+    let math = if tf32 {
+        cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+    } else {
+        cublasMath_t::CUBLAS_DEFAULT_MATH
+    };
+    // SAFETY: the handle is live (owned by `blas`) and the mode is a valid enum value.
+    unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), math) }
+        .result()
+        .context("setting cuBLAS's math mode")
 }
 
 impl Gram {
@@ -22,16 +36,20 @@ impl Gram {
     /// math, which keeps FP32 precision throughout.
     pub fn new(stream: Arc<CudaStream>, tf32: bool) -> Result<Gram> {
         let blas = CudaBlas::new(stream).context("creating the cuBLAS handle")?;
-        let math = if tf32 {
-            cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
-        } else {
-            cublasMath_t::CUBLAS_DEFAULT_MATH
-        };
-        // SAFETY: the handle is live (owned by `blas`) and the mode is a valid enum value.
-        unsafe { cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), math) }
-            .result()
-            .context("setting cuBLAS's math mode")?;
-        Ok(Gram { blas })
+        set_math(&blas, tf32)?;
+        Ok(Gram { blas, tf32 })
+    }
+
+    /// Runs `f` with cuBLAS in strict FP32 whatever the precision: W2 takes covariances
+    /// `G / n - mu mu^T` from the Grams, where TF32's 10-bit mantissa would cancel away.
+    pub fn strict<T>(&self, f: impl FnOnce(&Gram) -> Result<T>) -> Result<T> {
+        if !self.tf32 {
+            return f(self);
+        }
+        set_math(&self.blas, false)?;
+        let out = f(self);
+        set_math(&self.blas, true)?;
+        out
     }
 
     /// `g = A A^T` (`[c][c]`) for `a` the row-major `[c][n]` activation of layer `layer`.

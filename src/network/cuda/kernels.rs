@@ -218,7 +218,7 @@ extern "C" __global__ void adam(const float* x, const float* m, const float* v,
         if (clamp) {
             float lo = c == 0 ? lo0 : (c == 1 ? lo1 : lo2);
             float hi = c == 0 ? hi0 : (c == 1 ? hi1 : hi2);
-            xi = fminf(fmaxf(xi, lo), hi);
+            xi = xi < lo ? lo : (xi > hi ? hi : xi);  // NaN stays NaN
         }
         x2[i] = xi;
         m2[i] = mi;

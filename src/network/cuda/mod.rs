@@ -488,7 +488,8 @@ impl CudaVgg {
             let a = &acts[l.0];
             let (c, n) = (a.c, a.h * a.w);
             let mut gram = st.f32s.take(s, c * c)?;
-            st.gram.gram(l.0, &a.data, (c, n), &mut gram)?;
+            st.gram
+                .strict(|blas| blas.gram(l.0, &a.data, (c, n), &mut gram))?;
             let mut sums = st.f64s.zeroed(s, c)?;
             self.kernels.row_sums(s, &a.data, &mut sums, (c, n))?;
             on_card.push((gram, sums, n));
