@@ -245,8 +245,7 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
                 let deepest = Layer::CONV5_1;
                 let t = Instant::now();
                 for _ in 0..opts.iters {
-                    let taps = network.features(c.clone(), deepest)?;
-                    sync(&taps[deepest.0]);
+                    network.forward_pass(c.clone(), deepest)?;
                 }
                 let fwd = t.elapsed().as_secs_f64() / opts.iters.max(1) as f64;
                 // What the optimiser does outside the network: on a GPU path, the host's

@@ -36,9 +36,22 @@ fn state_bytes(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
     }
 }
 
+/// What an untiled Adam run adds where the network keeps the state
+/// (`network::resident`): two sets of the image, both moments and the EMA, and the
+/// gradient. The engine's own tensors stay beside them.
+fn resident_bytes(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
+    match optimizer.kind {
+        OptimizerKind::Adam => 9 * pixels * 3 * 4,
+        OptimizerKind::Lbfgs => 0,
+    }
+}
+
 /// Bytes a run of `pixels` output pixels needs on the CPU, untiled.
 pub fn memory_estimate(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
-    RUNTIME_BYTES + pixels * ACTIVATION_BYTES + state_bytes(pixels, optimizer)
+    RUNTIME_BYTES
+        + pixels * ACTIVATION_BYTES
+        + state_bytes(pixels, optimizer)
+        + resident_bytes(pixels, optimizer)
 }
 
 /// Bytes a run of `pixels` output pixels needs in tiles whose largest crop (the tile
@@ -203,8 +216,9 @@ fn address_space_left() -> Option<u64> {
 
 /// Bytes of card memory a CUDA run of `pixels` output pixels needs: the context, cuDNN,
 /// cuBLAS and the weights (~1 GiB), and per pixel the activations of every layer the
-/// forward pass keeps (~290 floats), the gradients flowing back and cuDNN's workspace.
-/// An estimate, until measured on a card (docs/design.md, "Memory").
+/// forward pass keeps (~290 floats), the gradients flowing back, cuDNN's workspace and
+/// Adam's resident state (108 bytes). An estimate, until measured on a card
+/// (docs/design.md, "Memory").
 pub fn cuda_memory_estimate(pixels: u64) -> u64 {
     (1u64 << 30) + pixels * 3 * 1024
 }

@@ -45,7 +45,7 @@ impl CudaPath {
         pooling: Pooling,
     ) -> Result<Vec<Tensor<4>>> {
         let (pixels, h, w) = image_floats(x)?;
-        let acts = self.vgg.forward(&pixels, h, w, deepest, pooling)?;
+        let acts = self.vgg.forward(&pixels, (h, w), deepest, pooling, true)?;
         Ok(acts
             .into_iter()
             .map(|(data, c, h, w)| {
@@ -68,6 +68,14 @@ impl CudaPath {
         let costs = Costs::from_parts(weights, parts.content, &parts.style, parts.tv);
         let g = Tensor::from_data(TensorData::new(g, [1, 3, h, w]), &x.device());
         Ok((costs, g))
+    }
+
+    /// The forward pass alone, waited for, with nothing copied back.
+    pub fn forward_pass(&self, x: &Tensor<4>, deepest: Layer, pooling: Pooling) -> Result<()> {
+        let (pixels, h, w) = image_floats(x)?;
+        self.vgg
+            .forward(&pixels, (h, w), deepest, pooling, false)
+            .map(drop)
     }
 
     /// Runs `f` with the targets on the card, uploading them where they changed.

@@ -246,13 +246,15 @@ impl CudaVgg {
 
     /// Runs the network on a pixel-space image `[3][h][w]`; returns every layer's
     /// post-ReLU activation from conv1_1 to `deepest`, each `(data [C][H][W], C, H, W)`.
+    /// `download`: copy the activations back; else only wait for the pass (what a
+    /// benchmark of the forward pass times).
     pub fn forward(
         &self,
         image: &[f32],
-        h: usize,
-        w: usize,
+        (h, w): (usize, usize),
         deepest: Layer,
         pooling: Pooling,
+        download: bool,
     ) -> Result<Vec<HostActivation>> {
         conv::check_size(h, w, deepest)?;
         ensure!(
@@ -278,6 +280,10 @@ impl CudaVgg {
         padded.into_iter().for_each(|p| st.f32s.give(p));
         let mut out = Vec::with_capacity(acts.len());
         for a in acts {
+            if !download {
+                st.f32s.give(a.data);
+                continue;
+            }
             let host = self.stream.clone_dtoh(&a.data);
             let host = host.context("copying an activation back from the CUDA device")?;
             out.push((host, a.c, a.h, a.w));
