@@ -20,13 +20,6 @@ use easel::preset::Preset;
 use easel::vgg::{Padding, Pooling};
 use std::path::{Path, PathBuf};
 
-/// The repository: the GPU machine runs this binary from a copy at another path.
-fn root() -> PathBuf {
-    std::env::var_os("EASEL_REPO_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-}
-
 /// The weights both paths use: `EASEL_GPU_TEST_WEIGHTS` (a safetensors file, e.g. the
 /// float16 copy the GPU machine gets) or the real ones.
 fn weights_file() -> PathBuf {
@@ -126,6 +119,44 @@ fn cuda_costs_and_gradient_match_the_cpu() {
 
 #[test]
 #[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
+fn regions_on_cuda_match_the_cpu() {
+    // The regions fixture's masks and images (three regions: weight 1, weight 2, none).
+    let (gpu, cpu) = networks_padded(Pooling::Avg, Padding::Zero);
+    let device = Device::flex();
+    let fx = fixture("regions");
+    let (regions, weights) = fixture_regions(&fx);
+    let weights = CostWeights {
+        tv_weight: 0.5,
+        ..weights
+    };
+    let styles = vec![
+        (fx.tensor::<4>("style", &device), 1.0),
+        (fx.tensor::<4>("style2", &device), 1.0),
+    ];
+    let x: Tensor<4> = fx.tensor("x0", &device);
+    let run = |net: &Network| {
+        let content = fx.tensor("content", &device);
+        let targets = net
+            .targets_with_regions(content, &styles, &regions, &weights)
+            .expect("targets");
+        net.evaluate(&x, &targets, &weights).expect("evaluate")
+    };
+    let (want, want_g) = run(&cpu);
+    let (got, got_g) = run(&gpu);
+    assert_same_costs(&got, &want, 1e-4, "regions, CUDA against the CPU");
+    assert_eq!(got.regions.len(), 3, "every region's cost");
+    for (r, (a, b)) in got.regions.iter().zip(&want.regions).enumerate() {
+        assert!(rel(*a, *b) <= 1e-4, "region {r}: CUDA {a} vs CPU {b}");
+    }
+    let e = rel_err(&values(&got_g), &values(&want_g));
+    assert!(
+        e <= 1e-3,
+        "regions: CUDA gradient differs from the CPU's by {e:e}"
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
 fn w2_on_cuda_matches_the_cpu() {
     // The host computes W2 from the card's Grams and row sums; the card takes the
     // adjoints back through the network.
@@ -182,7 +213,7 @@ fn run_spec(out: &Path, backend: Backend, destination: Option<PathBuf>) -> RunSp
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let preset = Preset::load(&root().join("presets/quick.yaml"), &o).expect("preset");
+    let preset = Preset::load(&repo_root().join("presets/quick.yaml"), &o).expect("preset");
     RunSpec {
         preset,
         destination: match destination {

@@ -7,24 +7,8 @@ mod common;
 use burn::tensor::{Device, Tensor};
 use common::*;
 use easel::loss::CostWeights;
-use easel::loss::regions::RegionMask;
 use easel::network::{ConvChoice, Network};
 use easel::optim::{Optimizer, OptimizerSpec};
-
-/// The fixture's regions in its order: red (starry, weight 1), blue (hubble, weight 2),
-/// black (no style).
-fn fixture_regions(fx: &Fixture) -> (Vec<RegionMask>, CostWeights) {
-    let regions = vec![
-        (fx.host("mask.red").data.clone(), Some(0)),
-        (fx.host("mask.blue").data.clone(), Some(1)),
-        (fx.host("mask.black").data.clone(), None),
-    ];
-    let weights = CostWeights {
-        region_weights: vec![1.0, 2.0, 0.0],
-        ..seed_weights()
-    };
-    (regions, weights)
-}
 
 fn check_against_pytorch(net: &Network) {
     let device = Device::flex();
@@ -344,4 +328,83 @@ fn a_region_weight_changes_mid_run() {
     let saved =
         easel::preset::Preset::load(&run_dir.join("preset.yaml"), &[]).expect("preset.yaml");
     assert_eq!(saved.settings.get(Setting::RegionWeight(blue)), Some(20.0));
+}
+
+/// The host's side of regions on a GPU path (`loss::guided_adjoints`, which the CUDA
+/// path feeds with the card's guided Grams): from guided Grams computed here, the same
+/// costs per layer and per region as the Winograd path's evaluation, and each guided
+/// Gram's gradient `beta lambda_l w_r (G - T) / (2 C^2 n^2)`.
+#[test]
+fn guided_adjoints_give_the_costs_and_the_gram_gradients() {
+    let device = Device::flex();
+    let net = on_cpu(easel::weights::load(&real_weights(), &device).expect("weights"));
+    let fx = fixture("regions");
+    let (regions, weights) = fixture_regions(&fx);
+    let styles = vec![
+        (fx.tensor::<4>("style", &device), 1.0),
+        (fx.tensor::<4>("style2", &device), 1.0),
+    ];
+    let content: Tensor<4> = fx.tensor("content", &device);
+    let targets = net
+        .targets_with_regions(content, &styles, &regions, &weights)
+        .expect("targets");
+    let x: Tensor<4> = fx.tensor("x0", &device);
+    let (want, _) = net.evaluate(&x, &targets, &weights).expect("evaluate");
+    let taps = net.features(x, weights.deepest()).expect("features");
+    let grams: Vec<Vec<Vec<f32>>> = targets
+        .regions
+        .iter()
+        .map(|region| match &region.grams {
+            None => Vec::new(),
+            Some(_) => weights
+                .style_layers
+                .iter()
+                .zip(&region.masks)
+                .map(|((l, _), m)| {
+                    values(&easel::loss::regions::guided_gram(
+                        taps[l.0].clone(),
+                        &m.tensor,
+                    ))
+                })
+                .collect(),
+        })
+        .collect();
+    let got = easel::loss::guided_adjoints(&grams, &targets, &weights, &device)
+        .expect("the host's side of regions");
+    for ((l, want), got) in want.style_layers.iter().zip(&got.style) {
+        assert!(rel(*got, *want) <= 1e-5, "J_style[{l}]: {got} vs {want}");
+    }
+    assert_eq!(got.regions.len(), 3);
+    for (r, (a, b)) in got.regions.iter().zip(&want.regions).enumerate() {
+        assert!(rel(*a, *b) <= 1e-5, "region {r}: {a} vs {b}");
+    }
+    assert!(
+        got.d_grams[2].is_empty(),
+        "a region without a style has no gradient"
+    );
+    for (r, region) in targets.regions.iter().enumerate().take(2) {
+        let style = region.grams.as_ref().expect("a styled region");
+        for (k, ((_, lambda), m)) in weights.style_layers.iter().zip(&region.masks).enumerate() {
+            let (g, t) = (&grams[r][k], values(&style[k]));
+            let c = (g.len() as f64).sqrt();
+            if m.mass <= 0.0 {
+                // No position of the region is inside it at this layer: no cost there.
+                let zero = got.d_grams[r][k].iter().all(|d| *d == 0.0);
+                assert!(
+                    zero,
+                    "region {r}, style layer {k}: a gradient without positions"
+                );
+                continue;
+            }
+            let scale =
+                weights.beta * lambda * weights.region_weights[r] / (2.0 * c * c * m.mass * m.mass);
+            let closed: Vec<f32> = g
+                .iter()
+                .zip(&t)
+                .map(|(g, t)| ((*g as f64 - *t as f64) * scale) as f32)
+                .collect();
+            let e = rel_err(&got.d_grams[r][k], &closed);
+            assert!(e <= 1e-4, "region {r}, style layer {k}: dG off by {e:e}");
+        }
+    }
 }

@@ -413,6 +413,80 @@ pub fn terms_from_reads(
     })
 }
 
+/// The style costs with regions from guided Grams read elsewhere (the CUDA card), on a
+/// tape on `device`: the same [`region_terms`] as the CPU paths'.
+pub struct GuidedAdjoints {
+    /// `J_style[l]` per style layer.
+    pub style: Vec<f64>,
+    /// Each region's `sum_l lambda_l J_r[l]`.
+    pub regions: Vec<f64>,
+    /// `[region][layer]`: the gradient of `beta sum_l lambda_l J_style[l]` with respect
+    /// to each guided Gram (`[C][C]`), for the regions with a style (else empty).
+    pub d_grams: Vec<Vec<Vec<f32>>>,
+}
+
+/// [`GuidedAdjoints`] from the guided Grams `grams[r][l]` (`[C][C]` row-major; empty
+/// for a region without a style).
+pub fn guided_adjoints(
+    grams: &[Vec<Vec<f32>>],
+    targets: &Targets,
+    weights: &CostWeights,
+    device: &burn::tensor::Device,
+) -> Result<GuidedAdjoints> {
+    let leaves: Vec<Vec<Tensor<2>>> = grams
+        .iter()
+        .map(|layers| {
+            layers
+                .iter()
+                .map(|g| {
+                    let c = (g.len() as f64).sqrt() as usize;
+                    let t = Tensor::<2>::from_data(TensorData::new(g.clone(), [c, c]), device);
+                    t.autodiff().require_grad()
+                })
+                .collect()
+        })
+        .collect();
+    let (style, regions) = region_terms(leaves.clone(), targets, weights);
+    let mut total: Option<Tensor<1>> = None;
+    for ((_, lambda), j) in weights.style_layers.iter().zip(&style) {
+        let part = j.clone() * (lambda * weights.beta);
+        total = Some(match total {
+            Some(acc) => acc + part,
+            None => part,
+        });
+    }
+    let total = total.ok_or_else(|| anyhow::anyhow!("regions without style layers"))?;
+    let values = |v: &[Tensor<1>]| -> Result<Vec<f64>> {
+        v.iter()
+            .map(|t| {
+                let data = t.clone().inner().into_data().convert::<f64>();
+                let v = data.try_to_vec::<f64>();
+                v.map_err(|e| anyhow::anyhow!("reading a cost back: {e:?}"))
+                    .map(|v| v.first().copied().unwrap_or(0.0))
+            })
+            .collect()
+    };
+    let (style_values, region_values) = (values(&style)?, values(&regions)?);
+    let grads = total.backward();
+    let d_grams = leaves
+        .iter()
+        .map(|layers| {
+            layers
+                .iter()
+                .map(|g| match g.grad(&grads) {
+                    Some(d) => host_f32(d),
+                    None => Ok(vec![0.0; g.dims()[0] * g.dims()[1]]),
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(GuidedAdjoints {
+        style: style_values,
+        regions: region_values,
+        d_grams,
+    })
+}
+
 /// With regions: each style layer's `J_style[l] = sum_r w_r J_r[l]`, and each region's
 /// `sum_l lambda_l J_r[l]` ([`regions`]), from the guided Grams `grams[r][l]`.
 fn region_terms(

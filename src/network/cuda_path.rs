@@ -2,14 +2,14 @@
 //! gradient out, with the targets kept on the card between iterations.
 
 use super::cuda::{
-    AdamBuffers, AdamOutputs, CudaCostWeights, CudaTargets, CudaVgg, HostStyle, HostStyleAdjoint,
-    HostStyleRead,
+    AdamBuffers, AdamOutputs, CudaCostWeights, CudaCosts, CudaTargets, CudaVgg, HostRegions,
+    HostStyle, HostStyleAdjoint, HostStyleRead,
 };
 use super::resident::{AdamTensors, AdamUpdate};
 use super::{floats, image_floats};
 use crate::backend::Precision;
 use crate::loss::w2::W2Target;
-use crate::loss::{CostWeights, Costs, StyleLoss, Targets};
+use crate::loss::{CostWeights, Costs, StyleLoss, Targets, guided_adjoints};
 use crate::vgg::{HostWeights, Layer, Padding, Pooling};
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -65,9 +65,8 @@ impl CudaPath {
         let (parts, g) = self.with_targets(targets, weights, |on_card, cost| {
             self.vgg.evaluate(&pixels, h, w, pooling, on_card, cost)
         })?;
-        let costs = Costs::from_parts(weights, parts.content, &parts.style, parts.tv);
         let g = Tensor::from_data(TensorData::new(g, [1, 3, h, w]), &x.device());
-        Ok((costs, g))
+        Ok((costs_of(parts, weights), g))
     }
 
     /// The forward pass alone, waited for, with nothing copied back.
@@ -96,6 +95,8 @@ impl CudaPath {
             unreachable!("the targets were just uploaded")
         };
         let w2 = |reads: &[HostStyleRead]| w2_adjoints(&targets.w2, weights, reads);
+        let device = targets.content.device();
+        let regions = |grams: &[Vec<Vec<f32>>]| guided_adjoints(grams, targets, weights, &device);
         let cost = CudaCostWeights {
             alpha: weights.alpha,
             beta: weights.beta,
@@ -106,6 +107,7 @@ impl CudaPath {
                 StyleLoss::Gram => None,
                 StyleLoss::W2 => Some(&w2 as &HostStyle),
             },
+            host_regions: (!targets.regions.is_empty()).then_some(&regions as &HostRegions),
         };
         f(on_card, &cost)
     }
@@ -117,9 +119,26 @@ impl CudaPath {
             .iter()
             .map(|(l, g)| Ok((*l, floats(g.to_data(), "a style Gram")?)))
             .collect::<Result<Vec<_>>>()?;
+        // Regions with a style read their guided Grams through their masks.
+        let masks: Vec<Option<Vec<Vec<f32>>>> = targets
+            .regions
+            .iter()
+            .map(|r| {
+                r.grams
+                    .as_ref()
+                    .map(|_| r.masks.iter().map(|m| m.host.clone()).collect())
+            })
+            .collect();
         self.vgg
-            .upload_targets(targets.content_layer, &content, &grams)
+            .upload_targets(targets.content_layer, &content, &grams, &masks)
     }
+}
+
+/// The run's costs from the card's parts.
+fn costs_of(parts: CudaCosts, weights: &CostWeights) -> Costs {
+    let mut costs = Costs::from_parts(weights, parts.content, &parts.style, parts.tv);
+    costs.regions = parts.regions;
+    costs
 }
 
 /// `style_loss: w2` from the card's Grams and row sums, on the host as the CPU paths
@@ -235,12 +254,7 @@ impl CardState {
                 .evaluate_on_card(x, h, w, pooling, on_card, cost, grad)
         })?;
         self.evaluated = true;
-        Ok(Costs::from_parts(
-            weights,
-            parts.content,
-            &parts.style,
-            parts.tv,
-        ))
+        Ok(costs_of(parts, weights))
     }
 
     pub fn update(&mut self, update: &AdamUpdate) -> Result<()> {

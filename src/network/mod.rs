@@ -142,18 +142,10 @@ impl Network {
 
     /// Refuses a cost this path cannot compute, before a run starts.
     pub fn check(&self, weights: &CostWeights) -> Result<()> {
-        if !weights.region_weights.is_empty() {
-            if self.tile.is_some() {
-                anyhow::bail!(
-                    "regions are not computed in tiles yet; lower `size` so that the run fits untiled, or set `tile: off`"
-                );
-            }
-            if !matches!(self.path, Path::Winograd(_) | Path::Burn) {
-                anyhow::bail!(
-                    "regions are not on the {} path yet; run them with --backend cpu or --backend wgpu",
-                    self.path_name()
-                );
-            }
+        if !weights.region_weights.is_empty() && self.tile.is_some() {
+            anyhow::bail!(
+                "regions are not computed in tiles yet; lower `size` so that the run fits untiled, or set `tile: off`"
+            );
         }
         if self.tile.is_some() && !matches!(self.path, Path::Winograd(_)) {
             anyhow::bail!(

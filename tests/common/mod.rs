@@ -27,8 +27,16 @@ pub struct Fixture {
     pub json: serde_json::Value,
 }
 
+/// The repository: where the tests were built, or `EASEL_REPO_ROOT` (the GPU machine
+/// runs the test binaries from a copy of the repository elsewhere).
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("EASEL_REPO_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn fixture(case: &str) -> Fixture {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = repo_root().join("tests/fixtures");
     let (tensors, _) =
         weights::read_safetensors(&dir.join(format!("{case}.safetensors"))).expect("fixture");
     let text = std::fs::read_to_string(dir.join(format!("{case}.json"))).expect("fixture json");
@@ -316,11 +324,7 @@ pub fn easel_limited(limit: &str, args: &[&str], cwd: &Path) -> std::process::Ou
 
 /// A demo photograph from presets/images at `w` x `h`, in pixel space.
 pub fn photo(name: &str, w: u32, h: u32, device: &Device) -> Tensor<4> {
-    // The GPU machine runs the test binary from a copy of the repository elsewhere.
-    let root = std::env::var_os("EASEL_REPO_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    let path = root.join("presets/images").join(name);
+    let path = repo_root().join("presets/images").join(name);
     let img = easel::image::load_rgb(&path).expect("a demo image");
     easel::image::to_pixel_space(&easel::image::resize(&img, w, h), device)
 }
@@ -428,4 +432,19 @@ pub fn check_resident_adam(
         values(got.m.as_ref().expect("m")),
         "a rollback returns to the moments before the update"
     );
+}
+
+/// The fixture's regions in its order: red (starry, weight 1), blue (hubble, weight 2),
+/// black (no style).
+pub fn fixture_regions(fx: &Fixture) -> (Vec<easel::loss::regions::RegionMask>, CostWeights) {
+    let regions = vec![
+        (fx.host("mask.red").data.clone(), Some(0)),
+        (fx.host("mask.blue").data.clone(), Some(1)),
+        (fx.host("mask.black").data.clone(), None),
+    ];
+    let weights = CostWeights {
+        region_weights: vec![1.0, 2.0, 0.0],
+        ..seed_weights()
+    };
+    (regions, weights)
 }

@@ -163,8 +163,7 @@ impl CudaVgg {
             }
             let (c, n, norm) = (a.c, a.h * a.w, 2.0 * chw);
             if let Some(tap) = host.and_then(|taps| taps.get(k)) {
-                st.gram.adjoint_add(i, &tap.sym, &a.data, (c, n), g)?;
-                self.kernels.add_rows(s, g, &tap.d_sums, n)?;
+                self.add_host_tap(st, (*l, a), (k, tap), targets, g)?;
                 continue;
             }
             let coef = 2.0 * weights.beta * lambda / norm;

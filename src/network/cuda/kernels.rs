@@ -170,6 +170,18 @@ extern "C" __global__ void add_rows(float* g, const float* ds, unsigned n, unsig
     LOOP(i, total) g[i] += ds[i / n];
 }
 
+// A region's mask on each plane: out[c][p] = a[c][p] * m[p] on [C][n].
+extern "C" __global__ void mask_planes(const float* a, const float* m, float* out, unsigned n,
+                                      unsigned total) {
+    LOOP(i, total) out[i] = a[i] * m[i % n];
+}
+
+// g[c][p] += t[c][p] * m[p] on [C][n]: a guided Gram's adjoint, masked again.
+extern "C" __global__ void add_masked(float* g, const float* t, const float* m, unsigned n,
+                                     unsigned total) {
+    LOOP(i, total) g[i] += t[i] * m[i % n];
+}
+
 // Replicate padding by one pixel: [3][h][w] into [3][h+2][w+2], each border pixel a copy
 // of its nearest image pixel (crate::vgg::padding::replicate).
 extern "C" __global__ void replicate_pad(const float* x, float* y, unsigned h, unsigned w) {
@@ -265,6 +277,8 @@ pub(super) struct Kernels {
     adam: CudaFunction,
     row_sums: CudaFunction,
     add_rows: CudaFunction,
+    mask_planes: CudaFunction,
+    add_masked: CudaFunction,
 }
 
 /// One state of a resident Adam run on the card: `[3][h][w]` each.
@@ -328,6 +342,8 @@ impl Kernels {
             adam: f("adam")?,
             row_sums: f("row_sums")?,
             add_rows: f("add_rows")?,
+            mask_planes: f("mask_planes")?,
+            add_masked: f("add_masked")?,
         })
     }
 
@@ -587,6 +603,38 @@ impl Kernels {
         let mut b = s.launch_builder(&self.add_rows);
         b.arg(g).arg(ds).arg(&n).arg(&total32);
         unsafe { b.launch(grid(total)) }.context("launching add_rows")?;
+        Ok(())
+    }
+
+    /// `out[c][p] = a[c][p] m[p]` on `[C][n]`, `n = m.len()`.
+    pub fn mask_planes(
+        &self,
+        s: &CudaStream,
+        a: &CudaSlice<f32>,
+        m: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let total = a.len();
+        let (n, total32) = (u(m.len()), u(total));
+        let mut b = s.launch_builder(&self.mask_planes);
+        b.arg(a).arg(m).arg(out).arg(&n).arg(&total32);
+        unsafe { b.launch(grid(total)) }.context("launching mask_planes")?;
+        Ok(())
+    }
+
+    /// `g[c][p] += t[c][p] m[p]` on `[C][n]`, `n = m.len()`.
+    pub fn add_masked(
+        &self,
+        s: &CudaStream,
+        g: &mut CudaSlice<f32>,
+        t: &CudaSlice<f32>,
+        m: &CudaSlice<f32>,
+    ) -> Result<()> {
+        let total = g.len();
+        let (n, total32) = (u(m.len()), u(total));
+        let mut b = s.launch_builder(&self.add_masked);
+        b.arg(g).arg(t).arg(m).arg(&n).arg(&total32);
+        unsafe { b.launch(grid(total)) }.context("launching add_masked")?;
         Ok(())
     }
 }

@@ -8,7 +8,11 @@
 
 mod conv;
 mod gram;
+mod host_style;
 mod kernels;
+
+use host_style::HostTap;
+pub use host_style::{HostRegions, HostStyle, HostStyleAdjoint, HostStyleRead};
 
 pub(crate) use kernels::{AdamBuffers, AdamOutputs};
 
@@ -40,6 +44,8 @@ pub struct CudaTargets {
     content_layer: Layer,
     content: CudaSlice<f32>,
     grams: Vec<(Layer, CudaSlice<f32>)>,
+    /// Per region of the mask: where it has a style, its mask at each style layer.
+    masks: Vec<Option<Vec<CudaSlice<f32>>>>,
 }
 
 /// One activation on the host: `(data [C][H][W], C, H, W)`.
@@ -52,6 +58,8 @@ pub struct CudaCosts {
     /// One per style layer, in the order given.
     pub style: Vec<f64>,
     pub tv: f64,
+    /// With regions, each region's `sum_l lambda_l J_r[l]`.
+    pub regions: Vec<f64>,
 }
 
 /// What the cost needs besides the targets.
@@ -66,32 +74,8 @@ pub struct CudaCostWeights<'a> {
     /// (`style_loss: w2`, whose matrix square roots the card does not take); else the
     /// card's Gram cost.
     pub host_style: Option<&'a HostStyle<'a>>,
-}
-
-/// One style layer's reads for a cost the host computes: the Gram `[C][C]` and the row
-/// sums `[C]` of an activation of `positions` positions.
-pub struct HostStyleRead {
-    pub gram: Vec<f32>,
-    pub sums: Vec<f32>,
-    pub positions: usize,
-}
-
-/// What the host answers per style layer: the unweighted cost `J_style[l]`, and the
-/// gradients of the weighted cost `beta lambda_l J_style[l]` with respect to the Gram
-/// and the row sums.
-pub struct HostStyleAdjoint {
-    pub cost: f64,
-    pub d_gram: Vec<f32>,
-    pub d_sums: Vec<f32>,
-}
-
-/// The host's style cost: one answer per read, in the style layers' order.
-pub type HostStyle<'a> = dyn Fn(&[HostStyleRead]) -> Result<Vec<HostStyleAdjoint>> + Sync + 'a;
-
-/// A host-computed style layer's adjoints on the card: `dG + dG^T` and `ds`.
-struct HostTap {
-    sym: CudaSlice<f32>,
-    d_sums: CudaSlice<f32>,
+    /// Where the host computes the style costs of regions from the card's guided Grams.
+    pub host_regions: Option<&'a HostRegions<'a>>,
 }
 
 /// What one thread at a time may touch: the library handles and the buffer pools.
@@ -303,6 +287,7 @@ impl CudaVgg {
         content_layer: Layer,
         content: &[f32],
         grams: &[(Layer, Vec<f32>)],
+        masks: &[Option<Vec<Vec<f32>>>],
     ) -> Result<CudaTargets> {
         self.ctx
             .bind_to_thread()
@@ -321,10 +306,20 @@ impl CudaVgg {
             );
             on_card.push((*l, up("a style Gram", g)?));
         }
+        let masks = masks
+            .iter()
+            .map(|region| {
+                let up_all = |ms: &Vec<Vec<f32>>| -> Result<Vec<CudaSlice<f32>>> {
+                    ms.iter().map(|m| up("a region's mask", m)).collect()
+                };
+                region.as_ref().map(up_all).transpose()
+            })
+            .collect::<Result<_>>()?;
         Ok(CudaTargets {
             content_layer,
             content: up("the content target", content)?,
             grams: on_card,
+            masks,
         })
     }
 
@@ -407,11 +402,8 @@ impl CudaVgg {
         let padded = self.padded(st, image, h, w)?;
         let x = padded.as_ref().unwrap_or(image);
         let acts = self.run(st, x, h, w, deepest, pooling)?;
-        let host = match weights.host_style {
-            Some(f) => Some(self.host_style(st, &acts, weights.style_layers, f)?),
-            None => None,
-        };
-        let taps = host.as_ref().map(|(taps, _)| &taps[..]);
+        let host = self.host_reply(st, &acts, targets, weights)?;
+        let taps = host.as_ref().map(|h| &h.taps[..]);
         // [content, tv, style...], raw sums the host scales below.
         let mut costs = st.f64s.zeroed(s, 2 + weights.style_layers.len())?;
         let mut g = st.f32s.zeroed(s, acts[deepest.0].data.len())?;
@@ -466,87 +458,18 @@ impl CudaVgg {
         let content = &acts[weights.content_layer.0];
         let parts = CudaCosts {
             content: sums[0] / (4 * content.data.len()) as f64,
-            style: match host {
-                Some((_, costs)) => costs,
+            tv: sums[1],
+            style: match &host {
+                Some(h) => h.style.clone(),
                 None => sums[2..].to_vec(),
             },
-            tv: sums[1],
+            regions: host.map(|h| h.regions).unwrap_or_default(),
         };
         st.f32s.give(g);
         st.f64s.give(costs);
         acts.into_iter().for_each(|a| st.f32s.give(a.data));
         padded.into_iter().for_each(|p| st.f32s.give(p));
         Ok(parts)
-    }
-
-    /// The style costs the host computes: each style layer's Gram and row sums go back
-    /// (one wait), `f` answers, and its adjoints come up, ready for the backward pass.
-    fn host_style(
-        &self,
-        st: &mut State,
-        acts: &[Act],
-        layers: &[(Layer, f64)],
-        f: &HostStyle,
-    ) -> Result<(Vec<HostTap>, Vec<f64>)> {
-        let s = &self.stream;
-        let mut on_card = Vec::with_capacity(layers.len());
-        for (l, _) in layers {
-            let a = &acts[l.0];
-            let (c, n) = (a.c, a.h * a.w);
-            let mut gram = st.f32s.take(s, c * c)?;
-            st.gram
-                .strict(|blas| blas.gram(l.0, &a.data, (c, n), &mut gram))?;
-            let mut sums = st.f64s.zeroed(s, c)?;
-            self.kernels.row_sums(s, &a.data, &mut sums, (c, n))?;
-            on_card.push((gram, sums, n));
-        }
-        let mut reads = Vec::with_capacity(on_card.len());
-        for (gram, sums, positions) in on_card {
-            let host_gram = s.clone_dtoh(&gram);
-            let host_sums = s.clone_dtoh(&sums);
-            reads.push(HostStyleRead {
-                gram: host_gram.context("copying a Gram back from the CUDA device")?,
-                // As the CPU's row sums: summed in float64, kept in float32.
-                sums: host_sums
-                    .context("copying row sums back from the CUDA device")?
-                    .iter()
-                    .map(|&v| v as f32)
-                    .collect(),
-                positions,
-            });
-            st.f32s.give(gram);
-            st.f64s.give(sums);
-        }
-        s.synchronize()
-            .context("waiting for the CUDA device's Grams")?;
-        let answers = f(&reads)?;
-        ensure!(
-            answers.len() == layers.len(),
-            "the host's style cost answered {} layers of {}",
-            answers.len(),
-            layers.len()
-        );
-        let mut taps = Vec::with_capacity(answers.len());
-        let mut costs = Vec::with_capacity(answers.len());
-        for (answer, read) in answers.iter().zip(&reads) {
-            let c = read.sums.len();
-            ensure!(
-                answer.d_gram.len() == c * c && answer.d_sums.len() == c,
-                "the host's style gradient is not {c}x{c} and {c}"
-            );
-            let d = &answer.d_gram;
-            let sym: Vec<f32> = (0..c * c).map(|i| d[i] + d[(i % c) * c + i / c]).collect();
-            let up = |v: &[f32]| {
-                s.clone_htod(v)
-                    .context("copying a style gradient to the CUDA device")
-            };
-            taps.push(HostTap {
-                sym: up(&sym)?,
-                d_sums: up(&answer.d_sums)?,
-            });
-            costs.push(answer.cost);
-        }
-        Ok((taps, costs))
     }
 
     /// The image padded on the card where conv1_1 reads it padded (replicate padding).
