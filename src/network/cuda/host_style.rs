@@ -179,6 +179,20 @@ impl CudaVgg {
         s.synchronize()
             .context("waiting for the CUDA device's guided Grams")?;
         let answer = f(&reads)?;
+        let shaped = answer.style.len() == layers.len()
+            && answer.regions.len() == reads.len()
+            && answer.d_grams.len() == reads.len()
+            && answer
+                .d_grams
+                .iter()
+                .zip(&reads)
+                .all(|(d, r)| d.len() == r.len());
+        ensure!(
+            shaped,
+            "the host's region costs do not match {} regions at {} style layers",
+            reads.len(),
+            layers.len()
+        );
         let mut taps: Vec<HostTap> = layers
             .iter()
             .map(|_| HostTap {
