@@ -203,6 +203,8 @@ impl CudaVgg {
         for (d_region, read) in answer.d_grams.iter().zip(&reads) {
             for (k, tap) in taps.iter_mut().enumerate() {
                 let sym = match (d_region.get(k), read.get(k)) {
+                    // A layer where the region has no positions adds nothing.
+                    (Some(d), Some(_)) if d.iter().all(|v| *v == 0.0) => None,
                     (Some(d), Some(g)) => {
                         let c = (g.len() as f64).sqrt() as usize;
                         Some(upload(s, &symmetric(d, c)?)?)
