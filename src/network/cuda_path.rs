@@ -2,10 +2,10 @@
 //! gradient out, with the targets kept on the card between iterations.
 
 use super::cuda::{
-    AdamBuffers, AdamOutputs, CudaCostWeights, CudaCosts, CudaTargets, CudaVgg, HostRegions,
-    HostStyle, HostStyleAdjoint, HostStyleRead,
+    CudaCostWeights, CudaCosts, CudaTargets, CudaVgg, HostRegions, HostStyle, HostStyleAdjoint,
+    HostStyleRead,
 };
-use super::resident::{AdamTensors, AdamUpdate};
+use super::resident::{AdamTensors, AdamUpdate, Kept};
 use super::{floats, image_floats};
 use crate::backend::Precision;
 use crate::loss::w2::W2Target;
@@ -175,25 +175,12 @@ fn w2_adjoints(
         .collect()
 }
 
-/// One copy of a resident Adam run's state on the card, `[3][h][w]` each; `avg` is
-/// zeros where `ema` is off.
-struct CardSet {
-    x: CudaSlice<f32>,
-    m: CudaSlice<f32>,
-    v: CudaSlice<f32>,
-    avg: CudaSlice<f32>,
-}
-
 /// A resident Adam run on the card (`super::resident`): per iteration the costs come
 /// back and nothing else crosses the bus.
 pub struct CardState {
     path: Arc<CudaPath>,
-    dims: [usize; 4],
-    averaged: bool,
-    now: CardSet,
-    /// The state before the last update.
-    before: Option<CardSet>,
-    /// The gradient at `now.x`, written by each evaluation.
+    kept: Kept<CudaSlice<f32>>,
+    /// The gradient at the image now, written by each evaluation.
     grad: CudaSlice<f32>,
     evaluated: bool,
 }
@@ -201,32 +188,11 @@ pub struct CardState {
 impl CudaPath {
     /// Takes over a run's state: the image, Adam's moments and the EMA's average.
     pub fn resident(self: &Arc<Self>, state: &AdamTensors) -> Result<CardState> {
-        let dims = state.x.dims();
-        let n = dims.iter().product();
-        let up = |t: Option<&Tensor<4>>, what: &str| -> Result<CudaSlice<f32>> {
-            let host = match t {
-                Some(t) => floats(t.to_data(), what)?,
-                None => vec![0.0; n],
-            };
-            anyhow::ensure!(
-                host.len() == n,
-                "{what} holds {} floats, not {n}",
-                host.len()
-            );
-            self.vgg.upload(&host)
-        };
+        let kept = Kept::new(state, |v| self.vgg.upload(v))?;
         Ok(CardState {
             path: self.clone(),
-            dims,
-            averaged: state.avg.is_some(),
-            now: CardSet {
-                x: up(Some(&state.x), "the image")?,
-                m: up(state.m.as_ref(), "Adam's first moment")?,
-                v: up(state.v.as_ref(), "Adam's second moment")?,
-                avg: up(state.avg.as_ref(), "the EMA")?,
-            },
-            before: None,
-            grad: self.vgg.alloc(n)?,
+            grad: self.vgg.alloc(kept.dims.iter().product())?,
+            kept,
             evaluated: false,
         })
     }
@@ -247,8 +213,8 @@ impl CardState {
         targets: &Targets,
         weights: &CostWeights,
     ) -> Result<Costs> {
-        let [_, _, h, w] = self.dims;
-        let (path, x, grad) = (&self.path, &self.now.x, &mut self.grad);
+        let [_, _, h, w] = self.kept.dims;
+        let (path, x, grad) = (&self.path, &self.kept.now().x, &mut self.grad);
         let parts = path.with_targets(targets, weights, |on_card, cost| {
             path.vgg
                 .evaluate_on_card(x, h, w, pooling, on_card, cost, grad)
@@ -262,66 +228,21 @@ impl CardState {
             std::mem::take(&mut self.evaluated),
             "an Adam update before the image was evaluated"
         );
-        let vgg = &self.path.vgg;
-        // The buffers of the state before last are reused for the next one.
-        let mut next = match self.before.take() {
-            Some(set) => set,
-            None => self.copy(&self.now)?,
-        };
-        let now = AdamBuffers {
-            x: &self.now.x,
-            m: &self.now.m,
-            v: &self.now.v,
-            avg: &self.now.avg,
-        };
-        let out = AdamOutputs {
-            x: &mut next.x,
-            m: &mut next.m,
-            v: &mut next.v,
-            avg: &mut next.avg,
-        };
-        vgg.adam(now, &self.grad, out, update)?;
-        self.before = Some(std::mem::replace(&mut self.now, next));
-        Ok(())
+        let (vgg, grad) = (&self.path.vgg, &self.grad);
+        self.kept.advance(
+            |b| vgg.duplicate(b),
+            |now, next| vgg.adam(now, grad, next, update),
+        )
     }
 
     pub fn roll_back(&mut self) -> Result<()> {
-        let before = self
-            .before
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no state before an update to roll back to"))?;
-        self.now = self.copy(before)?;
         self.evaluated = false;
-        Ok(())
+        let vgg = &self.path.vgg;
+        self.kept.roll_back(|b| vgg.duplicate(b))
     }
 
     pub fn store(&self, device: &Device) -> Result<AdamTensors> {
         let vgg = &self.path.vgg;
-        let t = |v: &CudaSlice<f32>| -> Result<Tensor<4>> {
-            Ok(Tensor::from_data(
-                TensorData::new(vgg.download(v)?, self.dims),
-                device,
-            ))
-        };
-        Ok(AdamTensors {
-            x: t(&self.now.x)?,
-            m: Some(t(&self.now.m)?),
-            v: Some(t(&self.now.v)?),
-            avg: if self.averaged {
-                Some(t(&self.now.avg)?)
-            } else {
-                None
-            },
-        })
-    }
-
-    fn copy(&self, set: &CardSet) -> Result<CardSet> {
-        let vgg = &self.path.vgg;
-        Ok(CardSet {
-            x: vgg.duplicate(&set.x)?,
-            m: vgg.duplicate(&set.m)?,
-            v: vgg.duplicate(&set.v)?,
-            avg: vgg.duplicate(&set.avg)?,
-        })
+        self.kept.store(device, |b| vgg.download(b))
     }
 }

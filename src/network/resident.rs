@@ -195,31 +195,32 @@ impl Resident {
     /// The state as tensors on `device`.
     pub fn store(&self, device: &Device) -> Result<AdamTensors> {
         match self {
-            Resident::Host(h) => Ok(h.store(device)),
+            Resident::Host(h) => h.store(device),
             #[cfg(feature = "cuda")]
             Resident::Cuda(c) => c.store(device),
         }
     }
 }
 
-/// One copy of the state in host buffers. `avg` is zeros where `ema` is off.
+/// The image, Adam's moments and the EMA's average in one kind of buffer (host floats,
+/// card buffers); `avg` is zeros where `ema` is off.
 #[derive(Clone)]
-struct HostSet {
-    x: Vec<f32>,
-    m: Vec<f32>,
-    v: Vec<f32>,
-    avg: Vec<f32>,
+pub struct AdamSet<B> {
+    pub x: B,
+    pub m: B,
+    pub v: B,
+    pub avg: B,
 }
 
-/// The state in host buffers, for the CPU's Winograd path.
-pub struct HostState {
-    dims: [usize; 4],
-    averaged: bool,
-    now: HostSet,
-    /// The state before the last update.
-    before: Option<HostSet>,
-    /// The gradient at `now.x`, once evaluated.
-    grad: Option<Vec<f32>>,
+impl<B> AdamSet<B> {
+    pub fn try_map<C>(&self, mut f: impl FnMut(&B) -> Result<C>) -> Result<AdamSet<C>> {
+        Ok(AdamSet {
+            x: f(&self.x)?,
+            m: f(&self.m)?,
+            v: f(&self.v)?,
+            avg: f(&self.avg)?,
+        })
+    }
 }
 
 /// A tensor's floats, or zeros where it is absent.
@@ -234,21 +235,102 @@ fn floats_or_zeros(t: Option<&Tensor<4>>, n: usize, what: &str) -> Result<Vec<f3
     }
 }
 
-impl HostState {
-    fn new(state: &AdamTensors) -> Result<HostState> {
+/// A run's state kept by a compute path in buffers `B`: the state now and the one
+/// before the last update, whose buffers the next update reuses.
+pub(crate) struct Kept<B> {
+    pub dims: [usize; 4],
+    averaged: bool,
+    now: AdamSet<B>,
+    before: Option<AdamSet<B>>,
+}
+
+impl<B> Kept<B> {
+    /// Takes over `state`, its floats put into buffers by `put`. The moments start at
+    /// zero where they are absent.
+    pub fn new(state: &AdamTensors, put: impl FnMut(&Vec<f32>) -> Result<B>) -> Result<Self> {
         let dims = state.x.dims();
         let x = floats(state.x.to_data(), "the image")?;
         let n = x.len();
-        Ok(HostState {
+        let host = AdamSet {
+            m: floats_or_zeros(state.m.as_ref(), n, "Adam's first moment")?,
+            v: floats_or_zeros(state.v.as_ref(), n, "Adam's second moment")?,
+            avg: floats_or_zeros(state.avg.as_ref(), n, "the EMA")?,
+            x,
+        };
+        Ok(Kept {
             dims,
             averaged: state.avg.is_some(),
-            now: HostSet {
-                m: floats_or_zeros(state.m.as_ref(), n, "Adam's first moment")?,
-                v: floats_or_zeros(state.v.as_ref(), n, "Adam's second moment")?,
-                avg: floats_or_zeros(state.avg.as_ref(), n, "the EMA")?,
-                x,
-            },
+            now: host.try_map(put)?,
             before: None,
+        })
+    }
+
+    pub fn now(&self) -> &AdamSet<B> {
+        &self.now
+    }
+
+    /// Writes the next state with `step` (from the state now, into the buffers of the
+    /// state before, or a `copy` of now the first time); the state now becomes the one
+    /// a rollback returns to.
+    pub fn advance(
+        &mut self,
+        copy: impl FnMut(&B) -> Result<B>,
+        step: impl FnOnce(&AdamSet<B>, &mut AdamSet<B>) -> Result<()>,
+    ) -> Result<()> {
+        let mut next = match self.before.take() {
+            Some(set) => set,
+            None => self.now.try_map(copy)?,
+        };
+        step(&self.now, &mut next)?;
+        self.before = Some(std::mem::replace(&mut self.now, next));
+        Ok(())
+    }
+
+    /// Goes back to the state before the last update.
+    pub fn roll_back(&mut self, copy: impl FnMut(&B) -> Result<B>) -> Result<()> {
+        let before = self
+            .before
+            .as_ref()
+            .ok_or_else(|| anyhow!("no state before an update to roll back to"))?;
+        self.now = before.try_map(copy)?;
+        Ok(())
+    }
+
+    /// The state now as tensors on `device`, each buffer's floats from `get`.
+    pub fn store(
+        &self,
+        device: &Device,
+        mut get: impl FnMut(&B) -> Result<Vec<f32>>,
+    ) -> Result<AdamTensors> {
+        let mut t = |b: &B| -> Result<Tensor<4>> {
+            Ok(Tensor::from_data(
+                TensorData::new(get(b)?, self.dims),
+                device,
+            ))
+        };
+        Ok(AdamTensors {
+            x: t(&self.now.x)?,
+            m: Some(t(&self.now.m)?),
+            v: Some(t(&self.now.v)?),
+            avg: match self.averaged {
+                true => Some(t(&self.now.avg)?),
+                false => None,
+            },
+        })
+    }
+}
+
+/// The state in host buffers, for the CPU's Winograd path.
+pub struct HostState {
+    kept: Kept<Vec<f32>>,
+    /// The gradient at the image now, once evaluated.
+    grad: Option<Vec<f32>>,
+}
+
+impl HostState {
+    fn new(state: &AdamTensors) -> Result<HostState> {
+        Ok(HostState {
+            kept: Kept::new(state, |v| Ok(v.clone()))?,
             grad: None,
         })
     }
@@ -260,7 +342,7 @@ impl HostState {
         weights: &CostWeights,
     ) -> Result<Costs> {
         let x = Tensor::<4>::from_data(
-            TensorData::new(self.now.x.clone(), self.dims),
+            TensorData::new(self.kept.now().x.clone(), self.kept.dims),
             &network.device(),
         );
         let (costs, g) = network.evaluate(&x, targets, weights)?;
@@ -273,46 +355,35 @@ impl HostState {
             .grad
             .take()
             .ok_or_else(|| anyhow!("an Adam update before the image was evaluated"))?;
-        // The buffers of the state before last are reused for the next one.
-        let mut next = self.before.take().unwrap_or_else(|| self.now.clone());
-        let plane = self.dims[2] * self.dims[3];
-        let now = &self.now;
-        // Rows never cross a channel, so each knows its channel.
-        let row = self.dims[3].max(1);
-        next.x
-            .par_chunks_mut(row)
-            .zip(next.m.par_chunks_mut(row))
-            .zip(next.v.par_chunks_mut(row))
-            .zip(next.avg.par_chunks_mut(row))
-            .enumerate()
-            .for_each(|(k, (((xs, ms), vs), avgs))| {
-                let start = k * row;
-                let r = start..start + xs.len();
-                let old = [&now.x, &now.m, &now.v, &now.avg].map(|v| &v[r.clone()]);
-                u.apply(start / plane, old, &g[r], [xs, ms, vs, avgs]);
-            });
-        self.before = Some(std::mem::replace(&mut self.now, next));
-        Ok(())
+        let [_, _, h, w] = self.kept.dims;
+        let (plane, row) = (h * w, w.max(1));
+        self.kept.advance(
+            |v| Ok(v.clone()),
+            |now, next| {
+                // Rows never cross a channel, so each knows its channel.
+                next.x
+                    .par_chunks_mut(row)
+                    .zip(next.m.par_chunks_mut(row))
+                    .zip(next.v.par_chunks_mut(row))
+                    .zip(next.avg.par_chunks_mut(row))
+                    .enumerate()
+                    .for_each(|(k, (((xs, ms), vs), avgs))| {
+                        let start = k * row;
+                        let r = start..start + xs.len();
+                        let old = [&now.x, &now.m, &now.v, &now.avg].map(|v| &v[r.clone()]);
+                        u.apply(start / plane, old, &g[r], [xs, ms, vs, avgs]);
+                    });
+                Ok(())
+            },
+        )
     }
 
     fn roll_back(&mut self) -> Result<()> {
-        let before = self
-            .before
-            .as_ref()
-            .ok_or_else(|| anyhow!("no state before an update to roll back to"))?;
-        self.now = before.clone();
         self.grad = None;
-        Ok(())
+        self.kept.roll_back(|v| Ok(v.clone()))
     }
 
-    fn store(&self, device: &Device) -> AdamTensors {
-        let t =
-            |v: &Vec<f32>| Tensor::<4>::from_data(TensorData::new(v.clone(), self.dims), device);
-        AdamTensors {
-            x: t(&self.now.x),
-            m: Some(t(&self.now.m)),
-            v: Some(t(&self.now.v)),
-            avg: self.averaged.then(|| t(&self.now.avg)),
-        }
+    fn store(&self, device: &Device) -> Result<AdamTensors> {
+        self.kept.store(device, |v| Ok(v.clone()))
     }
 }

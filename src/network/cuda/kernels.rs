@@ -6,6 +6,7 @@
 //! that no buffer exceeds `i32::MAX` elements. Contraction to FMA is off (`--fmad=false`)
 //! so that `x * s + t` rounds as the CPU path's does.
 
+use crate::network::resident::AdamSet;
 use anyhow::{Context, Result};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
@@ -281,22 +282,6 @@ pub(super) struct Kernels {
     add_masked: CudaFunction,
 }
 
-/// One state of a resident Adam run on the card: `[3][h][w]` each.
-pub(crate) struct AdamBuffers<'a> {
-    pub x: &'a CudaSlice<f32>,
-    pub m: &'a CudaSlice<f32>,
-    pub v: &'a CudaSlice<f32>,
-    pub avg: &'a CudaSlice<f32>,
-}
-
-/// Where an Adam step writes its state.
-pub(crate) struct AdamOutputs<'a> {
-    pub x: &'a mut CudaSlice<f32>,
-    pub m: &'a mut CudaSlice<f32>,
-    pub v: &'a mut CudaSlice<f32>,
-    pub avg: &'a mut CudaSlice<f32>,
-}
-
 impl Kernels {
     /// Compiles the kernels for the device's compute capability (nvrtc's default where
     /// this nvrtc does not know it) and loads them.
@@ -534,9 +519,9 @@ impl Kernels {
     pub fn adam(
         &self,
         s: &CudaStream,
-        now: AdamBuffers,
+        now: &AdamSet<CudaSlice<f32>>,
         g: &CudaSlice<f32>,
-        next: AdamOutputs,
+        next: &mut AdamSet<CudaSlice<f32>>,
         update: &crate::network::resident::AdamUpdate,
     ) -> Result<()> {
         let n = g.len();
@@ -550,11 +535,11 @@ impl Kernels {
             None => (0, (0.0f32, 0.0f32)),
         };
         let mut b = s.launch_builder(&self.adam);
-        b.arg(now.x).arg(now.m).arg(now.v).arg(now.avg).arg(g);
-        b.arg(next.x)
-            .arg(next.m)
-            .arg(next.v)
-            .arg(next.avg)
+        b.arg(&now.x).arg(&now.m).arg(&now.v).arg(&now.avg).arg(g);
+        b.arg(&mut next.x)
+            .arg(&mut next.m)
+            .arg(&mut next.v)
+            .arg(&mut next.avg)
             .arg(&plane);
         b.arg(&update.beta1).arg(&update.beta2);
         b.arg(&update.keep1).arg(&update.keep2).arg(&update.eps);

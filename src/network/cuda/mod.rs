@@ -14,8 +14,7 @@ mod kernels;
 use host_style::HostTap;
 pub use host_style::{HostRegions, HostStyle, HostStyleAdjoint, HostStyleRead};
 
-pub(crate) use kernels::{AdamBuffers, AdamOutputs};
-
+use crate::network::resident::AdamSet;
 use crate::vgg::{BLOCK_ENDS, CHANNELS, Layer, Padding, Pooling};
 use anyhow::{Context, Result, anyhow, ensure};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
@@ -542,9 +541,9 @@ impl CudaVgg {
     /// One Adam step on the card (see `kernels.rs`'s `adam`).
     pub(crate) fn adam(
         &self,
-        now: kernels::AdamBuffers,
+        now: &AdamSet<CudaSlice<f32>>,
         g: &CudaSlice<f32>,
-        next: kernels::AdamOutputs,
+        next: &mut AdamSet<CudaSlice<f32>>,
         update: &crate::network::resident::AdamUpdate,
     ) -> Result<()> {
         self.ctx
