@@ -57,6 +57,33 @@ pub(super) struct Convs {
 // first. No `Arc<Cudnn>` ever leaves this struct.
 unsafe impl Send for Convs {}
 
+/// cuDNN's heuristic choice of algorithm for one direction with its workspace size, or
+/// `fallback` (implicit GEMM). The heuristics rank by speed alone: an FFT algorithm's
+/// workspace at 2048x2048 can take gigabytes, and their first choice may be a tensor-op
+/// variant this math type cannot size. Implicit GEMM needs next to no workspace and
+/// runs in every math type.
+fn pick<A: Copy + std::fmt::Debug>(
+    direction: &str,
+    what: &dyn Fn() -> String,
+    heuristic: impl FnOnce() -> std::result::Result<A, cudarc::cudnn::CudnnError>,
+    size: impl Fn(A) -> std::result::Result<usize, cudarc::cudnn::CudnnError>,
+    fallback: A,
+) -> Result<(A, usize)> {
+    let picked = heuristic().and_then(|a| Ok((a, size(a)?)));
+    match picked {
+        Ok((a, bytes)) if bytes <= WORKSPACE_LIMIT => Ok((a, bytes)),
+        other => {
+            tracing::debug!(
+                "cuDNN {direction} for {}: falling back from {other:?}",
+                what()
+            );
+            let bytes = size(fallback)
+                .with_context(|| format!("sizing cuDNN's {direction} workspace for {}", what()))?;
+            Ok((fallback, bytes))
+        }
+    }
+}
+
 fn int(n: usize) -> i32 {
     n as i32
 }
@@ -135,44 +162,26 @@ impl Convs {
             w: filter,
             y: &y,
         };
-        let size_fwd = |algo| {
-            fwd.get_workspace_size(algo)
-                .with_context(|| format!("sizing cuDNN's forward workspace for {}", what()))
-        };
-        let picked = fwd
-            .pick_algorithm()
-            .with_context(|| format!("picking cuDNN's forward algorithm for {}", what()));
-        // cuDNN's heuristics rank by speed alone; an FFT algorithm's workspace at
-        // 2048x2048 can take gigabytes. Their first choice may also be a tensor-op
-        // variant this math type cannot size. Implicit GEMM needs next to no workspace
-        // and runs in every math type.
-        let (forward, fwd_bytes) = match picked.and_then(|a| Ok((a, size_fwd(a)?))) {
-            Ok((a, bytes)) if bytes <= WORKSPACE_LIMIT => (a, bytes),
-            other => {
-                tracing::debug!("cuDNN forward for {}: falling back from {other:?}", what());
-                (FWD_FALLBACK, size_fwd(FWD_FALLBACK)?)
-            }
-        };
+        let (forward, fwd_bytes) = pick(
+            "forward",
+            &what,
+            || fwd.pick_algorithm(),
+            |a| fwd.get_workspace_size(a),
+            FWD_FALLBACK,
+        )?;
         let bwd = ConvBackwardData {
             conv,
             dx: &x,
             w: filter,
             dy: &y,
         };
-        let size_bwd = |algo| {
-            bwd.get_workspace_size(algo)
-                .with_context(|| format!("sizing cuDNN's backward workspace for {}", what()))
-        };
-        let picked = bwd
-            .pick_algorithm()
-            .with_context(|| format!("picking cuDNN's backward algorithm for {}", what()));
-        let (backward, bwd_bytes) = match picked.and_then(|a| Ok((a, size_bwd(a)?))) {
-            Ok((a, bytes)) if bytes <= WORKSPACE_LIMIT => (a, bytes),
-            other => {
-                tracing::debug!("cuDNN backward for {}: falling back from {other:?}", what());
-                (BWD_FALLBACK, size_bwd(BWD_FALLBACK)?)
-            }
-        };
+        let (backward, bwd_bytes) = pick(
+            "backward",
+            &what,
+            || bwd.pick_algorithm(),
+            |a| bwd.get_workspace_size(a),
+            BWD_FALLBACK,
+        )?;
         let need = fwd_bytes.max(bwd_bytes);
         if need > self.workspace.as_ref().map_or(0, |ws| ws.len()) {
             // The old workspace is freed in stream order, after the work that uses it.
