@@ -212,9 +212,7 @@ impl CudaVgg {
     /// The state for an image of `h` x `w`, with the context bound to this thread (cuDNN
     /// and cuBLAS calls need it current).
     fn lock(&self, h: usize, w: usize) -> Result<MutexGuard<'_, State>> {
-        self.ctx
-            .bind_to_thread()
-            .context("binding the CUDA context to this thread")?;
+        self.bind()?;
         let mut st = self
             .state
             .lock()
@@ -288,9 +286,7 @@ impl CudaVgg {
         grams: &[(Layer, Vec<f32>)],
         masks: &[Option<Vec<Vec<f32>>>],
     ) -> Result<CudaTargets> {
-        self.ctx
-            .bind_to_thread()
-            .context("binding the CUDA context to this thread")?;
+        self.bind()?;
         let up = |what: &str, v: &[f32]| {
             self.stream
                 .clone_htod(v)
@@ -498,18 +494,14 @@ impl CudaVgg {
 
     /// A new buffer of `len` floats on the card, contents undefined.
     pub fn alloc(&self, len: usize) -> Result<CudaSlice<f32>> {
-        self.ctx
-            .bind_to_thread()
-            .context("binding the CUDA context to this thread")?;
+        self.bind()?;
         unsafe { self.stream.alloc::<f32>(len) }
             .with_context(|| format!("allocating {len} floats on the CUDA device"))
     }
 
     /// A copy of host floats on the card.
     pub fn upload(&self, v: &[f32]) -> Result<CudaSlice<f32>> {
-        self.ctx
-            .bind_to_thread()
-            .context("binding the CUDA context to this thread")?;
+        self.bind()?;
         self.stream
             .clone_htod(v)
             .context("copying to the CUDA device")
@@ -517,9 +509,7 @@ impl CudaVgg {
 
     /// A copy of a buffer on the card.
     pub fn duplicate(&self, v: &CudaSlice<f32>) -> Result<CudaSlice<f32>> {
-        self.ctx
-            .bind_to_thread()
-            .context("binding the CUDA context to this thread")?;
+        self.bind()?;
         self.stream
             .clone_dtod(v)
             .context("copying a buffer on the CUDA device")
@@ -527,9 +517,7 @@ impl CudaVgg {
 
     /// A buffer's floats on the host.
     pub fn download(&self, v: &CudaSlice<f32>) -> Result<Vec<f32>> {
-        self.ctx
-            .bind_to_thread()
-            .context("binding the CUDA context to this thread")?;
+        self.bind()?;
         let host = self.stream.clone_dtoh(v);
         let host = host.context("copying back from the CUDA device")?;
         self.stream
@@ -546,9 +534,7 @@ impl CudaVgg {
         next: &mut AdamSet<CudaSlice<f32>>,
         update: &crate::network::resident::AdamUpdate,
     ) -> Result<()> {
-        self.ctx
-            .bind_to_thread()
-            .context("binding the CUDA context to this thread")?;
+        self.bind()?;
         self.kernels.adam(&self.stream, now, g, next, update)
     }
 }
