@@ -73,6 +73,16 @@ struct Worker {
     preview_every_s: f64,
 }
 
+/// Where tests make the compute path fail (a lost device, a bug): the fail point
+/// `network-evaluate` panics, or returns its text as an error.
+fn injected_fault() -> Result<()> {
+    fail::fail_point!("network-evaluate", |e: Option<String>| Err(anyhow!(
+        "{}",
+        e.unwrap_or_default()
+    )));
+    Ok(())
+}
+
 /// What a panic said, where it said something.
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
@@ -472,11 +482,7 @@ impl Worker {
             }
             let (network, targets, weights) = (&self.network, &self.targets, &self.weights);
             let mut eval = |x: &Tensor<4>| {
-                // Tests make the compute path fail here (a lost device, a bug).
-                fail::fail_point!("network-evaluate", |e: Option<String>| Err(anyhow!(
-                    "{}",
-                    e.unwrap_or_default()
-                )));
+                injected_fault()?;
                 network.evaluate(x, targets, weights)
             };
             let point = &mut self.point;
@@ -501,10 +507,11 @@ impl Worker {
             Ok((next, costs)) if self.guard.accepts(&costs) => (next, costs),
             rejected => {
                 self.elapsed_s += started.elapsed().as_secs_f64();
-                return match rejected {
-                    Ok((_, costs)) => self.roll_back(&format!("J = {:e}", costs.total)),
-                    Err(e) => self.roll_back(&format!("{e:#}")),
+                let reason = match rejected {
+                    Ok((_, costs)) => format!("J = {:e}", costs.total),
+                    Err(e) => format!("{e:#}"),
                 };
+                return self.roll_back(&reason);
             }
         };
         self.guard.passed(candidate, costs.total);
@@ -551,11 +558,7 @@ impl Worker {
         let Some(resident) = self.resident.as_mut() else {
             unreachable!("taken over above")
         };
-        // Tests make the compute path fail here (a lost device, a bug).
-        fail::fail_point!("network-evaluate", |e: Option<String>| Err(anyhow!(
-            "{}",
-            e.unwrap_or_default()
-        )));
+        injected_fault()?;
         resident.evaluate(&self.network, &self.targets, &self.weights)
     }
 
