@@ -11,7 +11,7 @@ mod common;
 use burn::tensor::{Device, Tensor};
 use common::*;
 use easel::backend::cuda_libs::{self, LIBRARIES};
-use easel::backend::{Backend, BackendChoice, BackendKind};
+use easel::backend::{Backend, BackendChoice, BackendKind, check_capability};
 use easel::engine::{Destination, RunSpec};
 use easel::loss::{CostWeights, StyleLoss};
 use easel::network::{ConvChoice, Network};
@@ -302,6 +302,23 @@ fn every_library_has_a_fix_that_names_where_to_get_it() {
         cudnn.contains("nvidia-cudnn") && cudnn.contains("libcudnn9"),
         "{cudnn}"
     );
+}
+
+#[test]
+fn a_card_older_than_cuda_13_supports_is_refused_with_what_runs_on_it() {
+    let err = check_capability("Tesla V100-SXM2-16GB", (7, 0)).expect_err("Volta is 7.0");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("Tesla V100") && text.contains("7.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("7.5") && text.contains("--backend wgpu"),
+        "{text}"
+    );
+    for card in [(7, 5), (8, 0), (9, 0), (12, 0)] {
+        check_capability("a supported card", card).expect("CUDA 13 runs on it");
+    }
 }
 
 #[test]

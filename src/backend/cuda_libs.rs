@@ -215,20 +215,29 @@ pub fn load() -> Result<&'static Loaded> {
 
 /// Loads every library from `dirs`, or says which one is missing and how to get it.
 pub fn load_from(dirs: &[Option<PathBuf>]) -> Result<Loaded> {
-    let mut found = Vec::new();
-    for lib in &LIBRARIES {
-        match load_one(lib, dirs) {
-            Some(dir) => {
-                let from = dir
-                    .as_ref()
-                    .map_or("the system's path".into(), |d| d.display().to_string());
-                tracing::debug!("{} loaded from {from}", lib.what);
-                found.push((lib.what, dir))
-            }
-            None => bail!("{}", missing_message(lib, dirs)),
-        }
-    }
+    let found = LIBRARIES
+        .iter()
+        .map(|lib| Ok((lib.what, load_library(lib, dirs)?)))
+        .collect::<Result<_>>()?;
     Ok(Loaded { found })
+}
+
+/// Loads one library from `dirs`: the folder it came from (`None` for the system's
+/// path), or which one is missing and how to get it.
+pub fn load_library(lib: &Library, dirs: &[Option<PathBuf>]) -> Result<Option<PathBuf>> {
+    let Some(dir) = load_one(lib, dirs) else {
+        bail!("{}", missing_message(lib, dirs));
+    };
+    let from = dir
+        .as_ref()
+        .map_or("the system's path".into(), |d| d.display().to_string());
+    tracing::debug!("{} loaded from {from}", lib.what);
+    Ok(dir)
+}
+
+/// nvrtc, which compiles the kernels and needs no GPU.
+pub fn nvrtc() -> &'static Library {
+    &LIBRARIES[1]
 }
 
 /// One paragraph: what is missing, where we looked, how to get it.

@@ -281,6 +281,10 @@ pub fn cuda_device() -> Result<CudaDevice> {
         .map_err(|e| anyhow::anyhow!("{e:?}"))
         .context("cannot use CUDA: the driver loaded but found no usable NVIDIA GPU")?;
     let name = ctx.name().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let capability = ctx
+        .compute_capability()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    check_capability(&name, capability)?;
     let (free, total) = ctx.mem_get_info().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let v = cudarc::cudnn::result::get_version();
     Ok(CudaDevice {
@@ -289,6 +293,20 @@ pub fn cuda_device() -> Result<CudaDevice> {
         total: total as u64,
         cudnn_version: format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100),
     })
+}
+
+/// The oldest compute capability CUDA 13 builds for: Turing.
+pub const OLDEST_CUDA_CAPABILITY: (i32, i32) = (7, 5);
+
+/// Refuses a card older than CUDA 13 supports, naming it and what runs on it instead.
+pub fn check_capability(name: &str, (major, minor): (i32, i32)) -> Result<()> {
+    let (oldest_major, oldest_minor) = OLDEST_CUDA_CAPABILITY;
+    if (major, minor) < OLDEST_CUDA_CAPABILITY {
+        bail!(
+            "cannot use CUDA: {name} has compute capability {major}.{minor}, and CUDA 13, which easel's CUDA path is built on, supports {oldest_major}.{oldest_minor} (Turing) and newer. `--backend wgpu` runs on this card"
+        );
+    }
+    Ok(())
 }
 
 /// The adapter kind wgpu reports for a device (DiscreteGpu, IntegratedGpu, Cpu, ...).

@@ -3,18 +3,18 @@
 //! with their gradients (formulas in docs/design.md §1), each summed in float64.
 //!
 //! Every kernel is a grid-stride loop over `unsigned` indices: the caller has checked
-//! that no buffer exceeds `i32::MAX` elements. Contraction to FMA is off (`--fmad=false`)
-//! so that `x * s + t` rounds as the CPU path's does.
+//! that no buffer exceeds `i32::MAX` elements. Contraction to FMA is off (`--fmad=false`,
+//! [`super::compile`]) so that `x * s + t` rounds as the CPU path's does.
 
+use super::compile::compile;
 use crate::network::resident::AdamSet;
 use anyhow::{Context, Result};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::{CompileOptions, compile_ptx_with_opts};
 use std::sync::Arc;
 
-const SOURCE: &str = r#"
+pub(super) const SOURCE: &str = r#"
 #define LOOP(i, n) for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += blockDim.x * gridDim.x)
 
 // Sums v over the block (in double) and adds the total to *out: one atomic per block.
@@ -263,6 +263,25 @@ fn u(n: usize) -> u32 {
     n as u32
 }
 
+/// The kernels' entry points, in the order of [`Kernels`]' fields.
+pub(super) const NAMES: [&str; 15] = [
+    "normalize",
+    "bias_relu",
+    "relu_mask",
+    "pool",
+    "unpool",
+    "content",
+    "style",
+    "finish",
+    "replicate_pad",
+    "fold",
+    "adam",
+    "row_sums",
+    "add_rows",
+    "mask_planes",
+    "add_masked",
+];
+
 /// The compiled kernels.
 pub(super) struct Kernels {
     normalize: CudaFunction,
@@ -283,52 +302,55 @@ pub(super) struct Kernels {
 }
 
 impl Kernels {
-    /// Compiles the kernels for the device's compute capability (nvrtc's default where
-    /// this nvrtc does not know it) and loads them.
+    /// Compiles the kernels for the device (see [`super::compile`]) and loads them.
     pub fn new(ctx: &Arc<CudaContext>) -> Result<Kernels> {
-        let (major, minor) = ctx
+        let capability = ctx
             .compute_capability()
             .context("reading the CUDA device's compute capability")?;
-        let opts = |arch: Option<String>| CompileOptions {
-            fmad: Some(false),
-            options: arch.into_iter().collect(),
-            ..Default::default()
-        };
-        let arch = format!("--gpu-architecture=compute_{major}{minor}");
-        // An nvrtc older than the card does not know its architecture; its default
-        // then serves. Where both fail, both errors are told.
-        let ptx = compile_ptx_with_opts(SOURCE, opts(Some(arch.clone()))).or_else(|first| {
-            compile_ptx_with_opts(SOURCE, opts(None)).map_err(|second| {
-                anyhow::anyhow!(
-                    "with {arch}: {first:?}; with nvrtc's default architecture: {second:?}"
-                )
-            })
-        });
-        let ptx = ptx.context("compiling easel's CUDA kernels with nvrtc")?;
+        let image = compile(SOURCE, capability)?.into_module_image();
         let module = ctx
-            .load_module(ptx)
+            .load_module(image)
             .context("loading easel's CUDA kernels")?;
-        let f = |name: &str| {
+        let f = |name: &&str| {
             module
                 .load_function(name)
                 .with_context(|| format!("finding the CUDA kernel {name}"))
         };
+        let found: Vec<CudaFunction> = NAMES.iter().map(f).collect::<Result<_>>()?;
+        let [
+            normalize,
+            bias_relu,
+            relu_mask,
+            pool,
+            unpool,
+            content,
+            style,
+            finish,
+            replicate_pad,
+            fold,
+            adam,
+            row_sums,
+            add_rows,
+            mask_planes,
+            add_masked,
+        ] = <[CudaFunction; NAMES.len()]>::try_from(found)
+            .map_err(|_| anyhow::anyhow!("one CUDA function per kernel name"))?;
         Ok(Kernels {
-            normalize: f("normalize")?,
-            bias_relu: f("bias_relu")?,
-            relu_mask: f("relu_mask")?,
-            pool: f("pool")?,
-            unpool: f("unpool")?,
-            content: f("content")?,
-            style: f("style")?,
-            finish: f("finish")?,
-            replicate_pad: f("replicate_pad")?,
-            fold: f("fold")?,
-            adam: f("adam")?,
-            row_sums: f("row_sums")?,
-            add_rows: f("add_rows")?,
-            mask_planes: f("mask_planes")?,
-            add_masked: f("add_masked")?,
+            normalize,
+            bias_relu,
+            relu_mask,
+            pool,
+            unpool,
+            content,
+            style,
+            finish,
+            replicate_pad,
+            fold,
+            adam,
+            row_sums,
+            add_rows,
+            mask_planes,
+            add_masked,
         })
     }
 

@@ -6,6 +6,7 @@
 //! Everything runs on one stream in order, so buffers go back to the pool as soon as
 //! their last use is queued; the host waits only for the final copies back.
 
+mod compile;
 mod conv;
 mod gram;
 mod host_style;
