@@ -4,7 +4,8 @@
 # machine has no GPU) and Slurm with munge (tests/sweep.rs starts a single-node
 # cluster with scripts/slurm-local.sh), and nvrtc, CUDA's run-time compiler, from
 # NVIDIA's wheel (the unit tests compile the CUDA kernels for every supported card; no
-# GPU is needed for that). The tests fetch the real VGG-19 weights themselves on first use.
+# GPU is needed for that), and a C++ compiler (the unit tests also compile the same
+# kernels as C++ and run them on the CPU). The tests fetch the real VGG-19 weights themselves on first use.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers libvulkan1)
 command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld slurmd slurm-client munge)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing what the tests need: ${missing[*]}" >&2
   as_root apt-get update -qq

@@ -102,13 +102,17 @@ impl AdamUpdate {
         [x2, m2, v2, avg2]: [&mut [f32]; 4],
         range: (f32, f32),
     ) {
-        // Without the EMA the average is never read: a decay of 1 keeps it as it is.
-        let (decay, keep) = self.ema.unwrap_or((1.0, 0.0));
         let old = x.iter().zip(m).zip(v).zip(avg).zip(g);
-        let new = x2.iter_mut().zip(m2).zip(v2).zip(avg2);
+        let new = x2.iter_mut().zip(m2).zip(v2).zip(avg2.iter_mut());
         for (((((x, m), v), avg), g), (((x2, m2), v2), avg2)) in old.zip(new) {
             [*x2, *m2, *v2] = self.element::<CLAMP>(*x, *m, *v, *g, range);
-            *avg2 = *avg * decay + *x2 * keep;
+            if let Some((decay, keep)) = self.ema {
+                *avg2 = *avg * decay + *x2 * keep;
+            }
+        }
+        // Without the EMA the average is carried as it is (also where a step is NaN).
+        if self.ema.is_none() {
+            avg2.copy_from_slice(avg);
         }
     }
 

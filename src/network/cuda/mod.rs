@@ -11,6 +11,8 @@ mod conv;
 mod gram;
 mod host_style;
 mod kernels;
+#[cfg(test)]
+mod on_cpu;
 
 use host_style::HostTap;
 pub use host_style::{HostRegions, HostStyle, HostStyleAdjoint, HostStyleRead};
