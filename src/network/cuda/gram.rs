@@ -60,21 +60,7 @@ impl Gram {
         (c, n): (usize, usize),
         g: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let (c, n) = (c as i32, n as i32);
-        // Column-major: g^T = (A^T)^T (A^T), with A^T the N x C matrix a is to cuBLAS;
-        // g is symmetric, so g^T's storage is g's.
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_T,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: c,
-            n: c,
-            k: n,
-            alpha: 1.0f32,
-            lda: n,
-            ldb: n,
-            beta: 0.0f32,
-            ldc: c,
-        };
+        let cfg = gram_config(c, n);
         // SAFETY: a holds c * n floats and g c * c (checked by the caller).
         unsafe { self.blas.gemm(cfg, a, a, g) }
             .with_context(|| format!("cuBLAS's Gram product at layer {layer}"))
@@ -89,25 +75,48 @@ impl Gram {
         (c, n): (usize, usize),
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let (c, n) = (c as i32, n as i32);
-        // Column-major: out^T (N x C) = A^T sym^T, and sym^T is what sym's storage is to
-        // cuBLAS. beta = 1 adds to the gradient already there (the content's, the
-        // layers' above).
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_N,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: n,
-            n: c,
-            k: c,
-            alpha: 1.0f32,
-            lda: n,
-            ldb: c,
-            beta: 1.0f32,
-            ldc: n,
-        };
+        let cfg = adjoint_config(c, n);
         // SAFETY: a and out hold c * n floats, sym c * c (checked by the caller).
         unsafe { self.blas.gemm(cfg, a, sym, out) }
             .with_context(|| format!("cuBLAS's Gram adjoint at layer {layer}"))
+    }
+}
+
+/// The Gram product `G = A A^T` for the row-major `[c][n]` activation `A`. Column-major,
+/// `A`'s storage is the `n x c` matrix `A^T` (leading dimension n), so this is
+/// `G^T = (A^T)^T (A^T)`; G is symmetric, so G^T's storage is G's.
+fn gram_config(c: usize, n: usize) -> GemmConfig<f32> {
+    let (c, n) = (c as i32, n as i32);
+    GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_T,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: c,
+        n: c,
+        k: n,
+        alpha: 1.0f32,
+        lda: n,
+        ldb: n,
+        beta: 0.0f32,
+        ldc: c,
+    }
+}
+
+/// The adjoint `out += sym A`, `sym` row-major `[c][c]`: column-major this is
+/// `out^T (n x c) += A^T sym^T`, and sym^T is what sym's storage is to cuBLAS. beta = 1
+/// adds to the gradient already there (the content's, the layers' above).
+fn adjoint_config(c: usize, n: usize) -> GemmConfig<f32> {
+    let (c, n) = (c as i32, n as i32);
+    GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_N,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: n,
+        n: c,
+        k: c,
+        alpha: 1.0f32,
+        lda: n,
+        ldb: c,
+        beta: 1.0f32,
+        ldc: n,
     }
 }
 
@@ -178,5 +187,90 @@ impl CudaVgg {
             st.f32s.give(sym);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{adjoint_config, gram_config};
+    use crate::vgg::cpu::Activation;
+    use cudarc::cublas::GemmConfig;
+    use cudarc::cublas::sys::cublasOperation_t;
+
+    /// BLAS's sgemm as its reference defines it, on column-major storage:
+    /// `C = alpha op(A) op(B) + beta C`, `op(A)` m x k, `op(B)` k x n, C m x n, with
+    /// cuBLAS's checks on the leading dimensions.
+    fn sgemm(cfg: &GemmConfig<f32>, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let (m, n, k) = (cfg.m as usize, cfg.n as usize, cfg.k as usize);
+        let t = |op| op == cublasOperation_t::CUBLAS_OP_T;
+        let (ta, tb) = (t(cfg.transa), t(cfg.transb));
+        let (rows_a, cols_a) = if ta { (k, m) } else { (m, k) };
+        let (rows_b, cols_b) = if tb { (n, k) } else { (k, n) };
+        let (lda, ldb, ldc) = (cfg.lda as usize, cfg.ldb as usize, cfg.ldc as usize);
+        assert!(lda >= rows_a.max(1) && ldb >= rows_b.max(1) && ldc >= m.max(1));
+        assert!(a.len() >= lda * (cols_a - 1) + rows_a, "A is too short");
+        assert!(b.len() >= ldb * (cols_b - 1) + rows_b, "B is too short");
+        assert!(c.len() >= ldc * (n - 1) + m, "C is too short");
+        let op_a = |i: usize, p: usize| if ta { a[p + i * lda] } else { a[i + p * lda] };
+        let op_b = |p: usize, j: usize| if tb { b[j + p * ldb] } else { b[p + j * ldb] };
+        for j in 0..n {
+            for i in 0..m {
+                let sum: f64 = (0..k).map(|p| op_a(i, p) as f64 * op_b(p, j) as f64).sum();
+                let old = c[i + j * ldc] as f64;
+                c[i + j * ldc] = (cfg.alpha as f64 * sum + cfg.beta as f64 * old) as f32;
+            }
+        }
+    }
+
+    fn activation(c: usize, h: usize, w: usize) -> Activation {
+        let data = (0..c * h * w)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        Activation {
+            data,
+            channels: c,
+            height: h,
+            width: w,
+        }
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "{what} at {i}: {g} {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_gram_product_as_cublas_is_told_it_is_a_a_transposed() {
+        for (c, h, w) in [(3, 4, 5), (8, 1, 3), (1, 2, 2)] {
+            let a = activation(c, h, w);
+            let mut g = vec![0.0; c * c];
+            sgemm(&gram_config(c, h * w), &a.data, &a.data, &mut g);
+            assert_close(&g, &a.gram(), &format!("Gram at {c}x{h}x{w}"));
+        }
+    }
+
+    #[test]
+    fn the_adjoint_as_cublas_is_told_adds_sym_a_to_the_gradient() {
+        let (c, h, w) = (4, 3, 5);
+        let a = activation(c, h, w);
+        // dG not symmetric: the adjoint takes dG + dG^T, which the kernel `style` forms.
+        let dg: Vec<f32> = (0..c * c).map(|i| (i as f32 * 0.3).sin()).collect();
+        let sym: Vec<f32> = (0..c * c)
+            .map(|i| dg[i] + dg[(i % c) * c + i / c])
+            .collect();
+        let before: Vec<f32> = (0..c * h * w).map(|i| (i as f32).cos()).collect();
+        let mut out = before.clone();
+        sgemm(&adjoint_config(c, h * w), &a.data, &sym, &mut out);
+        let want: Vec<f32> = a
+            .gram_adjoint(&dg)
+            .iter()
+            .zip(&before)
+            .map(|(x, b)| x + b)
+            .collect();
+        assert_close(&out, &want, "adjoint");
     }
 }
