@@ -7,6 +7,7 @@
 //! later request by soname to the library already loaded. A library that cannot be found
 //! is an error naming it and how to get it, never a panic.
 
+use super::cudarc_lookup;
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -22,6 +23,9 @@ pub struct Library {
     pub companions: &'static [&'static str],
     /// How to get it.
     pub fix: &'static str,
+    /// The name cudarc asks the loader for it by (`None`: cudarc does not open it
+    /// itself), and a symbol that tells one copy of it from another.
+    pub cudarc: Option<(&'static str, &'static str)>,
 }
 
 const DRIVER: &str =
@@ -47,23 +51,26 @@ const fn lib(
     names: &'static [&'static str],
     companions: &'static [&'static str],
     fix: &'static str,
+    cudarc: Option<(&'static str, &'static str)>,
 ) -> Library {
     Library {
         what,
         names,
         companions,
         fix,
+        cudarc,
     }
 }
 
 /// In load order: cuBLAS needs cuBLASLt, cuDNN's parts need its graph library.
 #[rustfmt::skip]
 pub const LIBRARIES: [Library; 5] = [
-    lib("the NVIDIA driver's CUDA library", &["libcuda.so.1", "libcuda.so"], &[], DRIVER),
-    lib("nvrtc 13 (CUDA's run-time compiler)", &["libnvrtc.so.13", "libnvrtc.so"], &["libnvrtc-builtins.so.13.*", "libnvrtc-builtins.so"], NVRTC),
-    lib("cuBLASLt 13", &["libcublasLt.so.13", "libcublasLt.so"], &[], CUBLAS),
-    lib("cuBLAS 13", &["libcublas.so.13", "libcublas.so"], &[], CUBLAS),
-    lib("cuDNN 9", &["libcudnn.so.9", "libcudnn.so"], CUDNN_PARTS, CUDNN),
+    lib("the NVIDIA driver's CUDA library", &["libcuda.so.1", "libcuda.so"], &[], DRIVER, Some(("cuda", "cuInit"))),
+    lib("nvrtc 13 (CUDA's run-time compiler)", &["libnvrtc.so.13", "libnvrtc.so"], &["libnvrtc-builtins.so.13.*", "libnvrtc-builtins.so"], NVRTC, Some(("nvrtc", "nvrtcVersion"))),
+    // cuBLAS opens cuBLASLt by its soname, which finds the copy loaded here.
+    lib("cuBLASLt 13", &["libcublasLt.so.13", "libcublasLt.so"], &[], CUBLAS, None),
+    lib("cuBLAS 13", &["libcublas.so.13", "libcublas.so"], &[], CUBLAS, Some(("cublas", "cublasCreate_v2"))),
+    lib("cuDNN 9", &["libcudnn.so.9", "libcudnn.so"], CUDNN_PARTS, CUDNN, Some(("cudnn", "cudnnGetVersion"))),
 ];
 
 /// The folders searched, in order. `None` stands for the system's own search path.
@@ -139,8 +146,9 @@ fn open(path: &Path) -> bool {
     }
 }
 
-/// Where one library was found: the folder, or `None` for the system's path.
-fn load_one(lib: &Library, dirs: &[Option<PathBuf>]) -> Option<Option<PathBuf>> {
+/// Where one library was found: the folder (`None` for the system's path) and the path
+/// it was opened by.
+fn load_one(lib: &Library, dirs: &[Option<PathBuf>]) -> Option<(Option<PathBuf>, PathBuf)> {
     for dir in dirs {
         for name in lib.names {
             let path = match dir {
@@ -154,7 +162,7 @@ fn load_one(lib: &Library, dirs: &[Option<PathBuf>]) -> Option<Option<PathBuf>> 
                 if let Some(d) = dir {
                     load_companions(lib, d);
                 }
-                return Some(dir.clone());
+                return Some((dir.clone(), path));
             }
         }
     }
@@ -225,9 +233,17 @@ pub fn load_from(dirs: &[Option<PathBuf>]) -> Result<Loaded> {
 /// Loads one library from `dirs`: the folder it came from (`None` for the system's
 /// path), or which one is missing and how to get it.
 pub fn load_library(lib: &Library, dirs: &[Option<PathBuf>]) -> Result<Option<PathBuf>> {
-    let Some(dir) = load_one(lib, dirs) else {
+    let Some((dir, path)) = load_one(lib, dirs) else {
         bail!("{}", missing_message(lib, dirs));
     };
+    if let Some((name, symbol)) = lib.cudarc {
+        cudarc_lookup::check(
+            lib.what,
+            &path,
+            symbol,
+            &cudarc::get_lib_name_candidates(name),
+        )?;
+    }
     let from = dir
         .as_ref()
         .map_or("the system's path".into(), |d| d.display().to_string());

@@ -9,6 +9,8 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda_libs;
+#[cfg(feature = "cuda")]
+mod cudarc_lookup;
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
