@@ -7,7 +7,8 @@ use crate::engine::{self, Destination, Event, RunSpec};
 use crate::image as img;
 use crate::network::tiles::{TileChoice, TileMode, TileSize};
 use crate::network::{ConvChoice, Network};
-use crate::optim::{Optimizer, OptimizerSpec};
+use crate::optim::vector::{Vector, VectorOps};
+use crate::optim::{Optimizer, OptimizerSpec, VectorEvaluator};
 use crate::preset::Preset;
 use crate::vgg::cpu::{CpuVgg, pool, unpool};
 use crate::vgg::{BLOCK_ENDS, Layer, Padding, Pooling};
@@ -213,7 +214,7 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
     println!();
     for (s, &(w, h)) in opts.sizes.iter().zip(&sizes) {
         // The same limits as a run's: refused here rather than killed mid-measurement.
-        engine::memory::check_device_memory(&backend, w as usize, h as usize)?;
+        engine::memory::check_device_memory(&backend, (w as usize, h as usize), &spec)?;
         let mut first = None;
         for (conv, network) in &networks {
             let tile = match network.tile() {
@@ -378,11 +379,25 @@ fn time_iterations(
         in_network.set(in_network.get() + t.elapsed().as_secs_f64());
         out
     };
+    // L-BFGS's vectors where the path keeps them (the card), as runs do.
+    let vectors = network.lbfgs_vectors();
+    let mut on_path = |v: &Vector| {
+        let Some(path) = &vectors else {
+            bail!("this path keeps no vectors of its own")
+        };
+        let t = Instant::now();
+        let out = path.evaluate(v, (h as usize, w as usize), &targets, cost);
+        in_network.set(in_network.get() + t.elapsed().as_secs_f64());
+        out
+    };
     let (mut timed, mut timed_in_network) = (0.0, 0.0);
     for i in 0..=iters {
         let before = in_network.get();
         let t = Instant::now();
-        let (next, _) = opt.step(spec.lr(), x, &mut eval)?;
+        let with = vectors
+            .as_deref()
+            .map(|p| (&mut on_path as &mut VectorEvaluator, p as &dyn VectorOps));
+        let (next, _) = opt.step_with(spec.lr(), x, &mut eval, with)?;
         sync(&next);
         x = next;
         if i > 0 {

@@ -15,7 +15,8 @@ use easel::backend::{Backend, BackendChoice, BackendKind, check_capability};
 use easel::engine::{Destination, RunSpec};
 use easel::loss::{CostWeights, StyleLoss};
 use easel::network::{ConvChoice, Network};
-use easel::optim::{Optimizer, OptimizerSpec};
+use easel::optim::vector::{Vector, VectorOps};
+use easel::optim::{Optimizer, OptimizerSpec, VectorEvaluator};
 use easel::preset::Preset;
 use easel::vgg::{Padding, Pooling};
 use std::path::{Path, PathBuf};
@@ -201,6 +202,51 @@ fn five_adam_steps_on_cuda_match_the_cpu() {
     let (a, b) = (trajectory(&gpu), trajectory(&cpu));
     for (k, (g, c)) in a.iter().zip(&b).enumerate() {
         assert!(rel(*g, *c) <= 1e-3, "Adam step {k}: CUDA J {g} vs CPU {c}");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
+fn five_lbfgs_steps_with_the_history_on_the_card_match_the_cpu() {
+    let (gpu, cpu) = networks_padded(Pooling::Avg, Padding::Zero);
+    assert!(gpu.lbfgs_vectors().is_some(), "CUDA keeps L-BFGS's vectors");
+    assert!(
+        cpu.lbfgs_vectors().is_none(),
+        "the CPU keeps them as tensors"
+    );
+    let weights = seed_weights();
+    let (h, w) = (96, 128);
+    let (content, style) = (image(1, h, w), image(2, h, w));
+    let trajectory = |net: &Network| -> Vec<f64> {
+        let targets = net
+            .targets(content.clone(), &[(style.clone(), 1.0)], &weights)
+            .expect("targets");
+        let mut eval = |x: &Tensor<4>| net.evaluate(x, &targets, &weights);
+        let vectors = net.lbfgs_vectors();
+        let mut on_path = |v: &Vector| match &vectors {
+            Some(p) => p.evaluate(v, (h, w), &targets, &weights),
+            None => unreachable!("only called where the path keeps vectors"),
+        };
+        let spec = OptimizerSpec::lbfgs(1.0, 3);
+        let mut opt = Optimizer::new(&spec);
+        let mut x = image(3, h, w);
+        let mut js = Vec::new();
+        for _ in 0..5 {
+            let with = vectors
+                .as_deref()
+                .map(|p| (&mut on_path as &mut VectorEvaluator, p as &dyn VectorOps));
+            let (next, c) = opt.step_with(spec.lr(), x, &mut eval, with).expect("step");
+            js.push(c.total);
+            x = next;
+        }
+        js
+    };
+    let (a, b) = (trajectory(&gpu), trajectory(&cpu));
+    for (k, (g, c)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            rel(*g, *c) <= 1e-3,
+            "L-BFGS step {k}: CUDA J {g} vs CPU {c}"
+        );
     }
 }
 

@@ -4,6 +4,7 @@
 //! change history live beside it in `preset.yaml`; the only randomness (the initial
 //! noise) is spent before iteration 0, so the iteration is all the RNG state there is.
 
+use crate::optim::vector::Vector;
 use crate::optim::{Adam, Lbfgs, LbfgsState, Optimizer};
 use crate::tensor_file::{self, HostTensor};
 use anyhow::{Context, Result, anyhow};
@@ -90,6 +91,17 @@ pub struct Checkpoint {
     pub best_j: f64,
 }
 
+/// An L-BFGS vector on the host, copied back from a card where it is on one.
+fn host_vector(v: &Vector) -> Result<HostTensor> {
+    match v {
+        Vector::Host(t) => Ok(host(t)),
+        Vector::Device(d) => {
+            let data = d.download()?;
+            Ok(HostTensor::new(vec![data.len()], data))
+        }
+    }
+}
+
 fn host<const D: usize>(t: &Tensor<D>) -> HostTensor {
     let data = t.to_data().convert::<f32>();
     HostTensor::new(
@@ -134,7 +146,11 @@ fn optimizer_from(
     device: &Device,
 ) -> Option<Optimizer> {
     let tensor = |name: &str| tensors.get(name).map(|h| device_tensor::<4>(h, device));
-    let flat = |name: &str| tensors.get(name).map(|h| device_tensor::<1>(h, device));
+    let flat = |name: &str| {
+        tensors
+            .get(name)
+            .map(|h| Vector::Host(device_tensor::<1>(h, device)))
+    };
     Some(match scalars {
         OptimizerScalars::Adam {
             t,
@@ -203,14 +219,14 @@ impl Checkpoint {
             Optimizer::Lbfgs(l) => {
                 let st = &l.state;
                 for (i, (y, s)) in st.old_dirs.iter().zip(&st.old_stps).enumerate() {
-                    tensors.insert(format!("lbfgs.y.{i}"), host(y));
-                    tensors.insert(format!("lbfgs.s.{i}"), host(s));
+                    tensors.insert(format!("lbfgs.y.{i}"), host_vector(y)?);
+                    tensors.insert(format!("lbfgs.s.{i}"), host_vector(s)?);
                 }
                 if let Some(d) = &st.d {
-                    tensors.insert("lbfgs.d".into(), host(d));
+                    tensors.insert("lbfgs.d".into(), host_vector(d)?);
                 }
                 if let Some(g) = &st.prev_flat_grad {
-                    tensors.insert("lbfgs.prev_grad".into(), host(g));
+                    tensors.insert("lbfgs.prev_grad".into(), host_vector(g)?);
                 }
                 OptimizerScalars::Lbfgs {
                     history: l.history,

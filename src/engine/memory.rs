@@ -214,40 +214,62 @@ fn address_space_left() -> Option<u64> {
     Some(limit.saturating_sub(mapped))
 }
 
+/// Bytes of card memory a CUDA run needs per output pixel: the activations of every
+/// layer the forward pass keeps (~290 floats), the gradients flowing back, cuDNN's
+/// workspace and Adam's resident state (108 bytes); with L-BFGS, its history and the
+/// line search's vectors, which stay on the card (`network::cuda_vectors`), instead.
+fn cuda_bytes_per_pixel(optimizer: &OptimizerSpec) -> u64 {
+    let lbfgs = match optimizer.kind {
+        OptimizerKind::Adam => 0,
+        OptimizerKind::Lbfgs => (2 * optimizer.history as u64 + 8) * 3 * 4,
+    };
+    3 * 1024 + lbfgs
+}
+
 /// Bytes of card memory a CUDA run of `pixels` output pixels needs: the context, cuDNN,
-/// cuBLAS and the weights (~1 GiB), and per pixel the activations of every layer the
-/// forward pass keeps (~290 floats), the gradients flowing back, cuDNN's workspace and
-/// Adam's resident state (108 bytes). An estimate, until measured on a card
-/// (docs/design.md, "Memory").
-pub fn cuda_memory_estimate(pixels: u64) -> u64 {
-    (1u64 << 30) + pixels * 3 * 1024
+/// cuBLAS and the weights (~1 GiB) and [`cuda_bytes_per_pixel`]. An estimate, until
+/// measured on a card (docs/design.md, "Memory").
+pub fn cuda_memory_estimate(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
+    (1u64 << 30) + pixels * cuda_bytes_per_pixel(optimizer)
 }
 
 /// Refuses a CUDA run whose estimate exceeds the card's free memory, naming the size
 /// that fits at the same aspect ratio.
 #[cfg(feature = "cuda")]
-pub fn check_device_memory(backend: &Backend, width: usize, height: usize) -> Result<()> {
+pub fn check_device_memory(
+    backend: &Backend,
+    (width, height): (usize, usize),
+    optimizer: &OptimizerSpec,
+) -> Result<()> {
     if backend.kind != BackendKind::Cuda {
         return Ok(());
     }
     let free = crate::backend::cuda_device()?.free;
-    let need = cuda_memory_estimate((width * height) as u64);
+    let need = cuda_memory_estimate((width * height) as u64, optimizer);
     if need <= free {
         return Ok(());
     }
-    let fits = free.saturating_sub(1u64 << 30) / (3 * 1024);
+    let fits = free.saturating_sub(1u64 << 30) / cuda_bytes_per_pixel(optimizer);
     let scale = (fits as f64 / (width * height) as f64).sqrt();
     bail!(
-        "a {width}x{height} run needs about {:.1} GiB on the GPU and {:.1} GiB is free; about {}x{} fits (set `size`), or use `--backend cpu`",
+        "a {width}x{height} run needs about {:.1} GiB on the GPU and {:.1} GiB is free; about {}x{} fits (set `size`{}), or use `--backend cpu`",
         gib(need),
         gib(free),
         (width as f64 * scale) as usize,
-        (height as f64 * scale) as usize
+        (height as f64 * scale) as usize,
+        match optimizer.kind {
+            OptimizerKind::Lbfgs => ", or lower L-BFGS's `history`",
+            OptimizerKind::Adam => "",
+        }
     )
 }
 
 /// Without CUDA compiled in there is no card to check.
 #[cfg(not(feature = "cuda"))]
-pub fn check_device_memory(_backend: &Backend, _width: usize, _height: usize) -> Result<()> {
+pub fn check_device_memory(
+    _backend: &Backend,
+    _size: (usize, usize),
+    _optimizer: &OptimizerSpec,
+) -> Result<()> {
     Ok(())
 }

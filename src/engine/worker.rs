@@ -13,7 +13,8 @@ use crate::image as img;
 use crate::loss::{CostWeights, Costs, Targets};
 use crate::network::resident::{AdamTensors, AdamUpdate, Resident};
 use crate::network::{ConvChoice, Network};
-use crate::optim::Optimizer;
+use crate::optim::vector::Vector;
+use crate::optim::{Optimizer, VectorEvaluator};
 use crate::preset::{Change, Preset};
 use crate::run_dir::{self, Record, RunDir};
 use crate::runs::RunStatus;
@@ -172,7 +173,11 @@ impl Worker {
         let cost_weights = preset.cost_weights();
         let stages = schedule::stages(preset.scales.as_ref(), w, h, preset.iterations);
         let fits = stage_fits(&stages, backend.kind, &preset, &cost_weights)?;
-        super::memory::check_device_memory(&backend, w as usize, h as usize)?;
+        super::memory::check_device_memory(
+            &backend,
+            (w as usize, h as usize),
+            &preset.settings.optimizer,
+        )?;
         let vgg = weights::load(&weights_path, &backend.device)?
             .with_pooling(preset.pooling)
             .with_padding(preset.padding);
@@ -486,7 +491,20 @@ impl Worker {
                 network.evaluate(x, targets, weights)
             };
             let point = &mut self.point;
-            let (next, costs) = point.optimizer.step(lr, point.x.clone(), &mut eval)?;
+            let x = point.x.clone();
+            let [_, _, h, w] = x.dims();
+            let (next, costs) = match network.lbfgs_vectors() {
+                // L-BFGS's vectors stay where the path keeps them (the card).
+                Some(path) => {
+                    let mut on_path = |v: &Vector| {
+                        injected_fault()?;
+                        path.evaluate(v, (h, w), targets, weights)
+                    };
+                    let vectors = Some((&mut on_path as &mut VectorEvaluator, &*path as _));
+                    point.optimizer.step_with(lr, x, &mut eval, vectors)?
+                }
+                None => point.optimizer.step(lr, x, &mut eval)?,
+            };
             Ok((Some(next), costs))
         }));
         let result = match stepped {

@@ -77,8 +77,13 @@ impl CudaPath {
             .map(drop)
     }
 
+    /// The network on the card.
+    pub(super) fn vgg(&self) -> &CudaVgg {
+        &self.vgg
+    }
+
     /// Runs `f` with the targets on the card, uploading them where they changed.
-    fn with_targets<T>(
+    pub(super) fn with_targets<T>(
         &self,
         targets: &Targets,
         weights: &CostWeights,
@@ -135,7 +140,7 @@ impl CudaPath {
 }
 
 /// The run's costs from the card's parts.
-fn costs_of(parts: CudaCosts, weights: &CostWeights) -> Costs {
+pub(super) fn costs_of(parts: CudaCosts, weights: &CostWeights) -> Costs {
     let mut costs = Costs::from_parts(weights, parts.content, &parts.style, parts.tv);
     costs.regions = parts.regions;
     costs

@@ -16,6 +16,8 @@ mod burn_path;
 pub mod cuda;
 #[cfg(feature = "cuda")]
 mod cuda_path;
+#[cfg(feature = "cuda")]
+mod cuda_vectors;
 pub mod resident;
 mod tiled;
 pub mod tiles;
@@ -26,6 +28,7 @@ pub use tiled::{Pass, ProgressSink, TileProgress};
 use crate::backend::{Backend, BackendKind, Precision};
 use crate::loss::regions::{RegionMask, RegionTarget};
 use crate::loss::{CostWeights, Costs, StyleReads, Targets};
+use crate::optim::vector::{Vector, VectorOps};
 use crate::vgg::cpu::CpuVgg;
 use crate::vgg::{Layer, Pooling, Vgg19};
 use anyhow::Result;
@@ -170,6 +173,19 @@ impl Network {
         }
     }
 
+    /// Where this path keeps L-BFGS's vectors itself: on the card for CUDA. `None`: they
+    /// are the host's tensors ([`crate::optim::vector::HostOps`]).
+    pub fn lbfgs_vectors(&self) -> Option<Box<dyn PathVectors>> {
+        match &self.path {
+            #[cfg(feature = "cuda")]
+            Path::Cuda(cuda) => Some(Box::new(cuda_vectors::CardOps {
+                path: cuda.clone(),
+                pooling: self.pooling(),
+            })),
+            _ => None,
+        }
+    }
+
     /// Which kernels run: `winograd`, `burn` or `cuda`.
     pub fn path_name(&self) -> &'static str {
         match self.path {
@@ -302,6 +318,20 @@ impl Network {
             Path::Cuda(cuda) => cuda.evaluate(x, targets, weights, self.pooling()),
         }
     }
+}
+
+/// L-BFGS's vectors kept by a compute path itself, and the path's evaluation of a
+/// flattened image among them.
+pub trait PathVectors: VectorOps {
+    /// The costs of the flattened `[3][h][w]` image `x` and the gradient, both kept
+    /// where the path keeps its vectors.
+    fn evaluate(
+        &self,
+        x: &Vector,
+        size: (usize, usize),
+        targets: &Targets,
+        weights: &CostWeights,
+    ) -> Result<(Costs, Vector)>;
 }
 
 /// Adds `g` to the gradient at tap `layer` (the taps of one backward pass).

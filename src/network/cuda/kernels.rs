@@ -21,6 +21,7 @@ pub(super) const SOURCE: &str = r#"
 // The unit tests run these kernels on the CPU as a single thread (network/cuda/on_cpu.rs),
 // where the block is that one thread.
 static void block_add(double v, double* out) { *out += v; }
+static void block_max(unsigned v, unsigned* out) { if (v > *out) *out = v; }
 #else
 // Sums v over the block (in double) and adds the total to *out: one atomic per block.
 // Every thread of the block must call it.
@@ -34,6 +35,21 @@ __device__ void block_add(double v, double* out) {
         v = lane < (blockDim.x >> 5) ? part[lane] : 0.0;
         for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
         if (lane == 0) atomicAdd(out, v);
+    }
+}
+
+// The largest v over the block into *out (atomically). For the bits of non-negative
+// floats, unsigned order is float order, and a NaN's bits are above infinity's.
+__device__ void block_max(unsigned v, unsigned* out) {
+    __shared__ unsigned part[32];
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, o));
+    unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (blockDim.x >> 5) ? part[lane] : 0u;
+        for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_down_sync(0xffffffffu, v, o));
+        if (lane == 0) atomicMax(out, v);
     }
 }
 #endif
@@ -245,6 +261,41 @@ extern "C" __global__ void adam(const float* x, const float* m, const float* v,
         avg2[i] = ema ? avg[i] * decay + xi * keep : avg[i];
     }
 }
+
+// L-BFGS's vector arithmetic (optim/vector.rs), in PyTorch's order of operations.
+
+// *out += sum(a * b), in float64.
+extern "C" __global__ void dot(const float* a, const float* b, unsigned n, double* out) {
+    double sum = 0.0;
+    LOOP(i, n) sum += (double)a[i] * (double)b[i];
+    block_add(sum, out);
+}
+
+// *sum += sum(|a|) in float64; *max_bits = the bits of max(|a|) if larger (zeroed first).
+extern "C" __global__ void abs_stats(const float* a, unsigned n, double* sum,
+                                     unsigned* max_bits) {
+    double total = 0.0;
+    unsigned largest = 0u;
+    LOOP(i, n) {
+        float v = fabsf(a[i]);
+        total += (double)v;
+        unsigned bits = __float_as_uint(v);
+        largest = bits > largest ? bits : largest;
+    }
+    block_add(total, sum);
+    block_max(largest, max_bits);
+}
+
+// out = y + x * a.
+extern "C" __global__ void add_scaled(const float* y, const float* x, float a, float* out,
+                                      unsigned n) {
+    LOOP(i, n) out[i] = y[i] + x[i] * a;
+}
+
+// out = x * a.
+extern "C" __global__ void scale(const float* x, float a, float* out, unsigned n) {
+    LOOP(i, n) out[i] = x[i] * a;
+}
 "#;
 
 /// Threads per block: a multiple of 32, as `block_add` needs.
@@ -270,7 +321,7 @@ fn u(n: usize) -> u32 {
 }
 
 /// The kernels' entry points, in the order of [`Kernels`]' fields.
-pub(super) const NAMES: [&str; 15] = [
+pub(super) const NAMES: [&str; 19] = [
     "normalize",
     "bias_relu",
     "relu_mask",
@@ -286,6 +337,10 @@ pub(super) const NAMES: [&str; 15] = [
     "add_rows",
     "mask_planes",
     "add_masked",
+    "dot",
+    "abs_stats",
+    "add_scaled",
+    "scale",
 ];
 
 /// The compiled kernels.
@@ -305,6 +360,10 @@ pub(super) struct Kernels {
     add_rows: CudaFunction,
     mask_planes: CudaFunction,
     add_masked: CudaFunction,
+    dot: CudaFunction,
+    abs_stats: CudaFunction,
+    add_scaled: CudaFunction,
+    scale: CudaFunction,
 }
 
 impl Kernels {
@@ -339,6 +398,10 @@ impl Kernels {
             add_rows,
             mask_planes,
             add_masked,
+            dot,
+            abs_stats,
+            add_scaled,
+            scale,
         ] = <[CudaFunction; NAMES.len()]>::try_from(found)
             .map_err(|_| anyhow::anyhow!("one CUDA function per kernel name"))?;
         Ok(Kernels {
@@ -357,6 +420,10 @@ impl Kernels {
             add_rows,
             mask_planes,
             add_masked,
+            dot,
+            abs_stats,
+            add_scaled,
+            scale,
         })
     }
 
@@ -648,6 +715,68 @@ impl Kernels {
         let mut b = s.launch_builder(&self.add_masked);
         b.arg(g).arg(t).arg(m).arg(&n).arg(&total32);
         unsafe { b.launch(grid(total)) }.context("launching add_masked")?;
+        Ok(())
+    }
+
+    /// `out += a . b` in float64 (`out` zeroed by the caller).
+    pub fn dot(
+        &self,
+        s: &CudaStream,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        out: &mut CudaSlice<f64>,
+    ) -> Result<()> {
+        let n = u(a.len());
+        let mut l = s.launch_builder(&self.dot);
+        l.arg(a).arg(b).arg(&n).arg(out);
+        unsafe { l.launch(grid(n as usize)) }.context("launching dot")?;
+        Ok(())
+    }
+
+    /// `sum += sum |a|` (float64) and `max_bits` = the bits of `max |a|` (both zeroed
+    /// by the caller).
+    pub fn abs_stats(
+        &self,
+        s: &CudaStream,
+        a: &CudaSlice<f32>,
+        sum: &mut CudaSlice<f64>,
+        max_bits: &mut CudaSlice<u32>,
+    ) -> Result<()> {
+        let n = u(a.len());
+        let mut l = s.launch_builder(&self.abs_stats);
+        l.arg(a).arg(&n).arg(sum).arg(max_bits);
+        unsafe { l.launch(grid(n as usize)) }.context("launching abs_stats")?;
+        Ok(())
+    }
+
+    /// `out = y + x * a`.
+    pub fn add_scaled(
+        &self,
+        s: &CudaStream,
+        y: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        a: f32,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = u(out.len());
+        let mut l = s.launch_builder(&self.add_scaled);
+        l.arg(y).arg(x).arg(&a).arg(out).arg(&n);
+        unsafe { l.launch(grid(n as usize)) }.context("launching add_scaled")?;
+        Ok(())
+    }
+
+    /// `out = x * a`.
+    pub fn scale(
+        &self,
+        s: &CudaStream,
+        x: &CudaSlice<f32>,
+        a: f32,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = u(out.len());
+        let mut l = s.launch_builder(&self.scale);
+        l.arg(x).arg(&a).arg(out).arg(&n);
+        unsafe { l.launch(grid(n as usize)) }.context("launching scale")?;
         Ok(())
     }
 }

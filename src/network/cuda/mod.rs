@@ -13,6 +13,7 @@ mod host_style;
 mod kernels;
 #[cfg(test)]
 mod on_cpu;
+mod vectors;
 
 use host_style::HostTap;
 pub use host_style::{HostRegions, HostStyle, HostStyleAdjoint, HostStyleRead};

@@ -1,0 +1,116 @@
+//! The vectors L-BFGS works on (the flattened image, gradients, steps and its history),
+//! kept where the network computes: burn tensors on the host, or buffers on a card
+//! (network/cuda_path.rs), so that the two-loop recursion and the line search run
+//! beside the network and only scalars cross to the host.
+
+use anyhow::Result;
+use burn::tensor::{Device, Tensor};
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+/// A flat float32 vector, on the host or on a device. Never changed once made, so a
+/// clone (a rollback point, a checkpoint's copy) shares it.
+#[derive(Debug, Clone)]
+// A run holds a few hundred vectors at most: boxing the tensor would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Vector {
+    Host(Tensor<1>),
+    Device(Arc<dyn DeviceVector>),
+}
+
+/// A vector in a device's memory, made by that device's [`VectorOps`].
+pub trait DeviceVector: Debug + Send + Sync {
+    /// A copy on the host.
+    fn download(&self) -> Result<Vec<f32>>;
+    /// For the device's own operations to find their type again.
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+impl Vector {
+    /// The vector as a host tensor on `device`, copied back where it is on a card.
+    pub fn to_host(&self, device: &Device) -> Result<Tensor<1>> {
+        match self {
+            Vector::Host(t) => Ok(t.clone().to_device(device)),
+            Vector::Device(d) => {
+                let data = d.download()?;
+                let n = data.len();
+                Ok(Tensor::from_data(
+                    burn::tensor::TensorData::new(data, [n]),
+                    device,
+                ))
+            }
+        }
+    }
+}
+
+/// The arithmetic L-BFGS needs, where its vectors are. Each result is a new vector, in
+/// float32 with PyTorch's order of operations; the scalars are float64.
+pub trait VectorOps {
+    /// `x` placed where these operations work.
+    fn place(&self, x: Tensor<1>) -> Result<Vector>;
+    /// `v` itself where it is already where these operations work, else a copy there.
+    fn adopt(&self, v: &Vector) -> Result<Vector>;
+    /// `v` as a host tensor on `device`.
+    fn to_host(&self, v: &Vector, device: &Device) -> Result<Tensor<1>> {
+        v.to_host(device)
+    }
+    fn dot(&self, a: &Vector, b: &Vector) -> Result<f64>;
+    /// `max |a_i|` (NaN where any element is NaN).
+    fn abs_max(&self, a: &Vector) -> Result<f64>;
+    /// `sum |a_i|`.
+    fn abs_sum(&self, a: &Vector) -> Result<f64>;
+    /// `y + x * a`.
+    fn add_scaled(&self, y: &Vector, a: f64, x: &Vector) -> Result<Vector>;
+    /// `x * a`.
+    fn scaled(&self, x: &Vector, a: f64) -> Result<Vector>;
+    /// `a - b`.
+    fn sub(&self, a: &Vector, b: &Vector) -> Result<Vector> {
+        self.add_scaled(a, -1.0, b)
+    }
+}
+
+/// The host's operations, on burn tensors of `device`.
+pub struct HostOps {
+    pub device: Device,
+}
+
+impl HostOps {
+    fn tensor(&self, v: &Vector) -> Result<Tensor<1>> {
+        match v {
+            Vector::Host(t) => Ok(t.clone()),
+            Vector::Device(_) => v.to_host(&self.device),
+        }
+    }
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_scalar::<f32>() as f64
+}
+
+impl VectorOps for HostOps {
+    fn place(&self, x: Tensor<1>) -> Result<Vector> {
+        Ok(Vector::Host(x))
+    }
+    fn adopt(&self, v: &Vector) -> Result<Vector> {
+        Ok(Vector::Host(self.tensor(v)?))
+    }
+    fn dot(&self, a: &Vector, b: &Vector) -> Result<f64> {
+        Ok(scalar((self.tensor(a)? * self.tensor(b)?).sum()))
+    }
+    fn abs_max(&self, a: &Vector) -> Result<f64> {
+        Ok(scalar(self.tensor(a)?.abs().max()))
+    }
+    fn abs_sum(&self, a: &Vector) -> Result<f64> {
+        Ok(scalar(self.tensor(a)?.abs().sum()))
+    }
+    fn add_scaled(&self, y: &Vector, a: f64, x: &Vector) -> Result<Vector> {
+        Ok(Vector::Host(self.tensor(y)? + self.tensor(x)? * a))
+    }
+    fn scaled(&self, x: &Vector, a: f64) -> Result<Vector> {
+        Ok(Vector::Host(self.tensor(x)? * a))
+    }
+    fn sub(&self, a: &Vector, b: &Vector) -> Result<Vector> {
+        Ok(Vector::Host(self.tensor(a)? - self.tensor(b)?))
+    }
+}
