@@ -42,6 +42,8 @@ run_from() {
   # fp32, then tf32; --profile splits the forward pass, the backward pass and the step.
   step "$easel" bench --backend cuda --sizes "$sizes" --iters 10 --profile "${weights[@]}"
   step "$easel" bench --backend cuda --precision tf32 --sizes "$sizes" --iters 10 --profile "${weights[@]}"
+  # L-BFGS with its history on the card (PyTorch's reference times Adam only).
+  step "$easel" bench --backend cuda --optimizer lbfgs --sizes 400x300,1024x1024 --iters 5 "${weights[@]}"
   # The default preset from start to final.png.
   local out; out=$(mktemp -d)
   step bash -c 'start=$(date +%s%N); "$0" run default --backend cuda --ui plain --out "$1" "${@:2}" >/dev/null &&
