@@ -56,18 +56,19 @@ impl CardOps {
         }))
     }
 
-    /// `v` on the card: itself where it is there, else uploaded.
+    /// `v` on the card with this path: itself where it is, else a copy (uploaded from
+    /// the host, or copied from the buffer of an earlier CUDA network of the run, which
+    /// would otherwise be kept alive with all its memory by the history).
     fn card(&self, v: &Vector) -> Result<Arc<CardVector>> {
-        if let Vector::Device(d) = v
-            && let Ok(card) = d.clone().into_any().downcast::<CardVector>()
-        {
-            return Ok(card);
-        }
-        let host = v.to_host(&burn::tensor::Device::flex())?;
-        let data = self
-            .path
-            .vgg()
-            .upload(&floats(host.to_data(), "a vector")?)?;
+        let vgg = self.path.vgg();
+        let data = match v {
+            Vector::Device(d) => match d.clone().into_any().downcast::<CardVector>() {
+                Ok(card) if Arc::ptr_eq(&card.path, &self.path) => return Ok(card),
+                Ok(card) => vgg.duplicate(&card.data)?,
+                Err(_) => vgg.upload(&d.download()?)?,
+            },
+            Vector::Host(t) => vgg.upload(&floats(t.to_data(), "a vector")?)?,
+        };
         Ok(Arc::new(CardVector {
             path: self.path.clone(),
             data,
