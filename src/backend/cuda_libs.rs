@@ -148,9 +148,13 @@ fn open(path: &Path) -> bool {
 
 /// Where one library was found: the folder (`None` for the system's path) and the path
 /// it was opened by.
+///
+/// Each name in every folder before the next name: the versioned soname first
+/// everywhere, so that an unversioned `libcublas.so` of another CUDA on the system's
+/// path is not taken while a pip wheel further down holds `libcublas.so.13`.
 fn load_one(lib: &Library, dirs: &[Option<PathBuf>]) -> Option<(Option<PathBuf>, PathBuf)> {
-    for dir in dirs {
-        for name in lib.names {
+    for name in lib.names {
+        for dir in dirs {
             let path = match dir {
                 Some(d) => d.join(name),
                 None => PathBuf::from(name),

@@ -132,4 +132,18 @@ mod tests {
             check("cuBLAS 13", &ours, "cublasCreate_v2", &[]).expect_err("nvrtc is not cuBLAS");
         assert!(format!("{err:#}").contains("not cuBLAS 13"), "{err:#}");
     }
+
+    #[test]
+    fn a_versioned_library_further_down_wins_over_an_unversioned_one_first() {
+        let wheel = nvrtc_wheel();
+        // Another nvrtc under the unversioned name, in a folder searched first.
+        let first = tempfile::tempdir().expect("tempdir");
+        let other = wheel.join("libnvrtc.alt.so.13");
+        std::os::unix::fs::symlink(&other, first.path().join("libnvrtc.so")).expect("symlink");
+        let dirs = [Some(first.path().to_path_buf()), Some(wheel.clone())];
+        let found =
+            crate::backend::cuda_libs::load_library(crate::backend::cuda_libs::nvrtc(), &dirs)
+                .expect("nvrtc loads");
+        assert_eq!(found, Some(wheel), "the versioned soname is taken first");
+    }
 }

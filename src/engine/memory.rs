@@ -221,7 +221,9 @@ fn address_space_left() -> Option<u64> {
 fn cuda_bytes_per_pixel(optimizer: &OptimizerSpec) -> u64 {
     let lbfgs = match optimizer.kind {
         OptimizerKind::Adam => 0,
-        OptimizerKind::Lbfgs => (2 * optimizer.history as u64 + 8) * 3 * 4,
+        // The history, the step's own vectors, and what the rollback points still hold
+        // of pairs the history has dropped.
+        OptimizerKind::Lbfgs => (2 * optimizer.history as u64 + 14) * 3 * 4,
     };
     3 * 1024 + lbfgs
 }

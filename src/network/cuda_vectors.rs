@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 /// A vector in the card's memory.
 pub struct CardVector {
-    path: Arc<CudaPath>,
+    /// Declared first, so dropped first: freed while the path (and its context) lives.
     data: CudaSlice<f32>,
+    path: Arc<CudaPath>,
 }
 
 impl std::fmt::Debug for CardVector {

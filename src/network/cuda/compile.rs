@@ -35,10 +35,13 @@ impl Compiled {
 /// fail, the error gives both logs.
 pub fn compile(source: &str, (major, minor): (i32, i32)) -> Result<Compiled> {
     let arch = format!("--gpu-architecture=sm_{major}{minor}");
-    let cubin = match run_nvrtc(source, &[&arch, FMAD]) {
-        Ok(program) => return program.cubin().map(Compiled::Cubin),
+    let cubin = match run_nvrtc(source, &[&arch, FMAD]).and_then(|p| p.cubin()) {
+        Ok(bytes) => return Ok(Compiled::Cubin(bytes)),
         Err(e) => e,
     };
+    tracing::warn!(
+        "nvrtc could not make machine code for sm_{major}{minor} ({cubin:#}); trying PTX for the driver to compile"
+    );
     match run_nvrtc(source, &[FMAD]).and_then(|p| p.ptx()) {
         Ok(ptx) => Ok(Compiled::Ptx(ptx)),
         Err(ptx) => bail!(

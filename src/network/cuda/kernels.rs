@@ -10,7 +10,7 @@ use super::compile::compile;
 use crate::network::resident::AdamSet;
 use anyhow::{Context, Result};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use std::sync::Arc;
 
@@ -320,51 +320,55 @@ fn u(n: usize) -> u32 {
     n as u32
 }
 
-/// The kernels' entry points, in the order of [`Kernels`]' fields.
-pub(super) const NAMES: [&str; 19] = [
-    "normalize",
-    "bias_relu",
-    "relu_mask",
-    "pool",
-    "unpool",
-    "content",
-    "style",
-    "finish",
-    "replicate_pad",
-    "fold",
-    "adam",
-    "row_sums",
-    "add_rows",
-    "mask_planes",
-    "add_masked",
-    "dot",
-    "abs_stats",
-    "add_scaled",
-    "scale",
-];
+/// The kernels, one list: the struct that holds them once loaded and, for the tests,
+/// their names.
+macro_rules! kernels {
+    ($($name:ident),* $(,)?) => {
+        /// The kernels' entry points in the source (the tests check them).
+        #[cfg(test)]
+        pub(super) const NAMES: &[&str] = &[$(stringify!($name)),*];
 
-/// The compiled kernels.
-pub(super) struct Kernels {
-    normalize: CudaFunction,
-    bias_relu: CudaFunction,
-    relu_mask: CudaFunction,
-    pool: CudaFunction,
-    unpool: CudaFunction,
-    content: CudaFunction,
-    style: CudaFunction,
-    finish: CudaFunction,
-    replicate_pad: CudaFunction,
-    fold: CudaFunction,
-    adam: CudaFunction,
-    row_sums: CudaFunction,
-    add_rows: CudaFunction,
-    mask_planes: CudaFunction,
-    add_masked: CudaFunction,
-    dot: CudaFunction,
-    abs_stats: CudaFunction,
-    add_scaled: CudaFunction,
-    scale: CudaFunction,
+        /// The compiled kernels.
+        pub(super) struct Kernels {
+            $($name: CudaFunction,)*
+        }
+
+        impl Kernels {
+            fn from_module(module: &Arc<CudaModule>) -> Result<Kernels> {
+                let f = |name: &str| {
+                    module
+                        .load_function(name)
+                        .with_context(|| format!("finding the CUDA kernel {name}"))
+                };
+                Ok(Kernels {
+                    $($name: f(stringify!($name))?,)*
+                })
+            }
+        }
+    };
 }
+
+kernels!(
+    normalize,
+    bias_relu,
+    relu_mask,
+    pool,
+    unpool,
+    content,
+    style,
+    finish,
+    replicate_pad,
+    fold,
+    adam,
+    row_sums,
+    add_rows,
+    mask_planes,
+    add_masked,
+    dot,
+    abs_stats,
+    add_scaled,
+    scale,
+);
 
 impl Kernels {
     /// Compiles the kernels for the device (see [`super::compile`]) and loads them.
@@ -376,55 +380,7 @@ impl Kernels {
         let module = ctx
             .load_module(image)
             .context("loading easel's CUDA kernels")?;
-        let f = |name: &&str| {
-            module
-                .load_function(name)
-                .with_context(|| format!("finding the CUDA kernel {name}"))
-        };
-        let found: Vec<CudaFunction> = NAMES.iter().map(f).collect::<Result<_>>()?;
-        let [
-            normalize,
-            bias_relu,
-            relu_mask,
-            pool,
-            unpool,
-            content,
-            style,
-            finish,
-            replicate_pad,
-            fold,
-            adam,
-            row_sums,
-            add_rows,
-            mask_planes,
-            add_masked,
-            dot,
-            abs_stats,
-            add_scaled,
-            scale,
-        ] = <[CudaFunction; NAMES.len()]>::try_from(found)
-            .map_err(|_| anyhow::anyhow!("one CUDA function per kernel name"))?;
-        Ok(Kernels {
-            normalize,
-            bias_relu,
-            relu_mask,
-            pool,
-            unpool,
-            content,
-            style,
-            finish,
-            replicate_pad,
-            fold,
-            adam,
-            row_sums,
-            add_rows,
-            mask_planes,
-            add_masked,
-            dot,
-            abs_stats,
-            add_scaled,
-            scale,
-        })
+        Kernels::from_module(&module)
     }
 
     /// `y = x * scale[c] + shift[c]` on `[3][plane]`.

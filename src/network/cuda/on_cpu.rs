@@ -185,34 +185,10 @@ fn replicate_padding_and_its_fold_match_the_cpu_path() {
     }
 }
 
+#[rustfmt::skip]
 type AdamKernel = unsafe extern "C" fn(
-    F32p,
-    F32p,
-    F32p,
-    F32p,
-    F32p,
-    F32m,
-    F32m,
-    F32m,
-    F32m,
-    u32,
-    f32,
-    f32,
-    f32,
-    f32,
-    f32,
-    f32,
-    f32,
-    i32,
-    f32,
-    f32,
-    f32,
-    f32,
-    f32,
-    f32,
-    i32,
-    f32,
-    f32,
+    F32p, F32p, F32p, F32p, F32p, F32m, F32m, F32m, F32m, u32, f32, f32, f32, f32, f32, f32,
+    f32, i32, f32, f32, f32, f32, f32, f32, i32, f32, f32,
 );
 
 /// The kernel's Adam step on `[3][plane]`, as `Kernels::adam` passes `update`.
