@@ -184,11 +184,12 @@ impl Backend {
             device: Device::flex(),
             kind: BackendKind::Cuda,
             description: format!(
-                "cuda ({}, {:.1} of {:.1} GiB free, cuDNN {})",
+                "cuda ({}, {:.1} of {:.1} GiB free, cuDNN {}, {})",
                 info.name,
                 gib(info.free),
                 gib(info.total),
-                info.cudnn_version
+                info.cudnn_version,
+                info.versions
             ),
         })
     }
@@ -271,6 +272,8 @@ pub struct CudaDevice {
     pub free: u64,
     pub total: u64,
     pub cudnn_version: String,
+    /// The driver's CUDA, cuBLAS and nvrtc versions.
+    pub versions: String,
 }
 
 /// Loads the libraries (an error names the missing one) and asks the first device for
@@ -294,7 +297,53 @@ pub fn cuda_device() -> Result<CudaDevice> {
         free: free as u64,
         total: total as u64,
         cudnn_version: format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100),
+        versions: library_versions(),
     })
+}
+
+/// The driver's CUDA version, cuBLAS's and nvrtc's, as "driver CUDA 13.0, cuBLAS
+/// 13.0.2, nvrtc 13.0" (for the header and benchmarks); a part that cannot be read is
+/// left out.
+#[cfg(feature = "cuda")]
+fn library_versions() -> String {
+    use cudarc::cublas::sys::{cublasGetProperty, libraryPropertyType};
+    let mut parts = Vec::new();
+    let mut driver = 0;
+    // SAFETY: the driver library is loaded (cuda_libs::load); it writes one int.
+    if unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) }
+        .result()
+        .is_ok()
+    {
+        parts.push(format!(
+            "driver CUDA {}.{}",
+            driver / 1000,
+            (driver % 1000) / 10
+        ));
+    }
+    let property = |p: libraryPropertyType| {
+        let mut v = 0;
+        // SAFETY: cuBLAS is loaded; it writes one int.
+        let status = unsafe { cublasGetProperty(p, &mut v) };
+        (status == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).then_some(v)
+    };
+    let cublas = [
+        libraryPropertyType::MAJOR_VERSION,
+        libraryPropertyType::MINOR_VERSION,
+        libraryPropertyType::PATCH_LEVEL,
+    ]
+    .map(property);
+    if let [Some(a), Some(b), Some(c)] = cublas {
+        parts.push(format!("cuBLAS {a}.{b}.{c}"));
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: nvrtc is loaded; it writes two ints.
+    if unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .is_ok()
+    {
+        parts.push(format!("nvrtc {major}.{minor}"));
+    }
+    parts.join(", ")
 }
 
 /// The oldest compute capability CUDA 13 builds for: Turing.
