@@ -104,6 +104,13 @@ pub enum Cmd {
     },
     /// List the built-in presets and those in presets/ here.
     Presets,
+    /// Say which compute backends this machine can run (CPU, CUDA, wgpu), why not where
+    /// one cannot, and which `auto` takes.
+    Backends {
+        /// One JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a completion script for a shell, e.g. `easel completions bash > ~/.local/share/bash-completion/completions/easel`.
     Completions {
         #[arg(value_enum)]

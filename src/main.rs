@@ -113,6 +113,15 @@ fn real_main() -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Some(Cmd::Backends { json }) => {
+            let statuses = easel::backend::report::backends();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&statuses)?);
+            } else {
+                print!("{}", easel::backend::report::text(&statuses));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Cmd::Presets) => {
             print!("{}", easel::builtin::list_presets(Path::new("presets"))?);
             Ok(ExitCode::SUCCESS)

@@ -886,3 +886,48 @@ fn every_shipped_preset_runs() {
         }
     }
 }
+
+/// `easel backends` on this machine: the CPU is always usable, each other backend is
+/// usable or says why not, and `auto` takes one; `--json` says the same as data.
+#[test]
+fn backends_says_what_this_machine_can_run_and_why_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = easel(&["backends", "--json"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let all: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let all = all.as_array().expect("an array");
+    let names: Vec<&str> = all.iter().filter_map(|b| b["backend"].as_str()).collect();
+    assert_eq!(names, ["cpu", "cuda", "wgpu", "auto"]);
+    for b in all {
+        let detail = b["detail"].as_str().unwrap_or_default();
+        match (b["backend"].as_str(), b["usable"].as_bool()) {
+            (Some("cpu" | "auto"), usable) => assert_eq!(usable, Some(true), "{b}"),
+            (Some("cuda"), Some(false)) => {
+                assert!(
+                    detail.contains("cannot use CUDA") && detail.contains("To fix"),
+                    "{b}"
+                )
+            }
+            (Some("wgpu"), Some(false)) => {
+                assert!(
+                    detail.contains("no usable wgpu adapter") && !detail.contains("Device<"),
+                    "{b}"
+                )
+            }
+            (_, Some(true)) => assert!(!detail.is_empty(), "{b}"),
+            _ => panic!("no usable flag: {b}"),
+        }
+    }
+    let text = easel(&["backends"], dir.path());
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("cpu") && l.contains("usable")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("auto") && l.contains("takes")),
+        "{text}"
+    );
+}

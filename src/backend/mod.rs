@@ -11,6 +11,7 @@
 pub mod cuda_libs;
 #[cfg(feature = "cuda")]
 mod cudarc_lookup;
+pub mod report;
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
@@ -228,7 +229,15 @@ impl Backend {
             None => {
                 let list: Vec<String> = found
                     .iter()
-                    .map(|d| format!("{d:?}{}", if is_software(d) { " (software)" } else { "" }))
+                    .map(|d| {
+                        let kind = adapter_kind(d);
+                        match is_software(d) {
+                            true => {
+                                format!("a software adapter ({kind}: Mesa's lavapipe or the like)")
+                            }
+                            false => format!("a {kind} adapter"),
+                        }
+                    })
                     .collect();
                 bail!(
                     "no usable wgpu adapter: wgpu found {}. Use `--backend cpu` or `auto`; set EASEL_ALLOW_SOFTWARE_GPU=1 to use a software adapter (very slow)",
