@@ -35,13 +35,30 @@ pub fn check(what: &str, ours: &Path, symbol: &str, candidates: &[String]) -> Re
         let file = found
             .and_then(file_of)
             .unwrap_or_else(|| PathBuf::from(name));
-        bail!(
-            "cannot use CUDA: cudarc, through which easel calls CUDA, asks the loader for `{name}` before the {what} easel loaded from {}, and the loader finds another library for it: {}. Run easel with that file's folder out of LD_LIBRARY_PATH (or out of the loader's configuration, /etc/ld.so.conf.d)",
-            ours.display(),
-            file.display(),
-        );
+        bail!("{}", conflict_message(what, name, ours, &file));
     }
     Ok(())
+}
+
+/// Why cudarc would take `file` for `name` instead of `ours`, and the fix.
+fn conflict_message(what: &str, name: &str, ours: &Path, file: &Path) -> String {
+    let head = format!(
+        "cannot use CUDA: cudarc, through which easel calls CUDA, asks the loader for `{name}` before the {what} easel loaded from {}, and the loader finds another copy for it: {}.",
+        ours.display(),
+        file.display()
+    );
+    if file.parent() == ours.parent() {
+        // Two copies side by side (WSL ships libcuda.so and libcuda.so.1 so): a link by
+        // cudarc's name to ours, found first, makes the loader take ours.
+        format!(
+            "{head} Both are in one folder; make a folder holding a link `{name}` -> {} and put it first in LD_LIBRARY_PATH",
+            ours.display()
+        )
+    } else {
+        format!(
+            "{head} Run easel with that file's folder out of LD_LIBRARY_PATH (or out of the loader's configuration, /etc/ld.so.conf.d)"
+        )
+    }
 }
 
 /// Opens a library by name or path, as cudarc does; `None` where there is none.
@@ -114,14 +131,24 @@ mod tests {
     fn another_copy_found_first_is_named_with_the_fix() {
         let wheel = nvrtc_wheel();
         let ours = wheel.join("libnvrtc.so.13");
-        let other = wheel.join("libnvrtc.alt.so.13");
-        let candidates = names(&[other.clone(), ours.clone()]);
-        let err = check("nvrtc", &ours, "nvrtcVersion", &candidates)
-            .expect_err("a second copy of nvrtc comes first");
-        let text = format!("{err:#}");
-        assert!(text.contains(&other.display().to_string()), "{text}");
-        assert!(text.contains("LD_LIBRARY_PATH"), "{text}");
-        assert!(!text.contains('\n'), "one paragraph: {text}");
+        // Side by side, as WSL has libcuda: the fix is a link by cudarc's name.
+        let beside = wheel.join("libnvrtc.alt.so.13");
+        // In another folder on the loader's path: the fix is to leave it off the path.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let elsewhere = dir.path().join("libnvrtc.so");
+        std::os::unix::fs::symlink(&beside, &elsewhere).expect("symlink");
+        for (other, fix) in [
+            (beside, "make a folder holding a link"),
+            (elsewhere, "out of LD_LIBRARY_PATH"),
+        ] {
+            let candidates = names(&[other.clone(), ours.clone()]);
+            let err = check("nvrtc", &ours, "nvrtcVersion", &candidates)
+                .expect_err("a second copy of nvrtc comes first");
+            let text = format!("{err:#}");
+            assert!(text.contains(&other.display().to_string()), "{text}");
+            assert!(text.contains(fix), "{text}");
+            assert!(!text.contains('\n'), "one paragraph: {text}");
+        }
     }
 
     #[test]
