@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The checks that need an NVIDIA GPU: tests/cuda.rs's `ignore`d tests (the CUDA path
-# against the CPU path on the same weights), `easel bench --backend cuda --profile` in
-# fp32 and tf32, and the default preset's wall time on the card.
+# The checks that need an NVIDIA GPU: `easel backends` (the card, its libraries and
+# their versions), tests/cuda.rs's `ignore`d tests (the CUDA path against the CPU path on
+# the same weights), `easel bench --backend cuda --profile` in fp32 and tf32 (and L-BFGS
+# in fp32), and the default preset's wall time on the card.
 #
 #   scripts/gpu-tests.sh                 build here and run here (a GPU machine with cargo)
 #   scripts/gpu-tests.sh --pack DIR      build here, write the test binary and easel to DIR
@@ -36,7 +37,9 @@ run_from() {
   local tests="$1" easel="$2"
   local weights=()
   [ -z "${EASEL_GPU_TEST_WEIGHTS:-}" ] || weights=(--weights "$EASEL_GPU_TEST_WEIGHTS")
-  export EASEL_REPO_ROOT="$PWD"
+  export EASEL_REPO_ROOT="$PWD" RUST_BACKTRACE=1
+  # What this machine offers: the card, where each CUDA library came from, versions.
+  step "$easel" -v backends
   # tests/cuda.rs, all of them (the ignored ones need the GPU).
   step "$tests" --include-ignored --test-threads=1
   # fp32, then tf32; --profile splits the forward pass, the backward pass and the step.
