@@ -1,0 +1,227 @@
+//! L-BFGS on the kernels' vector arithmetic, against L-BFGS on the host.
+
+use super::*;
+
+/// A vector in "device" memory whose arithmetic is the card's kernels, run here.
+#[derive(Debug)]
+struct EmulatedVector(Vec<f32>);
+
+impl DeviceVector for EmulatedVector {
+    fn download(&self) -> anyhow::Result<Vec<f32>> {
+        Ok(self.0.clone())
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
+/// [`VectorOps`] through the kernels `dot`, `abs_stats`, `add_scaled` and `scale`, as
+/// `network::cuda_vectors::CardOps` calls them on a card.
+struct EmulatedOps;
+
+impl EmulatedOps {
+    fn get(&self, v: &Vector) -> anyhow::Result<Arc<EmulatedVector>> {
+        if let Vector::Device(d) = v
+            && let Ok(e) = d.clone().into_any().downcast::<EmulatedVector>()
+        {
+            return Ok(e);
+        }
+        let host = v.to_host(&Device::flex())?;
+        Ok(Arc::new(EmulatedVector(crate::network::floats(
+            host.to_data(),
+            "a vector",
+        )?)))
+    }
+    fn wrap(v: Vec<f32>) -> Vector {
+        Vector::Device(Arc::new(EmulatedVector(v)))
+    }
+    fn abs_stats(&self, a: &Vector) -> anyhow::Result<(f64, f64)> {
+        let abs_stats: unsafe extern "C" fn(F32p, u32, *mut f64, *mut u32) = kernel("abs_stats");
+        let a = self.get(a)?;
+        let (mut sum, mut bits) = (0f64, 0u32);
+        // SAFETY: a holds n floats; the outputs are one each.
+        unsafe { abs_stats(a.0.as_ptr(), a.0.len() as u32, &mut sum, &mut bits) };
+        Ok((sum, f32::from_bits(bits) as f64))
+    }
+}
+
+impl VectorOps for EmulatedOps {
+    fn place(&self, x: Tensor<1>) -> anyhow::Result<Vector> {
+        self.adopt(&Vector::Host(x))
+    }
+    fn adopt(&self, v: &Vector) -> anyhow::Result<Vector> {
+        Ok(Vector::Device(self.get(v)?))
+    }
+    fn dot(&self, a: &Vector, b: &Vector) -> anyhow::Result<f64> {
+        let dot: unsafe extern "C" fn(F32p, F32p, u32, *mut f64) = kernel("dot");
+        let (a, b) = (self.get(a)?, self.get(b)?);
+        anyhow::ensure!(a.0.len() == b.0.len(), "lengths differ");
+        let mut out = 0f64;
+        // SAFETY: both hold n floats.
+        unsafe { dot(a.0.as_ptr(), b.0.as_ptr(), a.0.len() as u32, &mut out) };
+        Ok(out)
+    }
+    fn abs_max(&self, a: &Vector) -> anyhow::Result<f64> {
+        Ok(self.abs_stats(a)?.1)
+    }
+    fn abs_sum(&self, a: &Vector) -> anyhow::Result<f64> {
+        Ok(self.abs_stats(a)?.0)
+    }
+    fn add_scaled(&self, y: &Vector, a: f64, x: &Vector) -> anyhow::Result<Vector> {
+        let add_scaled: unsafe extern "C" fn(F32p, F32p, f32, F32m, u32) = kernel("add_scaled");
+        let (y, x) = (self.get(y)?, self.get(x)?);
+        anyhow::ensure!(x.0.len() == y.0.len(), "lengths differ");
+        let mut out = vec![f32::NAN; y.0.len()];
+        let n = out.len() as u32;
+        // SAFETY: all three hold n floats.
+        unsafe { add_scaled(y.0.as_ptr(), x.0.as_ptr(), a as f32, out.as_mut_ptr(), n) };
+        Ok(Self::wrap(out))
+    }
+    fn scaled(&self, x: &Vector, a: f64) -> anyhow::Result<Vector> {
+        let scale: unsafe extern "C" fn(F32p, f32, F32m, u32) = kernel("scale");
+        let x = self.get(x)?;
+        let mut out = vec![f32::NAN; x.0.len()];
+        // SAFETY: both hold n floats.
+        unsafe { scale(x.0.as_ptr(), a as f32, out.as_mut_ptr(), out.len() as u32) };
+        Ok(Self::wrap(out))
+    }
+}
+
+#[test]
+fn the_vector_kernels_agree_with_the_hosts_tensors() {
+    let host = HostOps {
+        device: Device::flex(),
+    };
+    let (a, b) = (random(1000, 80), random(1000, 81));
+    let on = |ops: &dyn VectorOps, v: &[f32]| ops.place(host_tensor(v, [v.len()])).expect("place");
+    let floats = |v: anyhow::Result<Vector>| {
+        let t = v.expect("op").to_host(&Device::flex()).expect("host");
+        crate::network::floats(t.to_data(), "v").expect("floats")
+    };
+    let (ha, hb, ea, eb) = (
+        on(&host, &a),
+        on(&host, &b),
+        on(&EmulatedOps, &a),
+        on(&EmulatedOps, &b),
+    );
+    let e = &EmulatedOps;
+    let close = |x: f64, y: f64| relative(x, y) < 1e-5;
+    assert!(close(
+        e.dot(&ea, &eb).expect("dot"),
+        host.dot(&ha, &hb).expect("dot")
+    ));
+    assert!(close(
+        e.abs_sum(&ea).expect("sum"),
+        host.abs_sum(&ha).expect("sum")
+    ));
+    assert_eq!(
+        e.abs_max(&ea).expect("max"),
+        host.abs_max(&ha).expect("max")
+    );
+    // Element-wise operations are the same float32 operations: equal bit for bit.
+    assert_eq!(
+        floats(e.add_scaled(&ea, -0.3, &eb)),
+        floats(host.add_scaled(&ha, -0.3, &hb))
+    );
+    assert_eq!(floats(e.scaled(&ea, 1.7)), floats(host.scaled(&ha, 1.7)));
+    assert_eq!(floats(e.sub(&ea, &eb)), floats(host.sub(&ha, &hb)));
+    // A mixed pair: the host vector is adopted.
+    assert_eq!(floats(e.sub(&ea, &hb)), floats(host.sub(&ha, &hb)));
+    // A NaN is the largest magnitude, as torch's max has it.
+    let mut with_nan = a.clone();
+    with_nan[500] = f32::NAN;
+    assert!(e.abs_max(&on(e, &with_nan)).expect("max").is_nan());
+}
+
+/// A smooth cost of a `[1, 3, 4, 5]` image with a known gradient:
+/// `sum_i w_i (x_i - t_i)^2 + 0.01 sum_i x_i^4`.
+fn quartic(x: &Tensor<4>) -> anyhow::Result<(Costs, Tensor<4>)> {
+    let v = crate::network::floats(x.to_data(), "x")?;
+    let (t, w) = (random(v.len(), 90), random(v.len(), 91));
+    let mut total = 0f64;
+    let g: Vec<f32> = (0..v.len())
+        .map(|i| {
+            let (d, wi) = (v[i] - t[i], 1.5 + w[i]);
+            total += (wi * d * d + 0.01 * v[i].powi(4)) as f64;
+            2.0 * wi * d + 0.04 * v[i].powi(3)
+        })
+        .collect();
+    let costs = Costs {
+        total,
+        content: total,
+        style: 0.0,
+        style_layers: Vec::new(),
+        tv: 0.0,
+        regions: Vec::new(),
+    };
+    Ok((
+        costs,
+        Tensor::from_data(TensorData::new(g, x.dims()), &x.device()),
+    ))
+}
+
+#[test]
+fn lbfgs_on_the_cards_vectors_follows_lbfgs_on_the_host() {
+    let dims = [1, 3, 4, 5];
+    let n: usize = dims.iter().product();
+    let start = host_tensor(&random(n, 92), dims);
+    let mut on_host = Optimizer::new(&OptimizerSpec::lbfgs(1.0, 3));
+    let mut on_card = on_host.clone();
+    let (mut x_host, mut x_card) = (start.clone(), start);
+    let mut eval = |x: &Tensor<4>| quartic(x);
+    let mut on_vectors = |v: &Vector| -> anyhow::Result<(Costs, Vector)> {
+        let (costs, g) = quartic(&v.to_host(&Device::flex())?.reshape(dims))?;
+        Ok((costs, EmulatedOps.place(g.reshape([n]))?))
+    };
+    // Five steps: the history of 3 fills and then drops its oldest pair.
+    let mut first: Option<f64> = None;
+    for step in 0..5 {
+        let (next, want) = on_host.step(1.0, x_host, &mut eval).expect("host step");
+        x_host = next;
+        let with = Some((
+            &mut on_vectors as &mut crate::optim::VectorEvaluator,
+            &EmulatedOps as &dyn VectorOps,
+        ));
+        let (next, got) = on_card
+            .step_with(1.0, x_card, &mut eval, with)
+            .expect("card step");
+        x_card = next;
+        assert!(
+            relative(got.total, want.total) < 1e-4,
+            "step {step}: {} {}",
+            got.total,
+            want.total
+        );
+        let first = *first.get_or_insert(got.total);
+        if step == 4 {
+            assert!(
+                got.total < 0.5 * first,
+                "L-BFGS descends: {} from {first}",
+                got.total
+            );
+        }
+    }
+    let (a, b) = (floats_of(&x_card), floats_of(&x_host));
+    let want: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+    assert_close(&a, &want, 1e-3, "the image after 5 steps");
+    let Optimizer::Lbfgs(l) = &on_card else {
+        panic!("L-BFGS")
+    };
+    assert_eq!(l.state.old_dirs.len(), 3, "the history holds 3 pairs");
+    assert!(
+        l.state
+            .old_dirs
+            .iter()
+            .all(|v| matches!(v, Vector::Device(_))),
+        "the history stays on the device"
+    );
+    // A checkpoint copies the device's vectors back.
+    let back = l.state.old_dirs[0]
+        .to_host(&Device::flex())
+        .expect("download");
+    assert_eq!(back.dims(), [n]);
+}
+
+fn floats_of(t: &Tensor<4>) -> Vec<f32> {
+    crate::network::floats(t.to_data(), "x").expect("floats")
+}
