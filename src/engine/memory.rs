@@ -229,7 +229,7 @@ fn cuda_bytes_per_pixel(optimizer: &OptimizerSpec) -> u64 {
 }
 
 /// Bytes of card memory a CUDA run of `pixels` output pixels needs: the context, cuDNN,
-/// cuBLAS and the weights (~1 GiB) and [`cuda_bytes_per_pixel`]. An estimate, until
+/// cuBLAS and the weights (~1 GiB) and `cuda_bytes_per_pixel` per pixel. An estimate, until
 /// measured on a card (docs/design.md, "Memory").
 pub fn cuda_memory_estimate(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
     (1u64 << 30) + pixels * cuda_bytes_per_pixel(optimizer)
