@@ -41,7 +41,8 @@ run_from() {
   # What this machine offers: the card, where each CUDA library came from, versions.
   step "$easel" -v backends
   # tests/cuda.rs, all of them (the ignored ones need the GPU).
-  step "$tests" --include-ignored --test-threads=1
+  # --show-output: the tf32 test prints its error against the CPU for the README.
+  step "$tests" --include-ignored --test-threads=1 --show-output
   # fp32, then tf32; --profile splits the forward pass, the backward pass and the step.
   step "$easel" bench --backend cuda --sizes "$sizes" --iters 10 --profile "${weights[@]}"
   step "$easel" bench --backend cuda --precision tf32 --sizes "$sizes" --iters 10 --profile "${weights[@]}"

@@ -11,7 +11,7 @@ mod common;
 use burn::tensor::{Device, Tensor};
 use common::*;
 use easel::backend::cuda_libs::{self, LIBRARIES};
-use easel::backend::{Backend, BackendChoice, BackendKind, check_capability};
+use easel::backend::{Backend, BackendChoice, BackendKind, Precision, check_capability};
 use easel::engine::{Destination, RunSpec};
 use easel::loss::{CostWeights, StyleLoss};
 use easel::network::{ConvChoice, Network};
@@ -115,6 +115,40 @@ fn cuda_costs_and_gradient_match_the_cpu() {
             check_costs_and_gradient(h, w, pooling, Padding::Zero, StyleLoss::Gram);
         }
         check_costs_and_gradient(h, w, Pooling::Avg, Padding::Replicate, StyleLoss::Gram);
+    }
+}
+
+/// `precision: tf32` against the CPU at 400x300: prints its error (the README quotes it)
+/// and holds it to what TF32's 10-bit mantissa allows through 13 layers.
+#[test]
+#[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
+fn tf32_stays_within_a_percent_of_the_cpu() {
+    let vgg = easel::weights::load(&weights_file(), &Device::flex()).expect("weights");
+    let tf32 = Network::new(vgg.clone(), &cuda(), ConvChoice::Winograd, Precision::Tf32)
+        .expect("the CUDA network in tf32");
+    let cpu = on_cpu(vgg);
+    let weights = CostWeights {
+        tv_weight: 0.5,
+        ..seed_weights()
+    };
+    let (h, w) = (300, 400);
+    let (content, style, x) = (image(1, h, w), image(2, h, w), image(3, h, w));
+    let run = |net: &Network| {
+        let targets = net
+            .targets(content.clone(), &[(style.clone(), 1.0)], &weights)
+            .expect("targets");
+        net.evaluate(&x, &targets, &weights).expect("evaluate")
+    };
+    let ((got, got_g), (want, want_g)) = (run(&tf32), run(&cpu));
+    let errors = [
+        ("J", rel(got.total, want.total)),
+        ("J_content", rel(got.content, want.content)),
+        ("J_style", rel(got.style, want.style)),
+        ("gradient", rel_err(&values(&got_g), &values(&want_g))),
+    ];
+    println!("tf32 against the CPU at {w}x{h}: {errors:?}");
+    for (name, e) in errors {
+        assert!(e <= 1e-2, "tf32: {name} differs from the CPU's by {e:e}");
     }
 }
 
