@@ -26,11 +26,16 @@ for line in sys.stdin:
 }
 
 # Each step runs even where an earlier one failed, so that one trip to a GPU machine
-# brings back every figure it can; the exit status is the first failure's.
+# brings back every figure it can; the exit status is the first failure's. Each has a
+# time limit (the first argument, seconds), so that one that hangs leaves time for the
+# rest: together they stay under 8.5 minutes, inside a 10-minute device call with
+# PyTorch's reference (70 s) and the unpacking.
 status=0
 step() {
-  echo "== $*"
-  "$@" || { rc=$?; echo "== FAILED ($rc): $*"; [ "$status" -ne 0 ] || status=$rc; }
+  local limit="$1"; shift
+  echo "== $* (at most ${limit} s)"
+  timeout --signal=INT --kill-after=10 "$limit" "$@" ||
+    { rc=$?; echo "== FAILED ($rc): $*"; [ "$status" -ne 0 ] || status=$rc; }
 }
 
 run_from() {
@@ -39,18 +44,18 @@ run_from() {
   [ -z "${EASEL_GPU_TEST_WEIGHTS:-}" ] || weights=(--weights "$EASEL_GPU_TEST_WEIGHTS")
   export EASEL_REPO_ROOT="$PWD" RUST_BACKTRACE=1
   # What this machine offers: the card, where each CUDA library came from, versions.
-  step "$easel" -v backends
+  step 30 "$easel" -v backends
   # tests/cuda.rs, all of them (the ignored ones need the GPU).
   # --show-output: the tf32 test prints its error against the CPU for the README.
-  step "$tests" --include-ignored --test-threads=1 --show-output
+  step 170 "$tests" --include-ignored --test-threads=1 --show-output
   # fp32, then tf32; --profile splits the forward pass, the backward pass and the step.
-  step "$easel" bench --backend cuda --sizes "$sizes" --iters 10 --profile "${weights[@]}"
-  step "$easel" bench --backend cuda --precision tf32 --sizes "$sizes" --iters 10 --profile "${weights[@]}"
+  step 100 "$easel" bench --backend cuda --sizes "$sizes" --iters 10 --profile "${weights[@]}"
+  step 80 "$easel" bench --backend cuda --precision tf32 --sizes "$sizes" --iters 10 --profile "${weights[@]}"
   # L-BFGS with its history on the card (PyTorch's reference times Adam only).
-  step "$easel" bench --backend cuda --optimizer lbfgs --sizes 400x300,1024x1024 --iters 5 "${weights[@]}"
+  step 60 "$easel" bench --backend cuda --optimizer lbfgs --sizes 400x300,1024x1024 --iters 5 "${weights[@]}"
   # The default preset from start to final.png.
   local out; out=$(mktemp -d)
-  step bash -c 'start=$(date +%s%N); "$0" run default --backend cuda --ui plain --out "$1" "${@:2}" >/dev/null &&
+  step 60 bash -c 'start=$(date +%s%N); "$0" run default --backend cuda --ui plain --out "$1" "${@:2}" >/dev/null &&
     echo "default preset on CUDA: $(( ($(date +%s%N) - start) / 1000000 )) ms from start to final.png"' \
     "$easel" "$out" "${weights[@]}"
   rm -rf "$out"
