@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The tests, with what they need installed first: tmux (the workbench is driven in a
-# real terminal), Mesa's Vulkan drivers (the wgpu tests run on lavapipe where the
-# machine has no GPU) and Slurm with munge (tests/sweep.rs starts a single-node
-# cluster with scripts/slurm-local.sh), and nvrtc, CUDA's run-time compiler, from
-# NVIDIA's wheel (the unit tests compile the CUDA kernels for every supported card; no
-# GPU is needed for that), and a C++ compiler (the unit tests also compile the same
-# kernels as C++ and run them on the CPU). The tests fetch the real VGG-19 weights themselves on first use.
+# The tests, with what they need installed first (with apt, where missing):
+# - tmux: the workbench is driven in a real terminal;
+# - Mesa's Vulkan drivers: the wgpu tests run on lavapipe where the machine has no GPU;
+# - Slurm with munge: tests/sweep.rs starts a single-node cluster (scripts/slurm-local.sh);
+# - g++: the unit tests compile the CUDA kernels as C++ and run them on the CPU;
+# - pip: it downloads nvrtc, CUDA's run-time compiler, as NVIDIA's wheel (unpacked into
+#   the cache, not installed), with which the unit tests compile the kernels for every
+#   card CUDA 13 supports; no GPU is needed for either.
+# The tests fetch the real VGG-19 weights themselves on first use.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,14 +30,16 @@ fi
 # its wheel (no Python package is installed).
 nvrtc_version=13.0.88
 nvrtc_dir="${XDG_CACHE_HOME:-$HOME/.cache}/easel/nvrtc-$nvrtc_version"
-if [ ! -e "$nvrtc_dir/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+# The folder is complete once it exists: the wheel is unpacked beside it and moved in.
+if [ ! -d "$nvrtc_dir" ]; then
   echo "fetching nvrtc $nvrtc_version (NVIDIA's wheel) into $nvrtc_dir" >&2
   wheel_dir="$(mktemp -d)"
+  trap 'rm -rf "$wheel_dir" "$nvrtc_dir.partial"' EXIT
   python3 -m pip download --quiet --no-deps --only-binary=:all: \
     --dest "$wheel_dir" "nvidia-cuda-nvrtc==$nvrtc_version"
-  rm -rf "$nvrtc_dir" && mkdir -p "$nvrtc_dir"
-  python3 -m zipfile -e "$wheel_dir"/nvidia_cuda_nvrtc-*.whl "$nvrtc_dir"
-  rm -rf "$wheel_dir"
+  rm -rf "$nvrtc_dir.partial" && mkdir -p "$nvrtc_dir.partial"
+  python3 -m zipfile -e "$wheel_dir"/nvidia_cuda_nvrtc-*.whl "$nvrtc_dir.partial"
+  mv "$nvrtc_dir.partial" "$nvrtc_dir"
 fi
 export EASEL_CUDA_LIB_DIR="$nvrtc_dir/nvidia/cu13/lib${EASEL_CUDA_LIB_DIR:+:$EASEL_CUDA_LIB_DIR}"
 

@@ -123,6 +123,8 @@ mod tests {
         let link = dir.path().join("libnvrtc.so");
         std::os::unix::fs::symlink(&ours, &link).expect("symlink");
         let missing = dir.path().join("libnvrtc64_13.so");
+        // The link must open, or `check` would pass without comparing anything.
+        assert!(super::opened(link.as_os_str()).is_some(), "the link opens");
         let candidates = names(&[missing, link]);
         check("nvrtc", &ours, "nvrtcVersion", &candidates).expect("the same file");
     }

@@ -293,7 +293,7 @@ pub fn cuda_device() -> Result<CudaDevice> {
     cuda_libs::load()?;
     let ctx = cudarc::driver::CudaContext::new(0)
         .map_err(|e| anyhow::anyhow!("{e:?}"))
-        .context("cannot use CUDA: the driver loaded but found no usable NVIDIA GPU")?;
+        .context("cannot use CUDA: the driver loaded but found no usable NVIDIA GPU. To fix: `nvidia-smi` lists the cards the driver sees; CUDA_VISIBLE_DEVICES may hide them")?;
     let name = ctx.name().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let capability = ctx
         .compute_capability()

@@ -217,7 +217,7 @@ fn address_space_left() -> Option<u64> {
 /// Bytes of card memory a CUDA run needs per output pixel: the activations of every
 /// layer the forward pass keeps (~290 floats), the gradients flowing back, cuDNN's
 /// workspace and Adam's resident state (108 bytes); with L-BFGS, its history and the
-/// line search's vectors, which stay on the card (`network::cuda_vectors`), instead.
+/// line search's vectors as well, which stay on the card (`network::cuda_vectors`).
 fn cuda_bytes_per_pixel(optimizer: &OptimizerSpec) -> u64 {
     let lbfgs = match optimizer.kind {
         OptimizerKind::Adam => 0,
@@ -274,4 +274,24 @@ pub fn check_device_memory(
     _optimizer: &OptimizerSpec,
 ) -> Result<()> {
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cuda_memory_estimate;
+    use crate::optim::OptimizerSpec;
+
+    #[test]
+    fn the_card_estimate_adds_lbfgs_history_to_the_network_and_adams_state() {
+        let pixels = 1024 * 1024;
+        let gib = 1u64 << 30;
+        // 1 GiB, and 3 KB a pixel for the activations, gradients, workspace and Adam.
+        let adam = cuda_memory_estimate(pixels, &OptimizerSpec::adam(2.0));
+        assert_eq!(adam, gib + pixels * 3072);
+        // History 100: 214 image-sized vectors of 3 floats a pixel, 2568 B a pixel more.
+        let lbfgs = cuda_memory_estimate(pixels, &OptimizerSpec::lbfgs(1.0, 100));
+        assert_eq!(lbfgs, gib + pixels * (3072 + 2568));
+        let short = cuda_memory_estimate(pixels, &OptimizerSpec::lbfgs(1.0, 5));
+        assert_eq!(short, gib + pixels * (3072 + 24 * 12));
+    }
 }

@@ -1,6 +1,6 @@
 //! The vectors L-BFGS works on (the flattened image, gradients, steps and its history),
 //! kept where the network computes: burn tensors on the host, or buffers on a card
-//! (network/cuda_path.rs), so that the two-loop recursion and the line search run
+//! (network/cuda_vectors.rs), so that the two-loop recursion and the line search run
 //! beside the network and only scalars cross to the host.
 
 use anyhow::Result;

@@ -138,29 +138,44 @@ mod tests {
         }
     }
 
-    /// The cards CUDA 13 supports: Turing, Ampere (A100, consumer), Ada, Hopper (H100,
-    /// H200), Blackwell (B200, consumer).
-    const CARDS: [(i32, i32); 7] = [(7, 5), (8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)];
+    /// Every compute capability this nvrtc compiles for, as nvrtc lists them (CUDA
+    /// 13.0's: Turing, Ampere, Ada, Hopper, Blackwell and the Jetson parts among them).
+    fn supported_cards() -> Vec<(i32, i32)> {
+        use cudarc::nvrtc::sys::{nvrtcGetNumSupportedArchs, nvrtcGetSupportedArchs};
+        let mut n = 0;
+        // SAFETY: nvrtc is loaded; it writes one int, then that many.
+        unsafe { nvrtcGetNumSupportedArchs(&mut n) }
+            .result()
+            .expect("nvrtc's number of architectures");
+        let mut archs = vec![0; n as usize];
+        // SAFETY: as above; the buffer holds n ints.
+        unsafe { nvrtcGetSupportedArchs(archs.as_mut_ptr()) }
+            .result()
+            .expect("nvrtc's architectures");
+        archs.iter().map(|a| (a / 10, a % 10)).collect()
+    }
 
-    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-        haystack.windows(needle.len()).any(|w| w == needle)
+    /// Whether `name` is a whole symbol in an ELF string table (NUL on both sides), not
+    /// part of another (`scale` in `add_scaled`).
+    fn has_symbol(elf: &[u8], name: &str) -> bool {
+        let needle = [b"\0", name.as_bytes(), b"\0"].concat();
+        elf.windows(needle.len()).any(|w| w == needle)
     }
 
     #[test]
     fn the_kernels_compile_to_machine_code_for_every_card_cuda_13_supports() {
         load_nvrtc();
-        assert_eq!(CARDS[0], OLDEST_CUDA_CAPABILITY);
-        for card in CARDS {
+        let cards = supported_cards();
+        assert_eq!(cards.first(), Some(&OLDEST_CUDA_CAPABILITY), "{cards:?}");
+        assert!(cards.contains(&(9, 0)), "the H200's sm_90: {cards:?}");
+        for card in cards {
             let compiled = compile(SOURCE, card).unwrap_or_else(|e| panic!("{card:?}: {e:#}"));
             let Compiled::Cubin(bytes) = compiled else {
                 panic!("{card:?}: nvrtc fell back to PTX; it should know this card");
             };
             assert!(bytes.starts_with(b"\x7fELF"), "{card:?}: not an ELF CUBIN");
             for name in NAMES {
-                assert!(
-                    contains(&bytes, name.as_bytes()),
-                    "{card:?}: {name} missing"
-                );
+                assert!(has_symbol(&bytes, name), "{card:?}: {name} missing");
             }
         }
     }

@@ -215,11 +215,18 @@ fn lbfgs_on_the_cards_vectors_follows_lbfgs_on_the_host() {
             .all(|v| matches!(v, Vector::Device(_))),
         "the history stays on the device"
     );
-    // A checkpoint copies the device's vectors back.
-    let back = l.state.old_dirs[0]
-        .to_host(&Device::flex())
-        .expect("download");
-    assert_eq!(back.dims(), [n]);
+    // What a checkpoint saves: the device's history copied back, the host's own.
+    let Optimizer::Lbfgs(host) = &on_host else {
+        panic!("L-BFGS")
+    };
+    for (card, host) in l.state.old_dirs.iter().zip(&host.state.old_dirs) {
+        let as_floats = |v: &Vector| {
+            let t = v.to_host(&Device::flex()).expect("download");
+            crate::network::floats(t.to_data(), "y").expect("floats")
+        };
+        let want: Vec<f64> = as_floats(host).iter().map(|&v| v as f64).collect();
+        assert_close(&as_floats(card), &want, 1e-3, "a history pair copied back");
+    }
 }
 
 fn floats_of(t: &Tensor<4>) -> Vec<f32> {
