@@ -28,7 +28,7 @@ for line in sys.stdin:
 # Each step runs even where an earlier one failed, so that one trip to a GPU machine
 # brings back every figure it can; the exit status is the first failure's. Each has a
 # time limit (the first argument, seconds, plus 5 s to stop), so that one that hangs
-# leaves the others their time: 9 minutes at most in all, the weights' fetch aside.
+# leaves the others their time: 8.5 minutes at most in all, the weights' fetch aside.
 status=0
 step() {
   local limit="$1"; shift
@@ -48,10 +48,10 @@ run_from() {
   step 30 "$easel" -v backends
   # tests/cuda.rs, all of them (the ignored ones need the GPU).
   # --show-output: the tf32 test prints its error against the CPU for the README.
-  step 170 "$tests" --include-ignored --test-threads=1 --show-output
+  step 150 "$tests" --include-ignored --test-threads=1 --show-output
   # fp32, then tf32; --profile splits the forward pass, the backward pass and the step.
-  step 100 "$easel" bench --backend cuda --sizes "$sizes" --iters 10 --profile "${weights[@]}"
-  step 80 "$easel" bench --backend cuda --precision tf32 --sizes "$sizes" --iters 10 --profile "${weights[@]}"
+  step 90 "$easel" bench --backend cuda --sizes "$sizes" --iters 10 --profile "${weights[@]}"
+  step 70 "$easel" bench --backend cuda --precision tf32 --sizes "$sizes" --iters 10 --profile "${weights[@]}"
   # L-BFGS with its history on the card.
   step 60 "$easel" bench --backend cuda --optimizer lbfgs --sizes 400x300,1024x1024 --iters 5 "${weights[@]}"
   # The default preset from start to final.png.
