@@ -5,10 +5,11 @@ use crate::backend::{Backend, BackendKind, Precision};
 use crate::engine::memory::Fit;
 use crate::engine::{self, Destination, Event, RunSpec};
 use crate::image as img;
+use crate::loss::Costs;
 use crate::network::tiles::{TileChoice, TileMode, TileSize};
 use crate::network::{ConvChoice, Network};
-use crate::optim::vector::{Vector, VectorOps};
-use crate::optim::{Optimizer, OptimizerSpec, VectorEvaluator};
+use crate::optim::vector::Vector;
+use crate::optim::{Optimizer, OptimizerSpec};
 use crate::preset::Preset;
 use crate::vgg::cpu::{CpuVgg, pool, unpool};
 use crate::vgg::{BLOCK_ENDS, Layer, Padding, Pooling};
@@ -379,14 +380,10 @@ fn time_iterations(
         in_network.set(in_network.get() + t.elapsed().as_secs_f64());
         out
     };
-    // L-BFGS's vectors where the path keeps them (the card), as runs do.
-    let vectors = network.lbfgs_vectors();
-    let mut on_path = |v: &Vector| {
-        let Some(path) = &vectors else {
-            bail!("this path keeps no vectors of its own")
-        };
+    // L-BFGS's evaluations on the path's own vectors (the card) are timed as well.
+    let mut around = |evaluate: &mut dyn FnMut() -> Result<(Costs, Vector)>| {
         let t = Instant::now();
-        let out = path.evaluate(v, (h as usize, w as usize), &targets, cost);
+        let out = evaluate();
         in_network.set(in_network.get() + t.elapsed().as_secs_f64());
         out
     };
@@ -394,10 +391,13 @@ fn time_iterations(
     for i in 0..=iters {
         let before = in_network.get();
         let t = Instant::now();
-        let with = vectors
-            .as_deref()
-            .map(|p| (&mut on_path as &mut VectorEvaluator, p as &dyn VectorOps));
-        let (next, _) = opt.step_with(spec.lr(), x, &mut eval, with)?;
+        let (next, _) = network.step(
+            &mut opt,
+            (spec.lr(), x),
+            &mut eval,
+            (&targets, cost),
+            &mut around,
+        )?;
         sync(&next);
         x = next;
         if i > 0 {

@@ -15,8 +15,8 @@ use easel::backend::{Backend, BackendChoice, BackendKind, Precision, check_capab
 use easel::engine::{Destination, RunSpec};
 use easel::loss::{CostWeights, StyleLoss};
 use easel::network::{ConvChoice, Network};
-use easel::optim::vector::{Vector, VectorOps};
-use easel::optim::{Optimizer, OptimizerSpec, VectorEvaluator};
+use easel::optim::vector::Vector;
+use easel::optim::{Optimizer, OptimizerSpec};
 use easel::preset::Preset;
 use easel::vgg::{Padding, Pooling};
 use std::path::{Path, PathBuf};
@@ -45,6 +45,44 @@ fn image(seed: u64, h: usize, w: usize) -> Tensor<4> {
     easel::image::uniform_noise(seed, w, h, &Device::flex()) * 0.5 + 64.0
 }
 
+/// The costs of image 3 with content image 1 and style image 2, and the gradient.
+fn costs_and_gradient(
+    net: &Network,
+    (h, w): (usize, usize),
+    weights: &CostWeights,
+) -> (easel::loss::Costs, Tensor<4>) {
+    let targets = net
+        .targets(image(1, h, w), &[(image(2, h, w), 1.0)], weights)
+        .expect("targets");
+    net.evaluate(&image(3, h, w), &targets, weights)
+        .expect("evaluate")
+}
+
+/// J over five steps of `spec` from image 3 (content 1, style 2) at 96x128, as runs take
+/// them (L-BFGS on the path's own vectors where it keeps them).
+fn five_steps(net: &Network, spec: &OptimizerSpec) -> Vec<f64> {
+    let (h, w) = (96, 128);
+    let weights = seed_weights();
+    let targets = net
+        .targets(image(1, h, w), &[(image(2, h, w), 1.0)], &weights)
+        .expect("targets");
+    let mut eval = |x: &Tensor<4>| net.evaluate(x, &targets, &weights);
+    let mut around =
+        |evaluate: &mut dyn FnMut() -> anyhow::Result<(easel::loss::Costs, Vector)>| evaluate();
+    let mut opt = Optimizer::new(spec);
+    let mut x = image(3, h, w);
+    let mut js = Vec::new();
+    for _ in 0..5 {
+        let step = (spec.lr(), x);
+        let (next, c) = net
+            .step(&mut opt, step, &mut eval, (&targets, &weights), &mut around)
+            .expect("step");
+        js.push(c.total);
+        x = next;
+    }
+    js
+}
+
 /// Costs to 1e-4 and the gradient to 1e-3, CUDA against the CPU, at one size.
 fn check_costs_and_gradient(
     h: usize,
@@ -59,15 +97,8 @@ fn check_costs_and_gradient(
         style_loss,
         ..seed_weights()
     };
-    let (content, style, x) = (image(1, h, w), image(2, h, w), image(3, h, w));
-    let run = |net: &Network| {
-        let targets = net
-            .targets(content.clone(), &[(style.clone(), 1.0)], &weights)
-            .expect("targets");
-        net.evaluate(&x, &targets, &weights).expect("evaluate")
-    };
-    let (want, want_g) = run(&cpu);
-    let (got, got_g) = run(&gpu);
+    let (want, want_g) = costs_and_gradient(&cpu, (h, w), &weights);
+    let (got, got_g) = costs_and_gradient(&gpu, (h, w), &weights);
     let at = format!(
         "{w}x{h}, {pooling:?} pooling, {padding:?} padding, {style_loss:?} style, CUDA against the CPU"
     );
@@ -132,14 +163,8 @@ fn tf32_stays_within_a_percent_of_the_cpu() {
         ..seed_weights()
     };
     let (h, w) = (300, 400);
-    let (content, style, x) = (image(1, h, w), image(2, h, w), image(3, h, w));
-    let run = |net: &Network| {
-        let targets = net
-            .targets(content.clone(), &[(style.clone(), 1.0)], &weights)
-            .expect("targets");
-        net.evaluate(&x, &targets, &weights).expect("evaluate")
-    };
-    let ((got, got_g), (want, want_g)) = (run(&tf32), run(&cpu));
+    let (got, got_g) = costs_and_gradient(&tf32, (h, w), &weights);
+    let (want, want_g) = costs_and_gradient(&cpu, (h, w), &weights);
     let errors = [
         ("J", rel(got.total, want.total)),
         ("J_content", rel(got.content, want.content)),
@@ -215,25 +240,8 @@ fn adam_on_the_card_matches_tensor_adam_on_the_cpu_with_clamp_ema_and_rollback()
 #[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
 fn five_adam_steps_on_cuda_match_the_cpu() {
     let (gpu, cpu) = networks_padded(Pooling::Avg, Padding::Zero);
-    let weights = seed_weights();
-    let (content, style) = (image(1, 96, 128), image(2, 96, 128));
-    let trajectory = |net: &Network| -> Vec<f64> {
-        let targets = net
-            .targets(content.clone(), &[(style.clone(), 1.0)], &weights)
-            .expect("targets");
-        let mut eval = |x: &Tensor<4>| net.evaluate(x, &targets, &weights);
-        let spec = OptimizerSpec::adam(2.0);
-        let mut opt = Optimizer::new(&spec);
-        let mut x = image(3, 96, 128);
-        let mut js = Vec::new();
-        for _ in 0..5 {
-            let (next, c) = opt.step(spec.lr(), x, &mut eval).expect("step");
-            js.push(c.total);
-            x = next;
-        }
-        js
-    };
-    let (a, b) = (trajectory(&gpu), trajectory(&cpu));
+    let spec = OptimizerSpec::adam(2.0);
+    let (a, b) = (five_steps(&gpu, &spec), five_steps(&cpu, &spec));
     for (k, (g, c)) in a.iter().zip(&b).enumerate() {
         assert!(rel(*g, *c) <= 1e-3, "Adam step {k}: CUDA J {g} vs CPU {c}");
     }
@@ -248,34 +256,8 @@ fn five_lbfgs_steps_with_the_history_on_the_card_match_the_cpu() {
         cpu.lbfgs_vectors().is_none(),
         "the CPU keeps them as tensors"
     );
-    let weights = seed_weights();
-    let (h, w) = (96, 128);
-    let (content, style) = (image(1, h, w), image(2, h, w));
-    let trajectory = |net: &Network| -> Vec<f64> {
-        let targets = net
-            .targets(content.clone(), &[(style.clone(), 1.0)], &weights)
-            .expect("targets");
-        let mut eval = |x: &Tensor<4>| net.evaluate(x, &targets, &weights);
-        let vectors = net.lbfgs_vectors();
-        let mut on_path = |v: &Vector| match &vectors {
-            Some(p) => p.evaluate(v, (h, w), &targets, &weights),
-            None => unreachable!("only called where the path keeps vectors"),
-        };
-        let spec = OptimizerSpec::lbfgs(1.0, 3);
-        let mut opt = Optimizer::new(&spec);
-        let mut x = image(3, h, w);
-        let mut js = Vec::new();
-        for _ in 0..5 {
-            let with = vectors
-                .as_deref()
-                .map(|p| (&mut on_path as &mut VectorEvaluator, p as &dyn VectorOps));
-            let (next, c) = opt.step_with(spec.lr(), x, &mut eval, with).expect("step");
-            js.push(c.total);
-            x = next;
-        }
-        js
-    };
-    let (a, b) = (trajectory(&gpu), trajectory(&cpu));
+    let spec = OptimizerSpec::lbfgs(1.0, 3);
+    let (a, b) = (five_steps(&gpu, &spec), five_steps(&cpu, &spec));
     for (k, (g, c)) in a.iter().zip(&b).enumerate() {
         assert!(
             rel(*g, *c) <= 1e-3,

@@ -13,8 +13,8 @@ use crate::image as img;
 use crate::loss::{CostWeights, Costs, Targets};
 use crate::network::resident::{AdamTensors, AdamUpdate, Resident};
 use crate::network::{ConvChoice, Network};
+use crate::optim::Optimizer;
 use crate::optim::vector::Vector;
-use crate::optim::{Optimizer, VectorEvaluator};
 use crate::preset::{Change, Preset};
 use crate::run_dir::{self, Record, RunDir};
 use crate::runs::RunStatus;
@@ -491,20 +491,17 @@ impl Worker {
                 network.evaluate(x, targets, weights)
             };
             let point = &mut self.point;
-            let x = point.x.clone();
-            let [_, _, h, w] = x.dims();
-            let (next, costs) = match network.lbfgs_vectors() {
-                // L-BFGS's vectors stay where the path keeps them (the card).
-                Some(path) => {
-                    let mut on_path = |v: &Vector| {
-                        injected_fault()?;
-                        path.evaluate(v, (h, w), targets, weights)
-                    };
-                    let vectors = Some((&mut on_path as &mut VectorEvaluator, &*path as _));
-                    point.optimizer.step_with(lr, x, &mut eval, vectors)?
-                }
-                None => point.optimizer.step(lr, x, &mut eval)?,
+            let mut around = |evaluate: &mut dyn FnMut() -> Result<(Costs, Vector)>| {
+                injected_fault()?;
+                evaluate()
             };
+            let (next, costs) = network.step(
+                &mut point.optimizer,
+                (lr, point.x.clone()),
+                &mut eval,
+                (targets, weights),
+                &mut around,
+            )?;
             Ok((Some(next), costs))
         }));
         let result = match stepped {

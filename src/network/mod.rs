@@ -29,6 +29,7 @@ use crate::backend::{Backend, BackendKind, Precision};
 use crate::loss::regions::{RegionMask, RegionTarget};
 use crate::loss::{CostWeights, Costs, StyleReads, Targets};
 use crate::optim::vector::{Vector, VectorOps};
+use crate::optim::{Evaluator, Optimizer, Step};
 use crate::vgg::cpu::CpuVgg;
 use crate::vgg::{Layer, Pooling, Vgg19};
 use anyhow::Result;
@@ -186,6 +187,26 @@ impl Network {
         }
     }
 
+    /// One step of `optimizer` from `x` as runs take it: L-BFGS on the vectors this path
+    /// keeps itself (the card), everything else on tensors through `eval`. `around`
+    /// wraps each evaluation on the path's vectors (fault injection, timing), as `eval`
+    /// does its own.
+    pub fn step(
+        &self,
+        optimizer: &mut Optimizer,
+        (lr, x): (f64, Tensor<4>),
+        eval: &mut Evaluator,
+        (targets, weights): (&Targets, &CostWeights),
+        around: &mut VectorEvaluation,
+    ) -> Step {
+        let Some(path) = self.lbfgs_vectors() else {
+            return optimizer.step(lr, x, eval);
+        };
+        let [_, _, h, w] = x.dims();
+        let mut on_path = |v: &Vector| around(&mut || path.evaluate(v, (h, w), targets, weights));
+        optimizer.step_on(lr, x, eval, (&mut on_path, &*path))
+    }
+
     /// Which kernels run: `winograd`, `burn` or `cuda`.
     pub fn path_name(&self) -> &'static str {
         match self.path {
@@ -319,6 +340,10 @@ impl Network {
         }
     }
 }
+
+/// Wraps one evaluation on a path's own vectors: calls it, with whatever goes around it.
+pub type VectorEvaluation<'a> =
+    dyn FnMut(&mut dyn FnMut() -> Result<(Costs, Vector)>) -> Result<(Costs, Vector)> + 'a;
 
 /// L-BFGS's vectors kept by a compute path itself, and the path's evaluation of a
 /// flattened image among them.

@@ -191,17 +191,17 @@ impl Optimizer {
     }
 
     /// One iteration where L-BFGS's vectors live with the network (`ops`, evaluated by
-    /// `eval_vector`); Adam and the host's paths as [`Optimizer::step`].
-    pub fn step_with(
+    /// `eval_vector`); Adam as [`Optimizer::step`].
+    pub fn step_on(
         &mut self,
         lr: f64,
         x: Tensor<4>,
         eval: &mut Evaluator,
-        vectors: Option<(&mut VectorEvaluator, &dyn VectorOps)>,
+        (eval_vector, ops): (&mut VectorEvaluator, &dyn VectorOps),
     ) -> Step {
-        match (self, vectors) {
-            (Optimizer::Lbfgs(l), Some((eval_vector, ops))) => l.step(lr, x, eval_vector, ops),
-            (optimizer, _) => optimizer.step(lr, x, eval),
+        match self {
+            Optimizer::Lbfgs(l) => l.step(lr, x, eval_vector, ops),
+            Optimizer::Adam(a) => a.step(lr, x, eval),
         }
     }
 

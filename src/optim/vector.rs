@@ -77,10 +77,7 @@ pub struct HostOps {
 
 impl HostOps {
     fn tensor(&self, v: &Vector) -> Result<Tensor<1>> {
-        match v {
-            Vector::Host(t) => Ok(t.clone()),
-            Vector::Device(_) => v.to_host(&self.device),
-        }
+        v.to_host(&self.device)
     }
 }
 

@@ -178,12 +178,12 @@ fn lbfgs_on_the_cards_vectors_follows_lbfgs_on_the_host() {
     for step in 0..5 {
         let (next, want) = on_host.step(1.0, x_host, &mut eval).expect("host step");
         x_host = next;
-        let with = Some((
+        let vectors = (
             &mut on_vectors as &mut crate::optim::VectorEvaluator,
             &EmulatedOps as &dyn VectorOps,
-        ));
+        );
         let (next, got) = on_card
-            .step_with(1.0, x_card, &mut eval, with)
+            .step_on(1.0, x_card, &mut eval, vectors)
             .expect("card step");
         x_card = next;
         assert!(
