@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The checks that need an NVIDIA GPU: `easel backends` (the card, its libraries and
 # their versions), tests/cuda.rs's `ignore`d tests (the CUDA path against the CPU path on
-# the same weights), `easel bench --backend cuda --profile` in fp32 and tf32 (and L-BFGS
-# in fp32), and the default preset's wall time on the card.
+# the same weights), `easel bench --backend cuda --profile` in fp32 (cuDNN's heuristic
+# and measured algorithms, each layer's time) and tf32 (and L-BFGS in fp32), and the
+# default preset's wall time on the card.
 #
 #   scripts/gpu-tests.sh                 build here and run here (a GPU machine with cargo)
 #   scripts/gpu-tests.sh --pack DIR      build here, write the test binary and easel to DIR
@@ -28,7 +29,7 @@ for line in sys.stdin:
 # Each step runs even where an earlier one failed, so that one trip to a GPU machine
 # brings back every figure it can; the exit status is the first failure's. Each has a
 # time limit (the first argument, seconds, plus 5 s to stop), so that one that hangs
-# leaves the others their time: 8.5 minutes at most in all, the weights' fetch aside.
+# leaves the others their time: 8 minutes at most in all, the weights' fetch aside.
 status=0
 step() {
   local limit="$1"; shift
@@ -45,18 +46,20 @@ run_from() {
   # The weights before the timed steps, where no file is given (fetched once, cached).
   [ -n "${EASEL_GPU_TEST_WEIGHTS:-}" ] || "$easel" weights fetch
   # What this machine offers: the card, where each CUDA library came from, versions.
-  step 30 "$easel" -v backends
+  step 20 "$easel" -v backends
   # tests/cuda.rs, all of them (the ignored ones need the GPU).
   # --show-output: the tf32 test prints its error against the CPU for the README.
   step 150 "$tests" --include-ignored --test-threads=1 --show-output
-  # fp32, then tf32; --profile splits the forward pass, the backward pass and the step.
-  step 90 "$easel" bench --backend cuda --sizes "$sizes" --iters 10 --profile "${weights[@]}"
-  step 70 "$easel" bench --backend cuda --precision tf32 --sizes "$sizes" --iters 10 --profile "${weights[@]}"
+  # fp32 with cuDNN's heuristic and measured algorithms, then tf32; --profile splits the
+  # forward pass, the backward pass and the step, and times each layer on the card.
+  step 120 "$easel" bench --backend cuda --sizes "$sizes" --iters 10 --profile \
+    --conv-search heuristic,measured "${weights[@]}"
+  step 60 "$easel" bench --backend cuda --precision tf32 --sizes "$sizes" --iters 10 "${weights[@]}"
   # L-BFGS with its history on the card.
-  step 60 "$easel" bench --backend cuda --optimizer lbfgs --sizes 400x300,1024x1024 --iters 5 "${weights[@]}"
+  step 45 "$easel" bench --backend cuda --optimizer lbfgs --sizes 400x300,1024x1024 --iters 5 "${weights[@]}"
   # The default preset from start to final.png.
   local out; out=$(mktemp -d)
-  step 60 bash -c 'start=$(date +%s%N); "$0" run default --backend cuda --ui plain --out "$1" "${@:2}" >/dev/null &&
+  step 45 bash -c 'start=$(date +%s%N); "$0" run default --backend cuda --ui plain --out "$1" "${@:2}" >/dev/null &&
     echo "default preset on CUDA: $(( ($(date +%s%N) - start) / 1000000 )) ms from start to final.png"' \
     "$easel" "$out" "${weights[@]}"
   rm -rf "$out"

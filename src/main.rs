@@ -160,6 +160,7 @@ fn real_main() -> Result<ExitCode> {
             conv,
             padding,
             precision,
+            conv_search,
             tile,
             time_to_target,
             target_iterations,
@@ -180,6 +181,7 @@ fn real_main() -> Result<ExitCode> {
                     conv,
                     padding,
                     precision,
+                    conv_search: &conv_search,
                     tile,
                 };
                 bench::run(&weights_path, backend, &opts)?;

@@ -4,7 +4,7 @@
 //! key and the fix.
 
 use crate::atomic;
-use crate::backend::{BackendChoice, Precision};
+use crate::backend::{BackendChoice, ConvSearch, CudaSettings, Precision};
 use crate::color::PreserveColors;
 use crate::image::Size;
 use crate::loss::{CostWeights, StyleLoss};
@@ -161,6 +161,9 @@ struct PresetFile {
     /// The CUDA path's arithmetic: fp32, or tf32 on tensor cores.
     #[serde(default, skip_serializing_if = "is_fp32")]
     pub precision: Precision,
+    /// How the CUDA path picks cuDNN's algorithms: heuristic, or measured on the card.
+    #[serde(default, skip_serializing_if = "is_heuristic")]
+    pub conv_search: ConvSearch,
     /// Coarse to fine: `{min_side: 128, steps: 5}` (off when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scales: Option<Scales>,
@@ -210,6 +213,7 @@ pub struct Preset {
     pub save_every: u64,
     pub backend: BackendChoice,
     pub precision: Precision,
+    pub conv_search: ConvSearch,
     /// Coarse to fine: `{min_side: 128, steps: 5}` (off when absent).
     pub scales: Option<Scales>,
     /// Where the CPU computes the image in tiles (`crate::network::tiles`).
@@ -274,6 +278,7 @@ impl PresetFile {
             save_every: self.save_every,
             backend: self.backend,
             precision: self.precision,
+            conv_search: self.conv_search,
             scales: self.scales,
             tile: self.tile,
             ema: self.ema,
@@ -317,6 +322,7 @@ impl From<&Preset> for PresetFile {
             save_every: p.save_every,
             backend: p.backend,
             precision: p.precision,
+            conv_search: p.conv_search,
             scales: p.scales.clone(),
             tile: p.tile,
             ema: p.ema,
@@ -339,6 +345,10 @@ fn is_auto_tile(t: &TileChoice) -> bool {
 
 fn is_fp32(p: &Precision) -> bool {
     *p == Precision::Fp32
+}
+
+fn is_heuristic(s: &ConvSearch) -> bool {
+    *s == ConvSearch::Heuristic
 }
 
 fn is_zero_padding(p: &Padding) -> bool {
@@ -432,6 +442,14 @@ pub fn set_value(doc: &mut Value, key: &str, value: Value) -> Result<()> {
 }
 
 impl Preset {
+    /// What the run asks of the CUDA path.
+    pub fn cuda_settings(&self) -> CudaSettings {
+        CudaSettings {
+            precision: self.precision,
+            search: self.conv_search,
+        }
+    }
+
     /// Reads a preset, applies `--set` overrides, resolves paths against the preset's
     /// folder and validates it.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Preset> {

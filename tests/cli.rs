@@ -86,6 +86,11 @@ fn bad_presets_are_refused_with_file_key_and_fix() {
         &["p.yaml", "tile", "multiple of 64"],
     );
     assert_refused("tile: always\n", &[], &["p.yaml", "tile", "{size: N}"]);
+    assert_refused(
+        "conv_search: fastest\n",
+        &[],
+        &["p.yaml", "conv_search", "`heuristic` or `measured`"],
+    );
 }
 
 #[test]
@@ -191,6 +196,9 @@ fn run_writes_the_run_directory_and_streams_jsonl() {
             "iterations=4",
             "--set",
             "beta=20",
+            // The CUDA path's setting, kept by a CPU run for a later move or resume.
+            "--set",
+            "conv_search=measured",
         ],
         dir.path(),
     );
@@ -255,7 +263,9 @@ fn run_writes_the_run_directory_and_streams_jsonl() {
     );
     let preset = std::fs::read_to_string(run.join("preset.yaml")).expect("preset.yaml");
     assert!(
-        preset.contains("iterations: 4") && preset.contains("beta: 20"),
+        preset.contains("iterations: 4")
+            && preset.contains("beta: 20")
+            && preset.contains("conv_search: measured"),
         "{preset}"
     );
     let img = image::open(run.join("final.png")).expect("final.png decodes");

@@ -11,7 +11,9 @@ mod common;
 use burn::tensor::{Device, Tensor};
 use common::*;
 use easel::backend::cuda_libs::{self, LIBRARIES};
-use easel::backend::{Backend, BackendChoice, BackendKind, Precision, check_capability};
+use easel::backend::{
+    Backend, BackendChoice, BackendKind, ConvSearch, CudaSettings, Precision, check_capability,
+};
 use easel::engine::{Destination, RunSpec};
 use easel::loss::{CostWeights, StyleLoss};
 use easel::network::{ConvChoice, Network};
@@ -149,32 +151,55 @@ fn cuda_costs_and_gradient_match_the_cpu() {
     }
 }
 
+/// The costs (TV on) and gradient at 400x300: CUDA with `settings`, then the CPU.
+fn cuda_and_cpu_at_400x300(settings: CudaSettings) -> [(easel::loss::Costs, Tensor<4>); 2] {
+    let vgg = easel::weights::load(&weights_file(), &Device::flex()).expect("weights");
+    let gpu = Network::new(vgg.clone(), &cuda(), ConvChoice::Winograd, settings)
+        .unwrap_or_else(|e| panic!("the CUDA network with {settings:?}: {e:#}"));
+    let weights = CostWeights {
+        tv_weight: 0.5,
+        ..seed_weights()
+    };
+    [gpu, on_cpu(vgg)].map(|net| costs_and_gradient(&net, (300, 400), &weights))
+}
+
 /// `precision: tf32` against the CPU at 400x300: prints its error (the README quotes it)
 /// and holds it to what TF32's 10-bit mantissa allows through 13 layers.
 #[test]
 #[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
 fn tf32_stays_within_a_percent_of_the_cpu() {
-    let vgg = easel::weights::load(&weights_file(), &Device::flex()).expect("weights");
-    let tf32 = Network::new(vgg.clone(), &cuda(), ConvChoice::Winograd, Precision::Tf32)
-        .expect("the CUDA network in tf32");
-    let cpu = on_cpu(vgg);
-    let weights = CostWeights {
-        tv_weight: 0.5,
-        ..seed_weights()
+    let settings = CudaSettings {
+        precision: Precision::Tf32,
+        ..Default::default()
     };
-    let (h, w) = (300, 400);
-    let (got, got_g) = costs_and_gradient(&tf32, (h, w), &weights);
-    let (want, want_g) = costs_and_gradient(&cpu, (h, w), &weights);
+    let [(got, got_g), (want, want_g)] = cuda_and_cpu_at_400x300(settings);
     let errors = [
         ("J", rel(got.total, want.total)),
         ("J_content", rel(got.content, want.content)),
         ("J_style", rel(got.style, want.style)),
         ("gradient", rel_err(&values(&got_g), &values(&want_g))),
     ];
-    println!("tf32 against the CPU at {w}x{h}: {errors:?}");
+    println!("tf32 against the CPU at 400x300: {errors:?}");
     for (name, e) in errors {
         assert!(e <= 1e-2, "tf32: {name} differs from the CPU's by {e:e}");
     }
+}
+
+/// `conv_search: measured` runs whichever algorithms cuDNN timed fastest, which sum in
+/// other orders than the heuristics' picks: the same tolerances hold, at a size where
+/// cuDNN has several algorithms to choose from.
+#[test]
+#[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
+fn measured_algorithms_match_the_cpu() {
+    let settings = CudaSettings {
+        search: ConvSearch::Measured,
+        ..Default::default()
+    };
+    let [(got, got_g), (want, want_g)] = cuda_and_cpu_at_400x300(settings);
+    let at = "400x300, measured algorithms, CUDA against the CPU";
+    assert_same_costs(&got, &want, 1e-4, at);
+    let e = rel_err(&values(&got_g), &values(&want_g));
+    assert!(e <= 1e-3, "{at}: the gradient differs by {e:e}");
 }
 
 #[test]

@@ -62,6 +62,35 @@ pub enum Precision {
     Tf32,
 }
 
+/// How the CUDA path picks each convolution's algorithm (network/cuda/search.rs).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvSearch {
+    /// cuDNN's heuristics: no time spent choosing.
+    #[default]
+    Heuristic,
+    /// Every algorithm timed on the card once per layer and image size.
+    Measured,
+}
+
+/// What a run asks of the CUDA path: its arithmetic, and how it picks cuDNN's
+/// algorithms. The other paths ignore both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CudaSettings {
+    pub precision: Precision,
+    pub search: ConvSearch,
+}
+
 impl BackendChoice {
     /// The kind this choice always resolves to; `None` for `gpu` and `auto`.
     pub fn kind(self) -> Option<BackendKind> {

@@ -181,7 +181,8 @@ impl Worker {
         let vgg = weights::load(&weights_path, &backend.device)?
             .with_pooling(preset.pooling)
             .with_padding(preset.padding);
-        let mut network = Network::new(vgg, &backend, ConvChoice::Winograd, preset.precision)?;
+        let mut network =
+            Network::new(vgg, &backend, ConvChoice::Winograd, preset.cuda_settings())?;
         // Refused before the run directory exists: tiles or a cost the path cannot do.
         network.set_tile(fits.iter().find_map(|f| f.tile));
         network.check(&cost_weights)?;

@@ -7,7 +7,7 @@ use super::cuda::{
 };
 use super::resident::{AdamTensors, AdamUpdate, Kept};
 use super::{floats, image_floats};
-use crate::backend::Precision;
+use crate::backend::{CudaSettings, Precision};
 use crate::loss::w2::W2Target;
 use crate::loss::{CostWeights, Costs, StyleLoss, Targets, guided_adjoints};
 use crate::vgg::{HostWeights, Layer, Padding, Pooling};
@@ -23,14 +23,14 @@ pub struct CudaPath {
 }
 
 impl CudaPath {
-    pub fn new(weights: &HostWeights, padding: Padding, precision: Precision) -> Result<CudaPath> {
+    pub fn new(weights: &HostWeights, padding: Padding, cuda: CudaSettings) -> Result<CudaPath> {
         crate::backend::cuda_libs::load()?;
         let vgg = CudaVgg::new(
             0,
             &weights.convs,
             (weights.input_scale, weights.input_shift),
             padding,
-            precision == Precision::Tf32,
+            (cuda.precision == Precision::Tf32, cuda.search),
         )?;
         Ok(CudaPath {
             vgg,

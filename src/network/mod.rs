@@ -25,7 +25,7 @@ mod winograd;
 
 pub use tiled::{Pass, ProgressSink, TileProgress};
 
-use crate::backend::{Backend, BackendKind, Precision};
+use crate::backend::{Backend, BackendKind, CudaSettings};
 use crate::loss::regions::{RegionMask, RegionTarget};
 use crate::loss::{CostWeights, Costs, StyleReads, Targets};
 use crate::optim::vector::{Vector, VectorOps};
@@ -58,7 +58,7 @@ pub struct Network {
     vgg: Vgg19,
     path: Path,
     conv: ConvChoice,
-    precision: Precision,
+    cuda: CudaSettings,
     /// The tile side where images are computed in tiles (the Winograd path only).
     tile: Option<usize>,
     progress: Option<ProgressSink>,
@@ -71,13 +71,13 @@ impl std::fmt::Debug for Network {
 }
 
 impl Network {
-    /// The network on `backend`'s compute path. `conv` matters on the CPU only,
-    /// `precision` on CUDA only.
+    /// The network on `backend`'s compute path. `conv` matters on the CPU only, `cuda`
+    /// on CUDA only.
     pub fn new(
         vgg: Vgg19,
         backend: &Backend,
         conv: ConvChoice,
-        precision: Precision,
+        cuda: CudaSettings,
     ) -> Result<Network> {
         let vgg = vgg.to_device(&backend.device);
         let path = match (backend.kind, conv) {
@@ -89,7 +89,7 @@ impl Network {
             (BackendKind::Cuda, _) => Path::Cuda(Arc::new(cuda_path::CudaPath::new(
                 &vgg.host_weights()?,
                 vgg.padding,
-                precision,
+                cuda,
             )?)),
             #[cfg(not(feature = "cuda"))]
             (BackendKind::Cuda, _) => anyhow::bail!("this easel was built without CUDA"),
@@ -98,7 +98,7 @@ impl Network {
             vgg,
             path,
             conv,
-            precision,
+            cuda,
             tile: None,
             progress: None,
         };
@@ -108,7 +108,7 @@ impl Network {
 
     /// The same network on another backend.
     pub fn to_backend(&self, backend: &Backend) -> Result<Network> {
-        let mut moved = Network::new(self.vgg.clone(), backend, self.conv, self.precision)?;
+        let mut moved = Network::new(self.vgg.clone(), backend, self.conv, self.cuda)?;
         moved.tile = self.tile;
         moved.progress = self.progress.clone();
         Ok(moved)
@@ -230,6 +230,15 @@ impl Network {
     pub fn winograd(&self) -> Option<&CpuVgg> {
         match &self.path {
             Path::Winograd(cpu) => Some(cpu),
+            _ => None,
+        }
+    }
+
+    /// The card's network, where this is the CUDA path (for the per-layer profile).
+    #[cfg(feature = "cuda")]
+    pub fn cuda(&self) -> Option<&cuda::CudaVgg> {
+        match &self.path {
+            Path::Cuda(path) => Some(path.vgg()),
             _ => None,
         }
     }

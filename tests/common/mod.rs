@@ -229,7 +229,7 @@ pub fn on(
     backend: &easel::backend::Backend,
     conv: easel::network::ConvChoice,
 ) -> easel::network::Network {
-    easel::network::Network::new(vgg, backend, conv, easel::backend::Precision::Fp32)
+    easel::network::Network::new(vgg, backend, conv, Default::default())
         .expect("the network on this backend")
 }
 

@@ -2,7 +2,9 @@
 //! algorithms made once per shape, one workspace grown to the largest need; and the
 //! network's forward pass built on them.
 
+use super::search::{ConvShape, Searcher, first_fit};
 use super::{Act, CudaVgg, State, pooled_before};
+use crate::backend::ConvSearch;
 use crate::vgg::{CHANNELS, Layer, Pooling};
 use anyhow::{Context, Result, bail, ensure};
 use cudarc::cudnn::sys::{
@@ -48,6 +50,9 @@ pub(super) struct Convs {
     /// By `(layer, h, w)`.
     shapes: HashMap<(usize, usize, usize), Shape>,
     workspace: Option<CudaSlice<u8>>,
+    math: cudnnMathType_t,
+    search: ConvSearch,
+    searcher: Searcher,
 }
 
 // SAFETY: cudarc leaves `Cudnn` (and so the descriptors, which hold it) `!Send` because a
@@ -56,33 +61,6 @@ pub(super) struct Convs {
 // between threads, and every entry point binds the CUDA context to the calling thread
 // first. No `Arc<Cudnn>` ever leaves this struct.
 unsafe impl Send for Convs {}
-
-/// cuDNN's heuristic choice of algorithm for one direction with its workspace size, or
-/// `fallback` (implicit GEMM). The heuristics rank by speed alone: an FFT algorithm's
-/// workspace at 2048x2048 can take gigabytes, and their first choice may be a tensor-op
-/// variant this math type cannot size. Implicit GEMM needs next to no workspace and
-/// runs in every math type.
-fn pick<A: Copy + std::fmt::Debug>(
-    direction: &str,
-    what: &dyn Fn() -> String,
-    heuristic: impl FnOnce() -> std::result::Result<A, cudarc::cudnn::CudnnError>,
-    size: impl Fn(A) -> std::result::Result<usize, cudarc::cudnn::CudnnError>,
-    fallback: A,
-) -> Result<(A, usize)> {
-    let picked = heuristic().and_then(|a| Ok((a, size(a)?)));
-    match picked {
-        Ok((a, bytes)) if bytes <= WORKSPACE_LIMIT => Ok((a, bytes)),
-        other => {
-            tracing::debug!(
-                "cuDNN {direction} for {}: falling back from {other:?}",
-                what()
-            );
-            let bytes = size(fallback)
-                .with_context(|| format!("sizing cuDNN's {direction} workspace for {}", what()))?;
-            Ok((fallback, bytes))
-        }
-    }
-}
 
 fn int(n: usize) -> i32 {
     n as i32
@@ -94,10 +72,11 @@ impl Convs {
     /// cards use TF32 for FP32 data. (`TENSOR_OP_MATH_ALLOW_CONVERSION` is avoided: it may
     /// also convert FP32 data to FP16.)
     /// `first_valid`: the first layer convolves without padding (its input comes padded).
+    /// `search`: how each shape's algorithms are chosen.
     pub fn new(
         stream: Arc<CudaStream>,
         channels: &[(usize, usize)],
-        tf32: bool,
+        (tf32, search): (bool, ConvSearch),
         first_valid: bool,
     ) -> Result<Convs> {
         let cudnn = Cudnn::new(stream.clone()).context("creating the cuDNN handle")?;
@@ -127,6 +106,7 @@ impl Convs {
                 Ok(((c, k), f))
             })
             .collect::<Result<Vec<_>>>()?;
+        let searcher = Searcher::new(&stream)?;
         Ok(Convs {
             cudnn,
             stream,
@@ -135,6 +115,9 @@ impl Convs {
             filters,
             shapes: HashMap::new(),
             workspace: None,
+            math,
+            search,
+            searcher,
         })
     }
 
@@ -162,26 +145,41 @@ impl Convs {
             w: filter,
             y: &y,
         };
-        let (forward, fwd_bytes) = pick(
-            "forward",
-            &what,
-            || fwd.pick_algorithm(),
-            |a| fwd.get_workspace_size(a),
-            FWD_FALLBACK,
-        )?;
         let bwd = ConvBackwardData {
             conv,
             dx: &x,
             w: filter,
             dy: &y,
         };
-        let (backward, bwd_bytes) = pick(
-            "backward",
-            &what,
-            || bwd.pick_algorithm(),
+        let pad = usize::from(margin == 0);
+        let math = self.math;
+        let searched = ConvShape {
+            c: *c,
+            k: *k,
+            h,
+            w,
+            pad,
+            math,
+        };
+        let (fwd_ranked, bwd_ranked) = self.candidates(&searched, &what);
+        let (forward, fwd_bytes) = first_fit(
+            &fwd_ranked,
+            |a| fwd.get_workspace_size(a),
+            WORKSPACE_LIMIT,
+            FWD_FALLBACK,
+        )
+        .with_context(|| format!("sizing cuDNN's forward workspace for {}", what()))?;
+        let (backward, bwd_bytes) = first_fit(
+            &bwd_ranked,
             |a| bwd.get_workspace_size(a),
+            WORKSPACE_LIMIT,
             BWD_FALLBACK,
-        )?;
+        )
+        .with_context(|| format!("sizing cuDNN's backward workspace for {}", what()))?;
+        tracing::debug!(
+            "cuDNN for {}: {forward:?} ({fwd_bytes} B), {backward:?} ({bwd_bytes} B)",
+            what()
+        );
         let need = fwd_bytes.max(bwd_bytes);
         if need > self.workspace.as_ref().map_or(0, |ws| ws.len()) {
             // The old workspace is freed in stream order, after the work that uses it.
@@ -198,6 +196,51 @@ impl Convs {
         };
         self.shapes.insert((layer, h, w), shape);
         Ok(())
+    }
+
+    /// The algorithms cuDNN ranks for `shape`, forward and backward. Where the search
+    /// fails, the measured one falls back to the heuristics, and these to none (then
+    /// implicit GEMM).
+    fn candidates(
+        &self,
+        shape: &ConvShape,
+        what: &dyn Fn() -> String,
+    ) -> (
+        Vec<cudnnConvolutionFwdAlgo_t>,
+        Vec<cudnnConvolutionBwdDataAlgo_t>,
+    ) {
+        let started = std::time::Instant::now();
+        let ranked = self.searcher.candidates(shape, self.search).or_else(|e| {
+            if self.search == ConvSearch::Heuristic {
+                return Err(e);
+            }
+            tracing::warn!("{e:#}; using cuDNN's heuristics for {}", what());
+            self.searcher.candidates(shape, ConvSearch::Heuristic)
+        });
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::debug!(
+            "cuDNN's {:?} search for {}: {ms:.1} ms",
+            self.search,
+            what()
+        );
+        ranked.unwrap_or_else(|e| {
+            tracing::warn!("{e:#}; using implicit GEMM for {}", what());
+            (Vec::new(), Vec::new())
+        })
+    }
+
+    /// The algorithms picked for layer `layer` at `h` x `w`, forward and backward, once
+    /// it has run at that size.
+    pub fn algorithms(&self, layer: usize, h: usize, w: usize) -> Option<(String, String)> {
+        let shape = self.shapes.get(&(layer, h, w))?;
+        let name = |a: String| {
+            let short = a.rsplit("_ALGO_").next().unwrap_or(&a);
+            short.to_lowercase()
+        };
+        Some((
+            name(format!("{:?}", shape.forward)),
+            name(format!("{:?}", shape.backward)),
+        ))
     }
 
     /// Layer `layer`'s convolution descriptor, and whether it reads a padded input.

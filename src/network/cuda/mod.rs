@@ -13,11 +13,15 @@ mod host_style;
 mod kernels;
 #[cfg(test)]
 mod on_cpu;
+mod profile;
+mod search;
 mod vectors;
 
 use host_style::HostTap;
 pub use host_style::{HostRegions, HostStyle, HostStyleAdjoint, HostStyleRead};
+pub use profile::LayerTiming;
 
+use crate::backend::ConvSearch;
 use crate::network::resident::AdamSet;
 use crate::vgg::{BLOCK_ENDS, CHANNELS, Layer, Padding, Pooling};
 use anyhow::{Context, Result, anyhow, ensure};
@@ -139,13 +143,13 @@ impl CudaVgg {
     /// `convs[i]` = (weight `[K][C][3][3]`, bias `[K]`) for the 16 layers in order;
     /// the image is mapped `x * input_scale[c] + input_shift[c]` first. `tf32`: allow
     /// TF32 tensor-core math in cuDNN and cuBLAS. `padding`: what conv1_1 sees beyond
-    /// the edge.
+    /// the edge. `search`: how cuDNN's algorithms are chosen.
     pub fn new(
         ordinal: usize,
         convs: &[(Vec<f32>, Vec<f32>)],
         (input_scale, input_shift): ([f32; 3], [f32; 3]),
         padding: Padding,
-        tf32: bool,
+        (tf32, search): (bool, ConvSearch),
     ) -> Result<CudaVgg> {
         ensure!(
             convs.len() == 16,
@@ -180,7 +184,7 @@ impl CudaVgg {
         }
         let pad = usize::from(padding == Padding::Replicate);
         let state = State {
-            convs: conv::Convs::new(stream.clone(), &channels, tf32, pad == 1)?,
+            convs: conv::Convs::new(stream.clone(), &channels, (tf32, search), pad == 1)?,
             gram: gram::Gram::new(stream.clone(), tf32)?,
             f32s: Pool(HashMap::new()),
             f64s: Pool(HashMap::new()),

@@ -1,7 +1,9 @@
 //! `easel bench`: seconds per iteration on the real network, where the time goes, peak
 //! memory, and the wall time coarse to fine saves.
 
-use crate::backend::{Backend, BackendKind, Precision};
+mod layers;
+
+use crate::backend::{Backend, BackendKind, ConvSearch, CudaSettings, Precision};
 use crate::engine::memory::Fit;
 use crate::engine::{self, Destination, Event, RunSpec};
 use crate::image as img;
@@ -11,8 +13,7 @@ use crate::network::{ConvChoice, Network};
 use crate::optim::vector::Vector;
 use crate::optim::{Optimizer, OptimizerSpec};
 use crate::preset::Preset;
-use crate::vgg::cpu::{CpuVgg, pool, unpool};
-use crate::vgg::{BLOCK_ENDS, Layer, Padding, Pooling};
+use crate::vgg::{Layer, Padding, Vgg19};
 use crate::weights;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::Tensor;
@@ -151,6 +152,8 @@ pub struct BenchOptions<'a> {
     pub conv: BenchConv,
     pub padding: BenchPadding,
     pub precision: Precision,
+    /// How the CUDA path picks cuDNN's algorithms; each is timed.
+    pub conv_search: &'a [ConvSearch],
     /// Also time the Winograd path in tiles of this side.
     pub tile: Option<usize>,
 }
@@ -169,32 +172,7 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
         BenchOptimizer::Lbfgs => OptimizerSpec::lbfgs(1.0, 100),
     };
     let vgg = weights::load(weights_path, &backend.device)?.with_pooling(preset.pooling);
-    let convs = match backend.kind {
-        // Only the CPU has a choice of convolution.
-        BackendKind::Cpu => opts.conv.choices(),
-        _ => vec![ConvChoice::Winograd],
-    };
-    let mut networks = Vec::new();
-    for conv in convs {
-        for padding in opts.padding.choices() {
-            let vgg = vgg.clone().with_padding(padding);
-            let network = Network::new(vgg, &backend, conv, opts.precision)?;
-            let label = match padding {
-                Padding::Zero => network.path_name().to_string(),
-                Padding::Replicate => format!("{}+replicate", network.path_name()),
-            };
-            let tiled = match (opts.tile, network.winograd()) {
-                (Some(size), Some(_)) => {
-                    let mut tiled = network.clone();
-                    tiled.set_tile(Some(size));
-                    Some((format!("{label}+tiles {size}"), tiled))
-                }
-                _ => None,
-            };
-            networks.push((label, network));
-            networks.extend(tiled);
-        }
-    }
+    let networks = networks(&vgg, &backend, opts)?;
     let content = img::load_rgb(&preset.content)?;
     let style = img::load_rgb(&preset.style.images()[0].0)?;
     let cost = preset.cost_weights();
@@ -258,11 +236,13 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
                     per - in_network
                 );
             }
-            if opts.profile
-                && let Some(cpu) = network.winograd()
-            {
-                println!();
-                profile_layers(cpu, w as usize, h as usize, preset.pooling, opts.iters);
+            if opts.profile {
+                layers::print(
+                    network,
+                    (w as usize, h as usize),
+                    preset.pooling,
+                    opts.iters,
+                )?;
             }
             match first {
                 None => first = Some(per),
@@ -274,73 +254,43 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
     Ok(())
 }
 
-/// Where the Winograd path's time goes: each convolution forward and backward (to its
-/// input), and the pooling, at `w` x `h`, as far as conv5_1.
-fn profile_layers(cpu: &CpuVgg, w: usize, h: usize, pooling: Pooling, iters: usize) {
-    use crate::vgg::winograd::{Epilogue, conv3x3};
-    let time = |f: &mut dyn FnMut()| {
-        f();
-        let t = Instant::now();
-        for _ in 0..iters.max(1) {
-            f();
-        }
-        t.elapsed().as_secs_f64() / iters.max(1) as f64
+/// The networks to time at each size, labelled: every choice of convolution, padding,
+/// cuDNN search and tiles the options ask for that the backend has.
+fn networks(vgg: &Vgg19, backend: &Backend, opts: &BenchOptions) -> Result<Vec<(String, Network)>> {
+    let (convs, searches) = match backend.kind {
+        // Only the CPU has a choice of convolution, only CUDA of cuDNN's algorithms.
+        BackendKind::Cpu => (opts.conv.choices(), &[ConvSearch::Heuristic][..]),
+        BackendKind::Cuda => (vec![ConvChoice::Winograd], opts.conv_search),
+        BackendKind::Wgpu => (vec![ConvChoice::Winograd], &[ConvSearch::Heuristic][..]),
     };
-    println!(
-        "    {:>8} {:>16} {:>8} {:>10} {:>10} {:>10} {:>10}",
-        "layer", "C->K at HxW", "GFLOP", "fwd ms", "bwd ms", "fwd GF/s", "pool ms"
-    );
-    let (mut hh, mut ww) = (h, w);
-    let (mut total_f, mut total_b, mut total_p) = (0.0, 0.0, 0.0);
-    for i in 0..=Layer::CONV5_1.0 {
-        let (fwd, bwd, bias) = cpu.layer(Layer(i));
-        let (c, k) = (fwd.c, fwd.k);
-        let x: Vec<f32> = (0..c * hh * ww).map(|j| (j % 7) as f32 - 3.0).collect();
-        let g: Vec<f32> = (0..k * hh * ww).map(|j| (j % 5) as f32 - 2.0).collect();
-        let on = Epilogue {
-            bias: Some(bias),
-            relu: true,
-        };
-        let off = Epilogue {
-            bias: None,
-            relu: false,
-        };
-        let y = conv3x3(&x, None, hh, ww, fwd, on);
-        let tf = time(&mut || drop(conv3x3(&x, None, hh, ww, fwd, on)));
-        let tb = time(&mut || drop(conv3x3(&g, Some(&y), hh, ww, bwd, off)));
-        let gflop = 2.0 * (c * k * 9 * hh * ww) as f64 / 1e9;
-        let mut tp = 0.0;
-        if BLOCK_ENDS.contains(&i) {
-            let p = pool(&y, k, hh, ww, pooling);
-            tp = time(&mut || drop(pool(&y, k, hh, ww, pooling)))
-                + time(&mut || drop(unpool(&p, &y, k, hh, ww, pooling)));
-        }
-        println!(
-            "    {:>8} {:>16} {gflop:>8.2} {:>10.1} {:>10.1} {:>10.0} {:>10.1}",
-            Layer(i).name(),
-            format!("{c}->{k} {hh}x{ww}"),
-            tf * 1e3,
-            tb * 1e3,
-            gflop / tf,
-            tp * 1e3
-        );
-        total_f += tf;
-        total_b += tb;
-        total_p += tp;
-        if BLOCK_ENDS.contains(&i) {
-            (hh, ww) = (hh / 2, ww / 2);
+    let mut networks = Vec::new();
+    for conv in convs {
+        for padding in opts.padding.choices() {
+            for &search in searches {
+                let vgg = vgg.clone().with_padding(padding);
+                let cuda = CudaSettings {
+                    precision: opts.precision,
+                    search,
+                };
+                let network = Network::new(vgg, backend, conv, cuda)?;
+                let mut label = network.path_name().to_string();
+                if padding == Padding::Replicate {
+                    label.push_str("+replicate");
+                }
+                if search == ConvSearch::Measured {
+                    label.push_str("+measured");
+                }
+                let tiled = (opts.tile.zip(network.winograd())).map(|(size, _)| {
+                    let mut tiled = network.clone();
+                    tiled.set_tile(Some(size));
+                    (format!("{label}+tiles {size}"), tiled)
+                });
+                networks.push((label, network));
+                networks.extend(tiled);
+            }
         }
     }
-    println!(
-        "    {:>8} {:>16} {:>8} {:>10.1} {:>10.1} {:>10} {:>10.1}",
-        "total",
-        "",
-        "",
-        total_f * 1e3,
-        total_b * 1e3,
-        "",
-        total_p * 1e3
-    );
+    Ok(networks)
 }
 
 fn mib(m: Option<f64>) -> String {
