@@ -4,8 +4,9 @@
 #define LOOP(i, n) for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += blockDim.x * gridDim.x)
 
 #ifdef EASEL_ON_CPU
-// The unit tests run these kernels on the CPU as a single thread (network/cuda/on_cpu/),
-// where the block is that one thread.
+// Most unit tests run these kernels on the CPU as a single thread (network/cuda/on_cpu/),
+// where the block is that one thread; on_cpu/threads.rs runs the card's code below with
+// a block's threads.
 static void block_add(double v, double* out) { *out += v; }
 static void block_max(unsigned v, unsigned* out) { if (v > *out) *out = v; }
 #else

@@ -23,13 +23,24 @@ const THREADS: u32 = 256;
 /// Enough blocks to fill any current card; the loops stride over the rest.
 const MAX_BLOCKS: usize = 4096;
 
-fn grid(n: usize) -> LaunchConfig {
+/// A launch over `n` elements: a thread each, up to [`MAX_BLOCKS`] blocks (the kernels'
+/// loops stride over the rest).
+pub(super) fn grid(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (
             n.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32,
             1,
             1,
         ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A launch over `c` rows: a block each, up to [`MAX_BLOCKS`].
+pub(super) fn rows(c: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (c.clamp(1, MAX_BLOCKS) as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
@@ -334,11 +345,7 @@ impl Kernels {
         sums: &mut CudaSlice<f64>,
         (c, n): (usize, usize),
     ) -> Result<()> {
-        let cfg = LaunchConfig {
-            grid_dim: (c.clamp(1, MAX_BLOCKS) as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = rows(c);
         let (c, n) = (u(c), u(n));
         let mut b = s.launch_builder(&self.row_sums);
         b.arg(a).arg(sums).arg(&c).arg(&n);

@@ -5,14 +5,16 @@
 //! odd sizes, padding borders, transposes, channel of an index) and its float32
 //! operations in their order. Contraction to FMA is off here as nvrtc is told, and
 //! nvrtc's default division and square root are IEEE's, so element-wise results are
-//! the card's bit for bit. What it does not cover is `block_add`'s reduction across a
-//! block's threads (here the block is one thread), and the launch wrappers' arguments;
-//! the GPU tests (tests/cuda.rs) cover both.
+//! the card's bit for bit. The reductions across a block's threads (`block_add`,
+//! `block_max`) run in [`threads`], with a block's threads as OS threads. What it does
+//! not cover is the launch wrappers' arguments, which the GPU tests (tests/cuda.rs)
+//! cover.
 //!
 //! The tests: [`network`] (pooling, padding, normalisation, masks), [`costs`] (the costs'
-//! kernels and Adam's step) and [`lbfgs`] (L-BFGS run on vectors these kernels compute,
-//! against L-BFGS on the host's tensors: the device side of `optim::vector`, adoption and
-//! downloads for a checkpoint, with the card's arithmetic).
+//! kernels and Adam's step), [`threads`] (the sums across threads and blocks) and
+//! [`lbfgs`] (L-BFGS run on vectors these kernels compute, against L-BFGS on the host's
+//! tensors: the device side of `optim::vector`, adoption and downloads for a
+//! checkpoint, with the card's arithmetic).
 
 use super::kernels::SOURCE;
 use crate::loss::{self, Costs};
@@ -46,22 +48,26 @@ static const easel_dim3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
 /// compiler (`CXX`, else `c++`).
 fn library() -> &'static Library {
     static LIB: OnceLock<Library> = OnceLock::new();
-    LIB.get_or_init(|| {
-        build().unwrap_or_else(|e| {
-            panic!("running the CUDA kernels on the CPU needs a C++ compiler (`c++`, or set CXX; Debian: apt install g++): {e}")
-        })
+    LIB.get_or_init(|| built(PRELUDE, &["-DEASEL_ON_CPU"]))
+}
+
+/// The kernels after `prelude`, compiled with `flags` into a library, or a panic that
+/// says what is missing.
+fn built(prelude: &str, flags: &[&str]) -> Library {
+    build(prelude, flags).unwrap_or_else(|e| {
+        panic!("running the CUDA kernels on the CPU needs a C++20 compiler (`c++`, or set CXX; Debian: apt install g++): {e}")
     })
 }
 
-fn build() -> Result<Library, String> {
+fn build(prelude: &str, flags: &[&str]) -> Result<Library, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?.keep();
     let source = dir.join("easel_kernels.cpp");
-    std::fs::write(&source, format!("{PRELUDE}{SOURCE}")).map_err(|e| e.to_string())?;
+    std::fs::write(&source, format!("{prelude}{SOURCE}")).map_err(|e| e.to_string())?;
     let lib = dir.join("libeasel_kernels.so");
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let out = Command::new(&cxx)
-        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-fPIC", "-shared"])
-        .arg("-DEASEL_ON_CPU")
+        .args(["-std=c++20", "-O2", "-ffp-contract=off", "-fPIC", "-shared"])
+        .args(flags)
         .arg(&source)
         .arg("-o")
         .arg(&lib)
@@ -84,8 +90,13 @@ fn open(lib: &Path) -> Result<Library, String> {
 
 /// The kernel `name` with the C signature `F`, which must match the source's.
 fn kernel<F: Copy>(name: &str) -> F {
-    // SAFETY: each caller names `F` as the kernel's C signature in SOURCE.
-    let symbol = unsafe { library().get::<F>(name.as_bytes()) };
+    symbol(library(), name)
+}
+
+/// The function `name` in `lib` with the C signature `F`, which must match the source's.
+fn symbol<F: Copy>(lib: &Library, name: &str) -> F {
+    // SAFETY: each caller names `F` as the function's C signature in the source.
+    let symbol = unsafe { lib.get::<F>(name.as_bytes()) };
     *symbol.unwrap_or_else(|e| panic!("kernel {name}: {e}"))
 }
 
@@ -120,3 +131,4 @@ fn relative(a: f64, b: f64) -> f64 {
 mod costs;
 mod lbfgs;
 mod network;
+mod threads;
