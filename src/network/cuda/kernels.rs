@@ -9,7 +9,7 @@
 
 use super::compile::compile;
 use crate::network::resident::AdamSet;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
@@ -48,7 +48,33 @@ pub(super) fn rows(c: usize) -> LaunchConfig {
 
 /// A size as the kernels' `unsigned`; the caller checked it fits.
 fn u(n: usize) -> u32 {
+    debug_assert!(
+        n <= u32::MAX as usize,
+        "{n} does not fit the kernels' indices"
+    );
     n as u32
+}
+
+/// Refuses a `[C][n]` buffer of `total` elements that is not whole planes of a mask of `n`.
+fn whole_planes(kernel: &str, total: usize, n: usize) -> Result<()> {
+    ensure!(
+        n > 0 && total % n == 0,
+        "the CUDA kernel {kernel} was given {total} elements, not whole planes of {n}"
+    );
+    Ok(())
+}
+
+/// Refuses a launch whose buffers are not the lengths its kernel indexes: each
+/// `(buffer, length, expected)`. On the card a short buffer is a silent out-of-bounds
+/// access, so the launchers say it here.
+fn lengths(kernel: &str, buffers: &[(&str, usize, usize)]) -> Result<()> {
+    for &(buffer, len, want) in buffers {
+        ensure!(
+            len == want,
+            "the CUDA kernel {kernel} was given {buffer} of {len} elements, not {want}"
+        );
+    }
+    Ok(())
 }
 
 /// The kernels, one list: the struct that holds them once loaded and, for the tests,
@@ -124,6 +150,10 @@ impl Kernels {
         [s0, s1, s2]: [f32; 3],
         [t0, t1, t2]: [f32; 3],
     ) -> Result<()> {
+        lengths(
+            "normalize",
+            &[("x", x.len(), 3 * plane), ("y", y.len(), 3 * plane)],
+        )?;
         let plane = u(plane);
         let mut b = s.launch_builder(&self.normalize);
         b.arg(x).arg(y).arg(&plane);
@@ -140,6 +170,7 @@ impl Kernels {
         bias: &CudaSlice<f32>,
         plane: usize,
     ) -> Result<()> {
+        lengths("bias_relu", &[("y", y.len(), bias.len() * plane)])?;
         let (n, plane) = (u(y.len()), u(plane));
         let mut b = s.launch_builder(&self.bias_relu);
         b.arg(y).arg(bias).arg(&plane).arg(&n);
@@ -154,6 +185,7 @@ impl Kernels {
         g: &mut CudaSlice<f32>,
         a: &CudaSlice<f32>,
     ) -> Result<()> {
+        lengths("relu_mask", &[("the activation", a.len(), g.len())])?;
         let n = u(g.len());
         let mut b = s.launch_builder(&self.relu_mask);
         b.arg(g).arg(a).arg(&n);
@@ -170,6 +202,12 @@ impl Kernels {
         (h, w): (usize, usize),
         max: bool,
     ) -> Result<()> {
+        let channels = y.len() / ((h / 2) * (w / 2)).max(1);
+        let shapes = [
+            ("x", x.len(), channels * h * w),
+            ("y", y.len(), channels * (h / 2) * (w / 2)),
+        ];
+        lengths("pool", &shapes)?;
         let (n, h, w, max) = (u(y.len()), u(h), u(w), i32::from(max));
         let mut b = s.launch_builder(&self.pool);
         b.arg(x).arg(y).arg(&h).arg(&w).arg(&n).arg(&max);
@@ -188,6 +226,14 @@ impl Kernels {
         (h, w): (usize, usize),
         max: bool,
     ) -> Result<()> {
+        let channels = out.len() / (h * w).max(1);
+        let pooled = channels * (h / 2) * (w / 2);
+        let shapes = [
+            ("g", g.len(), pooled),
+            ("x", x.len(), out.len()),
+            ("out", out.len(), channels * h * w),
+        ];
+        lengths("unpool", &shapes)?;
         let (n, h, w, max) = (u(out.len()), u(h), u(w), i32::from(max));
         let mut b = s.launch_builder(&self.unpool);
         b.arg(g).arg(x).arg(out).arg(&h).arg(&w).arg(&n).arg(&max);
@@ -207,6 +253,12 @@ impl Kernels {
         costs: &mut CudaSlice<f64>,
         slot: usize,
     ) -> Result<()> {
+        let shapes = [("the target", t.len(), a.len()), ("g", g.len(), a.len())];
+        lengths("content", &shapes)?;
+        ensure!(
+            slot < costs.len(),
+            "the CUDA kernel content: no cost slot {slot}"
+        );
         let (n, slot) = (u(a.len()), u(slot));
         let mut b = s.launch_builder(&self.content);
         b.arg(a)
@@ -234,6 +286,17 @@ impl Kernels {
         costs: &mut CudaSlice<f64>,
         slot: usize,
     ) -> Result<()> {
+        let cc = c * c;
+        let shapes = [
+            ("the Gram", gram.len(), cc),
+            ("its target", target.len(), cc),
+            ("sym", sym.len(), cc),
+        ];
+        lengths("style", &shapes)?;
+        ensure!(
+            slot < costs.len(),
+            "the CUDA kernel style: no cost slot {slot}"
+        );
         let (c, slot) = (u(c), u(slot));
         let mut b = s.launch_builder(&self.style);
         b.arg(gram).arg(target).arg(sym).arg(&c);
@@ -256,6 +319,14 @@ impl Kernels {
         costs: &mut CudaSlice<f64>,
         slot: usize,
     ) -> Result<()> {
+        lengths(
+            "finish",
+            &[("g", g.len(), 3 * h * w), ("x", x.len(), 3 * h * w)],
+        )?;
+        ensure!(
+            slot < costs.len(),
+            "the CUDA kernel finish: no cost slot {slot}"
+        );
         let (h, w, slot) = (u(h), u(w), u(slot));
         let (tv, tvw) = (i32::from(tv_weight > 0.0), tv_weight as f32);
         let mut b = s.launch_builder(&self.finish);
@@ -274,6 +345,11 @@ impl Kernels {
         (h, w): (usize, usize),
     ) -> Result<()> {
         let n = y.len();
+        let padded = 3 * (h + 2) * (w + 2);
+        lengths(
+            "replicate_pad",
+            &[("x", x.len(), 3 * h * w), ("y", n, padded)],
+        )?;
         let (h, w) = (u(h), u(w));
         let mut b = s.launch_builder(&self.replicate_pad);
         b.arg(x).arg(y).arg(&h).arg(&w);
@@ -290,6 +366,8 @@ impl Kernels {
         (h, w): (usize, usize),
     ) -> Result<()> {
         let n = g.len();
+        let padded = 3 * (h + 2) * (w + 2);
+        lengths("fold", &[("gp", gp.len(), padded), ("g", n, 3 * h * w)])?;
         let (h, w) = (u(h), u(w));
         let mut b = s.launch_builder(&self.fold);
         b.arg(gp).arg(g).arg(&h).arg(&w);
@@ -307,6 +385,21 @@ impl Kernels {
         update: &crate::network::resident::AdamUpdate,
     ) -> Result<()> {
         let n = g.len();
+        let sets = [now, &*next];
+        let buffers = sets.iter().flat_map(|set| {
+            [
+                ("x", &set.x),
+                ("m", &set.m),
+                ("v", &set.v),
+                ("avg", &set.avg),
+            ]
+        });
+        let shapes: Vec<_> = buffers.map(|(name, b)| (name, b.len(), n)).collect();
+        lengths("adam", &shapes)?;
+        ensure!(
+            n % 3 == 0,
+            "the CUDA kernel adam: {n} elements are not 3 planes"
+        );
         let plane = u(n / 3);
         let (clamp, ([lo0, lo1, lo2], [hi0, hi1, hi2])) = match update.clamp {
             Some(range) => (1i32, range),
@@ -345,6 +438,10 @@ impl Kernels {
         sums: &mut CudaSlice<f64>,
         (c, n): (usize, usize),
     ) -> Result<()> {
+        lengths(
+            "row_sums",
+            &[("a", a.len(), c * n), ("sums", sums.len(), c)],
+        )?;
         let cfg = rows(c);
         let (c, n) = (u(c), u(n));
         let mut b = s.launch_builder(&self.row_sums);
@@ -362,6 +459,7 @@ impl Kernels {
         n: usize,
     ) -> Result<()> {
         let total = g.len();
+        lengths("add_rows", &[("g", total, ds.len() * n)])?;
         let (n, total32) = (u(n), u(total));
         let mut b = s.launch_builder(&self.add_rows);
         b.arg(g).arg(ds).arg(&n).arg(&total32);
@@ -378,6 +476,8 @@ impl Kernels {
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let total = a.len();
+        lengths("mask_planes", &[("out", out.len(), total)])?;
+        whole_planes("mask_planes", total, m.len())?;
         let (n, total32) = (u(m.len()), u(total));
         let mut b = s.launch_builder(&self.mask_planes);
         b.arg(a).arg(m).arg(out).arg(&n).arg(&total32);
@@ -394,6 +494,8 @@ impl Kernels {
         m: &CudaSlice<f32>,
     ) -> Result<()> {
         let total = g.len();
+        lengths("add_masked", &[("t", t.len(), total)])?;
+        whole_planes("add_masked", total, m.len())?;
         let (n, total32) = (u(m.len()), u(total));
         let mut b = s.launch_builder(&self.add_masked);
         b.arg(g).arg(t).arg(m).arg(&n).arg(&total32);
