@@ -58,7 +58,7 @@ fn u(n: usize) -> u32 {
 /// Refuses a `[C][n]` buffer of `total` elements that is not whole planes of a mask of `n`.
 fn whole_planes(kernel: &str, total: usize, n: usize) -> Result<()> {
     ensure!(
-        n > 0 && total % n == 0,
+        n > 0 && total.is_multiple_of(n),
         "the CUDA kernel {kernel} was given {total} elements, not whole planes of {n}"
     );
     Ok(())
@@ -397,7 +397,7 @@ impl Kernels {
         let shapes: Vec<_> = buffers.map(|(name, b)| (name, b.len(), n)).collect();
         lengths("adam", &shapes)?;
         ensure!(
-            n % 3 == 0,
+            n.is_multiple_of(3),
             "the CUDA kernel adam: {n} elements are not 3 planes"
         );
         let plane = u(n / 3);
