@@ -148,9 +148,10 @@ pub enum Cmd {
         /// The CUDA path's arithmetic.
         #[arg(long, value_enum, default_value_t = Precision::Fp32)]
         precision: Precision,
-        /// How the CUDA path picks cuDNN's algorithms: heuristic, measured, or both
-        /// (`heuristic,measured`), timed one after the other at each size.
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "heuristic")]
+        /// How the CUDA path picks cuDNN's algorithms: auto (measured from a megapixel
+        /// up), heuristic, measured, or several (`heuristic,measured`), timed one after
+        /// the other at each size.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
         conv_search: Vec<ConvSearch>,
         /// Also time the CPU's Winograd path in tiles of this side (a multiple of 64), next
         /// to the untiled one where that fits in memory.

@@ -161,8 +161,8 @@ struct PresetFile {
     /// The CUDA path's arithmetic: fp32, or tf32 on tensor cores.
     #[serde(default, skip_serializing_if = "is_fp32")]
     pub precision: Precision,
-    /// How the CUDA path picks cuDNN's algorithms: heuristic, or measured on the card.
-    #[serde(default, skip_serializing_if = "is_heuristic")]
+    /// How the CUDA path picks cuDNN's algorithms: auto, heuristic, or measured on the card.
+    #[serde(default, skip_serializing_if = "is_auto_search")]
     pub conv_search: ConvSearch,
     /// Coarse to fine: `{min_side: 128, steps: 5}` (off when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -347,8 +347,8 @@ fn is_fp32(p: &Precision) -> bool {
     *p == Precision::Fp32
 }
 
-fn is_heuristic(s: &ConvSearch) -> bool {
-    *s == ConvSearch::Heuristic
+fn is_auto_search(s: &ConvSearch) -> bool {
+    *s == ConvSearch::Auto
 }
 
 fn is_zero_padding(p: &Padding) -> bool {

@@ -89,7 +89,7 @@ fn bad_presets_are_refused_with_file_key_and_fix() {
     assert_refused(
         "conv_search: fastest\n",
         &[],
-        &["p.yaml", "conv_search", "`heuristic` or `measured`"],
+        &["p.yaml", "conv_search", "`auto`, `heuristic`, `measured`"],
     );
 }
 

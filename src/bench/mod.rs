@@ -259,9 +259,9 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
 fn networks(vgg: &Vgg19, backend: &Backend, opts: &BenchOptions) -> Result<Vec<(String, Network)>> {
     let (convs, searches) = match backend.kind {
         // Only the CPU has a choice of convolution, only CUDA of cuDNN's algorithms.
-        BackendKind::Cpu => (opts.conv.choices(), &[ConvSearch::Heuristic][..]),
+        BackendKind::Cpu => (opts.conv.choices(), &[ConvSearch::Auto][..]),
         BackendKind::Cuda => (vec![ConvChoice::Winograd], opts.conv_search),
-        BackendKind::Wgpu => (vec![ConvChoice::Winograd], &[ConvSearch::Heuristic][..]),
+        BackendKind::Wgpu => (vec![ConvChoice::Winograd], &[ConvSearch::Auto][..]),
     };
     let mut networks = Vec::new();
     for conv in convs {
@@ -277,8 +277,10 @@ fn networks(vgg: &Vgg19, backend: &Backend, opts: &BenchOptions) -> Result<Vec<(
                 if padding == Padding::Replicate {
                     label.push_str("+replicate");
                 }
-                if search == ConvSearch::Measured {
-                    label.push_str("+measured");
+                match search {
+                    ConvSearch::Auto => {}
+                    ConvSearch::Heuristic => label.push_str("+heuristic"),
+                    ConvSearch::Measured => label.push_str("+measured"),
                 }
                 let tiled = (opts.tile.zip(network.winograd())).map(|(size, _)| {
                     let mut tiled = network.clone();

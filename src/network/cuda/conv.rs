@@ -27,7 +27,7 @@ const BWD_FALLBACK: cudnnConvolutionBwdDataAlgo_t =
     cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
 
 /// One layer at one image size: its input and output descriptors and the algorithms
-/// cuDNN's heuristics picked for them.
+/// picked for them (`search`).
 struct Shape {
     x: TensorDescriptor<f32>,
     y: TensorDescriptor<f32>,
@@ -61,6 +61,13 @@ pub(super) struct Convs {
 // between threads, and every entry point binds the CUDA context to the calling thread
 // first. No `Arc<Cudnn>` ever leaves this struct.
 unsafe impl Send for Convs {}
+
+/// The pixels of the image whose layer `layer` is `h` x `w`: four times as many per
+/// pooling before it.
+fn image_pixels(layer: usize, h: usize, w: usize) -> usize {
+    let pools = (1..=layer).filter(|&i| pooled_before(i)).count();
+    (h * w) << (2 * pools)
+}
 
 fn int(n: usize) -> i32 {
     n as i32
@@ -161,7 +168,8 @@ impl Convs {
             pad,
             math,
         };
-        let (fwd_ranked, bwd_ranked) = self.candidates(&searched, &what);
+        let search = self.search.at(image_pixels(layer, h, w));
+        let (fwd_ranked, bwd_ranked) = self.candidates(&searched, search, &what);
         let (forward, fwd_bytes) = first_fit(
             &fwd_ranked,
             |a| fwd.get_workspace_size(a),
@@ -204,25 +212,22 @@ impl Convs {
     fn candidates(
         &self,
         shape: &ConvShape,
+        search: ConvSearch,
         what: &dyn Fn() -> String,
     ) -> (
         Vec<cudnnConvolutionFwdAlgo_t>,
         Vec<cudnnConvolutionBwdDataAlgo_t>,
     ) {
         let started = std::time::Instant::now();
-        let ranked = self.searcher.candidates(shape, self.search).or_else(|e| {
-            if self.search == ConvSearch::Heuristic {
+        let ranked = self.searcher.candidates(shape, search).or_else(|e| {
+            if search == ConvSearch::Heuristic {
                 return Err(e);
             }
             tracing::warn!("{e:#}; using cuDNN's heuristics for {}", what());
             self.searcher.candidates(shape, ConvSearch::Heuristic)
         });
         let ms = started.elapsed().as_secs_f64() * 1e3;
-        tracing::debug!(
-            "cuDNN's {:?} search for {}: {ms:.1} ms",
-            self.search,
-            what()
-        );
+        tracing::debug!("cuDNN's {search:?} search for {}: {ms:.1} ms", what());
         ranked.unwrap_or_else(|e| {
             tracing::warn!("{e:#}; using implicit GEMM for {}", what());
             (Vec::new(), Vec::new())
@@ -394,5 +399,42 @@ impl CudaVgg {
             acts.push(Act { data: y, c, h, w });
         }
         Ok(acts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_layer_knows_its_images_size_and_auto_measures_from_a_megapixel() {
+        // A 400x300 image, at conv1_1, conv2_1 (one pooling), conv3_1 and conv5_1 (four).
+        let at_400x300 = [(0, 300, 400), (2, 150, 200), (4, 75, 100), (12, 18, 25)];
+        let pixels: Vec<usize> = at_400x300
+            .iter()
+            .map(|&(l, h, w)| image_pixels(l, h, w))
+            .collect();
+        assert_eq!(pixels, [120_000, 120_000, 120_000, 115_200]);
+        // Every layer of a 1024x1024 image is measured under auto; none of 400x300's.
+        let at_1024 = [
+            (0, 1024, 1024),
+            (1, 1024, 1024),
+            (4, 256, 256),
+            (15, 64, 64),
+        ];
+        for (l, h, w) in at_1024 {
+            let search = ConvSearch::Auto.at(image_pixels(l, h, w));
+            assert_eq!(search, ConvSearch::Measured, "layer {l} at {h}x{w}");
+        }
+        for (l, h, w) in at_400x300 {
+            let search = ConvSearch::Auto.at(image_pixels(l, h, w));
+            assert_eq!(search, ConvSearch::Heuristic, "layer {l} at {h}x{w}");
+        }
+        // The other two are what they say at every size.
+        for pixels in [1, 1 << 20, 1 << 26] {
+            assert_eq!(ConvSearch::Heuristic.at(pixels), ConvSearch::Heuristic);
+            assert_eq!(ConvSearch::Measured.at(pixels), ConvSearch::Measured);
+        }
+        assert_eq!(ConvSearch::Auto.at((1 << 20) - 1), ConvSearch::Heuristic);
     }
 }

@@ -7,7 +7,8 @@
 //!   costs a fraction of a second per new image size and may pick faster algorithms.
 //!
 //! Either way the first candidate that runs within the workspace limit is taken, as
-//! PyTorch takes it; implicit GEMM, which needs next to no workspace, where none does.
+//! PyTorch takes it; where none does, the fallbacks in `conv.rs` (implicit GEMM, and
+//! backward algorithm 1), which need little workspace and run in every math type.
 //!
 //! cudarc keeps its handles and descriptors to itself, so the search has a cuDNN handle
 //! of its own on the same stream ([`Searcher`]), and makes each shape's descriptors for
@@ -78,7 +79,8 @@ impl Searcher {
         // counts passed.
         let (f, b) = unsafe {
             match search {
-                ConvSearch::Heuristic => (
+                // `auto` comes resolved for the image's size (`ConvSearch::at`).
+                ConvSearch::Heuristic | ConvSearch::Auto => (
                     sys::cudnnGetConvolutionForwardAlgorithm_v7(
                         handle,
                         d.x,
@@ -131,18 +133,19 @@ impl Searcher {
         b.result().with_context(|| {
             format!("cuDNN's {search:?} search of backward algorithms for {what}")
         })?;
-        let runnable = |status: cudnnStatus_t| status == cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+        let ok = |status: cudnnStatus_t| status == cudnnStatus_t::CUDNN_STATUS_SUCCESS;
         let forward = fwd[..count(nf, FWD)]
             .iter()
-            .filter(|p| runnable(p.status))
-            .map(|p| p.algo)
-            .collect();
+            .filter(|p| ok(p.status))
+            .map(|p| (p.algo, p.mathType));
         let backward = bwd[..count(nb, BWD)]
             .iter()
-            .filter(|p| runnable(p.status))
-            .map(|p| p.algo)
-            .collect();
-        Ok((forward, backward))
+            .filter(|p| ok(p.status))
+            .map(|p| (p.algo, p.mathType));
+        Ok((
+            in_math(forward.collect(), shape.math),
+            in_math(backward.collect(), shape.math),
+        ))
     }
 }
 
@@ -151,6 +154,16 @@ impl Drop for Searcher {
         // SAFETY: created by cudnnCreate in `new`, destroyed only here.
         unsafe { sys::cudnnDestroy(self.0) };
     }
+}
+
+/// The ranked algorithms, those ranked in the convolution's own math type first, each
+/// group in its order. cuDNN may also rank an algorithm in another math type (with
+/// tensor-op math, say, its FMA variant); that entry's rank or time says less about how
+/// it runs here, since the launch uses the descriptor's math type. None is dropped:
+/// where cuDNN labels every entry otherwise, the ranking is kept as it is.
+fn in_math<A>(ranked: Vec<(A, cudnnMathType_t)>, math: cudnnMathType_t) -> Vec<A> {
+    let (same, other): (Vec<_>, Vec<_>) = ranked.into_iter().partition(|(_, m)| *m == math);
+    same.into_iter().chain(other).map(|(a, _)| a).collect()
 }
 
 /// A count cuDNN returned, within the array it filled.
@@ -269,6 +282,17 @@ mod tests {
         assert_eq!(first_fit(&[4, 3], sizes(&table), 1000, 9), Ok((4, 10)));
         // At the limit is within it.
         assert_eq!(first_fit(&[1], sizes(&table), 5000, 9), Ok((1, 5000)));
+    }
+
+    #[test]
+    fn algorithms_in_the_convolutions_math_type_come_first_in_their_order() {
+        use cudnnMathType_t::{CUDNN_FMA_MATH as FMA, CUDNN_TENSOR_OP_MATH as TENSOR};
+        let ranked = vec![(1, FMA), (2, TENSOR), (3, FMA), (4, TENSOR)];
+        assert_eq!(in_math(ranked.clone(), TENSOR), vec![2, 4, 1, 3]);
+        assert_eq!(in_math(ranked, FMA), vec![1, 3, 2, 4]);
+        // Labelled otherwise throughout: the ranking as it came.
+        let default = cudnnMathType_t::CUDNN_DEFAULT_MATH;
+        assert_eq!(in_math(vec![(5, default), (6, default)], FMA), vec![5, 6]);
     }
 
     #[test]

@@ -84,7 +84,9 @@ fn build(prelude: &str, flags: &[&str]) -> Result<Library, String> {
 }
 
 fn open(lib: &Path) -> Result<Library, String> {
-    // SAFETY: the library is the kernels just compiled; loading it runs no initialisers.
+    // SAFETY: the library is the kernels just compiled; loading it runs only the
+    // threaded build's static constructors (its mutexes and vector), which touch nothing
+    // outside it.
     unsafe { Library::new(lib) }.map_err(|e| e.to_string())
 }
 

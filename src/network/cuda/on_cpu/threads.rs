@@ -119,22 +119,48 @@ impl Launch {
 
     /// Runs `body`, which calls a kernel of this launch's build, on every thread of the
     /// launch, and returns when all are done.
-    fn run(&self, body: &dyn Fn()) {
+    fn run(&self, body: &(dyn Fn() + Sync)) {
         let Launch::Threads(cfg) = self else {
             return body();
         };
         extern "C" fn call(ctx: *mut c_void) {
             // SAFETY: `ctx` is the `&&dyn Fn()` below, alive until easel_launch returns.
-            let body = unsafe { &*(ctx as *const &dyn Fn()) };
+            let body = unsafe { &*(ctx as *const &(dyn Fn() + Sync)) };
             body();
         }
         type Body = extern "C" fn(*mut c_void);
         let run: unsafe extern "C" fn(u32, u32, Body, *mut c_void) -> i32 =
             symbol(threaded(), "easel_launch");
-        let ctx = &body as *const &dyn Fn() as *mut c_void;
+        let ctx = &body as *const &(dyn Fn() + Sync) as *mut c_void;
         // SAFETY: easel_launch calls `call` with `ctx` on its threads and joins them.
         let rc = unsafe { run(cfg.grid_dim.0, cfg.block_dim.0, call, ctx) };
         assert_eq!(rc, 0, "easel_launch refused a block of {}", cfg.block_dim.0);
+    }
+}
+
+/// A buffer's address, which every thread of a launch is given, as a kernel's
+/// arguments are on the card.
+#[derive(Clone, Copy)]
+struct Ptr<T>(*mut T);
+
+// SAFETY: the kernels keep their threads' writes apart or make them atomic, as they
+// must on the card; the tests keep the buffers alive until the launch returns.
+unsafe impl<T> Send for Ptr<T> {}
+unsafe impl<T> Sync for Ptr<T> {}
+
+impl<T> Ptr<T> {
+    /// An input's address: the kernels only read through it.
+    fn of(v: &[T]) -> Ptr<T> {
+        Ptr(v.as_ptr() as *mut T)
+    }
+
+    /// An output's address: the kernels write through it until the launch returns.
+    fn of_mut(v: &mut [T]) -> Ptr<T> {
+        Ptr(v.as_mut_ptr())
+    }
+
+    fn get(self) -> *mut T {
+        self.0
     }
 }
 
@@ -151,9 +177,14 @@ impl std::fmt::Display for Launch {
 fn dot(launch: Launch, a: &[f32], b: &[f32]) -> f64 {
     let dot: unsafe extern "C" fn(F32p, F32p, u32, *mut f64) = launch.kernel("dot");
     let mut out = 0.0f64;
-    let (pa, pb, po, n) = (a.as_ptr(), b.as_ptr(), &mut out as *mut f64, a.len() as u32);
+    let (pa, pb, po, n) = (
+        Ptr::of(a),
+        Ptr::of(b),
+        Ptr(&mut out as *mut f64),
+        a.len() as u32,
+    );
     // SAFETY: the signature is the source's; the kernel adds to `out` atomically.
-    launch.run(&|| unsafe { dot(pa, pb, n, po) });
+    launch.run(&|| unsafe { dot(pa.get(), pb.get(), n, po.get()) });
     out
 }
 
@@ -161,10 +192,10 @@ fn dot(launch: Launch, a: &[f32], b: &[f32]) -> f64 {
 fn abs_stats(launch: Launch, a: &[f32]) -> (f64, u32) {
     let abs_stats: unsafe extern "C" fn(F32p, u32, *mut f64, *mut u32) = launch.kernel("abs_stats");
     let (mut sum, mut max) = (0.0f64, 0u32);
-    let (pa, n) = (a.as_ptr(), a.len() as u32);
-    let (ps, pm) = (&mut sum as *mut f64, &mut max as *mut u32);
+    let (pa, n) = (Ptr::of(a), a.len() as u32);
+    let (ps, pm) = (Ptr(&mut sum as *mut f64), Ptr(&mut max as *mut u32));
     // SAFETY: as in `dot`.
-    launch.run(&|| unsafe { abs_stats(pa, n, ps, pm) });
+    launch.run(&|| unsafe { abs_stats(pa.get(), n, ps.get(), pm.get()) });
     (sum, max)
 }
 
@@ -214,9 +245,9 @@ fn row_sums_add_each_row_across_a_blocks_threads() {
     for launch in Launch::threads(rows(c)) {
         let row_sums: unsafe extern "C" fn(F32p, *mut f64, u32, u32) = launch.kernel("row_sums");
         let mut sums = vec![0f64; c];
-        let (pa, ps) = (a.as_ptr(), sums.as_mut_ptr());
+        let (pa, ps) = (Ptr::of(&a), Ptr::of_mut(&mut sums));
         // SAFETY: a holds c rows of n; sums c zeros the kernel adds to atomically.
-        launch.run(&|| unsafe { row_sums(pa, ps, c as u32, n as u32) });
+        launch.run(&|| unsafe { row_sums(pa.get(), ps.get(), c as u32, n as u32) });
         for (r, (got, want)) in sums.iter().zip(&want).enumerate() {
             assert!(
                 relative(*got, *want) <= 1e-12,
@@ -259,10 +290,11 @@ fn the_costs_kernels_sum_across_threads_as_one_thread_does() {
         let content: unsafe extern "C" fn(F32p, F32p, F32m, u32, f32, *mut f64, u32) =
             launch.kernel("content");
         let (mut g, mut costs) = (g0.clone(), [0f64; 2]);
-        let (pg, pc) = (g.as_mut_ptr(), costs.as_mut_ptr());
-        let (pa, pt) = (a.as_ptr(), t.as_ptr());
+        let (pg, pc) = (Ptr::of_mut(&mut g), Ptr::of_mut(&mut costs));
+        let (pa, pt) = (Ptr::of(&a), Ptr::of(&t));
         // SAFETY: a, t and g hold n floats; slot 1 is within costs.
-        launch.run(&|| unsafe { content(pa, pt, pg, n as u32, 0.25, pc, 1) });
+        launch
+            .run(&|| unsafe { content(pa.get(), pt.get(), pg.get(), n as u32, 0.25, pc.get(), 1) });
         (g, costs)
     };
     same_as_one_thread(Launch::threads(grid(n)), &content, "content");
@@ -274,10 +306,21 @@ fn the_costs_kernels_sum_across_threads_as_one_thread_does() {
         let style: unsafe extern "C" fn(F32p, F32p, F32m, u32, f32, f32, *mut f64, u32) =
             launch.kernel("style");
         let (mut sym, mut costs) = (vec![f32::NAN; k * k], [0f64; 2]);
-        let (ps, pc) = (sym.as_mut_ptr(), costs.as_mut_ptr());
-        let (pg, pt) = (gram.as_ptr(), target.as_ptr());
+        let (ps, pc) = (Ptr::of_mut(&mut sym), Ptr::of_mut(&mut costs));
+        let (pg, pt) = (Ptr::of(&gram), Ptr::of(&target));
         // SAFETY: gram, target and sym hold k * k floats; slot 1 is within costs.
-        launch.run(&|| unsafe { style(pg, pt, ps, k as u32, 3.0, 0.5, pc, 1) });
+        launch.run(&|| unsafe {
+            style(
+                pg.get(),
+                pt.get(),
+                ps.get(),
+                k as u32,
+                3.0,
+                0.5,
+                pc.get(),
+                1,
+            )
+        });
         (sym, costs)
     };
     same_as_one_thread(Launch::threads(grid(k * k)), &style, "style");
@@ -299,10 +342,24 @@ fn the_costs_kernels_sum_across_threads_as_one_thread_does() {
             u32,
         ) = launch.kernel("finish");
         let (mut g, mut costs) = (g1.clone(), [0f64; 2]);
-        let (pg, pc, px) = (g.as_mut_ptr(), costs.as_mut_ptr(), x.as_ptr());
+        let (pg, pc, px) = (Ptr::of_mut(&mut g), Ptr::of_mut(&mut costs), Ptr::of(&x));
         let (hh, ww) = (h as u32, w as u32);
         // SAFETY: g and x hold 3 h w floats; slot 1 is within costs.
-        launch.run(&|| unsafe { finish(pg, px, hh, ww, 0.5, 2.0, 3.0, 1, 0.3, pc, 1) });
+        launch.run(&|| unsafe {
+            finish(
+                pg.get(),
+                px.get(),
+                hh,
+                ww,
+                0.5,
+                2.0,
+                3.0,
+                1,
+                0.3,
+                pc.get(),
+                1,
+            )
+        });
         (g, costs)
     };
     same_as_one_thread(Launch::threads(grid(3 * plane)), &finish, "finish with TV");
