@@ -181,8 +181,8 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
         opts.optimizer, backend.description, opts.iters
     );
     print!(
-        "{:>10} {:>18} {:>12} {:>14}",
-        "size", "conv", "s/iteration", "peak RSS MiB"
+        "{:>10} {:>18} {:>12} {:>8} {:>14}",
+        "size", "conv", "s/iteration", "first s", "peak RSS MiB"
     );
     if backend.kind.is_gpu() {
         print!(" {:>14}", "GPU MiB");
@@ -194,7 +194,7 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
     for (s, &(w, h)) in opts.sizes.iter().zip(&sizes) {
         // The same limits as a run's: refused here rather than killed mid-measurement.
         engine::memory::check_device_memory(&backend, (w as usize, h as usize), &spec)?;
-        let mut first = None;
+        let mut baseline = None;
         for (conv, network) in &networks {
             let tile = match network.tile() {
                 Some(size) => TileChoice::Size(TileSize { size }),
@@ -214,9 +214,14 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
             if let Some(tiles) = fit.describe(cost.deepest()) {
                 println!("{s:>10} {conv:>18} {tiles}");
             }
-            let (per, in_network) =
+            let timing =
                 time_iterations(network, &content, &style, &cost, &spec, w, h, opts.iters)?;
-            print!("{s:>10} {conv:>18} {per:>12.3} {:>14}", mib(peak_rss_mib()));
+            let (per, in_network) = (timing.per, timing.in_network);
+            let rss = mib(peak_rss_mib());
+            print!(
+                "{s:>10} {conv:>18} {per:>12.3} {:>8.2} {rss:>14}",
+                timing.first
+            );
             if backend.kind.is_gpu() {
                 print!(" {:>14}", mib(device_mib(&backend)));
             }
@@ -236,17 +241,13 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
                     per - in_network
                 );
             }
-            if opts.profile {
-                layers::print(
-                    network,
-                    (w as usize, h as usize),
-                    preset.pooling,
-                    opts.iters,
-                )?;
-            }
-            match first {
-                None => first = Some(per),
+            match baseline {
+                None => baseline = Some(per),
                 Some(f) => print!("  ({:.2}x the first)", per / f),
+            }
+            if opts.profile {
+                let size = (w as usize, h as usize);
+                layers::print(network, size, preset.pooling, opts.iters)?;
             }
             println!();
         }
@@ -299,6 +300,17 @@ fn mib(m: Option<f64>) -> String {
     m.map(|m| format!("{m:.0}")).unwrap_or_else(|| "n/a".into())
 }
 
+/// What one size's iterations took, in seconds.
+struct Timing {
+    /// Per optimiser step, after the warm-up.
+    per: f64,
+    /// Of which in the network's evaluations.
+    in_network: f64,
+    /// From the start to the end of the first step: the targets, the first use of each
+    /// size (on CUDA, cuDNN's algorithm search) and the warm-up.
+    first: f64,
+}
+
 /// Seconds per optimiser step at `w` x `h`, over `iters` steps after one warm-up, and
 /// the seconds of it spent in the network's evaluations.
 #[allow(clippy::too_many_arguments)]
@@ -311,14 +323,16 @@ fn time_iterations(
     w: u32,
     h: u32,
     iters: usize,
-) -> Result<(f64, f64)> {
+) -> Result<Timing> {
+    let started = Instant::now();
     let device = &network.device();
     let c = img::to_pixel_space(&img::resize(content, w, h), device);
     let st = img::to_pixel_space(&img::resize(style, w, h), device);
     let targets = network.targets(c.clone(), &[(st, 1.0)], cost)?;
     let x = img::uniform_noise(0, w as usize, h as usize, device) * 0.6 + c * 0.4;
     if let (Optimizer::Adam(adam), true) = (Optimizer::new(spec), network.keeps_adam_state()) {
-        return time_resident(network, &targets, cost, (x, &adam, spec.lr()), iters);
+        let state = (x, &adam, spec.lr());
+        return time_resident(network, &targets, cost, state, (iters, started));
     }
     let mut x = x;
     let mut opt = Optimizer::new(spec);
@@ -339,7 +353,7 @@ fn time_iterations(
         in_network.set(in_network.get() + t.elapsed().as_secs_f64());
         out
     };
-    let (mut timed, mut timed_in_network) = (0.0, 0.0);
+    let (mut timed, mut timed_in_network, mut first) = (0.0, 0.0, 0.0);
     for i in 0..=iters {
         let before = in_network.get();
         let t = Instant::now();
@@ -355,10 +369,16 @@ fn time_iterations(
         if i > 0 {
             timed += t.elapsed().as_secs_f64();
             timed_in_network += in_network.get() - before;
+        } else {
+            first = started.elapsed().as_secs_f64();
         }
     }
     let per = |s: f64| s / iters.max(1) as f64;
-    Ok((per(timed), per(timed_in_network)))
+    Ok(Timing {
+        per: per(timed),
+        in_network: per(timed_in_network),
+        first,
+    })
 }
 
 /// [`time_iterations`] for Adam where the network keeps the state, as runs do.
@@ -367,8 +387,8 @@ fn time_resident(
     targets: &crate::loss::Targets,
     cost: &crate::loss::CostWeights,
     (x, adam, lr): (Tensor<4>, &crate::optim::Adam, f64),
-    iters: usize,
-) -> Result<(f64, f64)> {
+    (iters, started): (usize, Instant),
+) -> Result<Timing> {
     use crate::network::resident::{AdamTensors, AdamUpdate, Resident};
     let state = AdamTensors {
         x,
@@ -377,7 +397,7 @@ fn time_resident(
         avg: None,
     };
     let mut resident = Resident::new(network, &state)?;
-    let (mut timed, mut timed_in_network) = (0.0, 0.0);
+    let (mut timed, mut timed_in_network, mut first) = (0.0, 0.0, 0.0);
     // Two warm-ups: the second iteration is the first to write the second set of
     // buffers (on the host, its first touch of fresh pages costs ~0.4 s at 2048x2048).
     for i in 0..iters + 2 {
@@ -389,10 +409,16 @@ fn time_resident(
         if i > 1 {
             timed += t.elapsed().as_secs_f64();
             timed_in_network += evaluated;
+        } else if i == 0 {
+            first = started.elapsed().as_secs_f64();
         }
     }
     let per = |s: f64| s / iters.max(1) as f64;
-    Ok((per(timed), per(timed_in_network)))
+    Ok(Timing {
+        per: per(timed),
+        in_network: per(timed_in_network),
+        first,
+    })
 }
 
 /// (iteration, J, elapsed seconds) of one record.
