@@ -100,6 +100,19 @@ impl ConvSearch {
             other => other,
         }
     }
+
+    /// What a run on `kind` says before an image of `w` x `h` first runs, where cuDNN's
+    /// algorithms are timed then: the pause that follows is the search, not a hang.
+    pub fn notice(self, kind: BackendKind, (w, h): (usize, usize)) -> Option<String> {
+        let measured = kind == BackendKind::Cuda && self.at(w * h) == ConvSearch::Measured;
+        measured.then(|| {
+            let why = match self {
+                ConvSearch::Auto => "conv_search: auto measures from a megapixel",
+                _ => "conv_search: measured",
+            };
+            format!("timing cuDNN's algorithms for {w}x{h} ({why}; `heuristic` skips this)")
+        })
+    }
 }
 
 /// What a run asks of the CUDA path: its arithmetic, and how it picks cuDNN's
@@ -426,4 +439,27 @@ fn adapter_kind(device: &Device) -> String {
         .and_then(|rest| rest.split([',', ' ', '}', '(']).next())
         .unwrap_or("unknown")
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cuda_run_says_when_it_times_cudnns_algorithms() {
+        let cuda = BackendKind::Cuda;
+        let big = ConvSearch::Auto.notice(cuda, (1024, 1024));
+        assert!(
+            big.as_deref()
+                .is_some_and(|n| n.contains("1024x1024") && n.contains("auto")),
+            "{big:?}"
+        );
+        assert_eq!(ConvSearch::Auto.notice(cuda, (400, 300)), None);
+        let asked = ConvSearch::Measured.notice(cuda, (400, 300));
+        assert!(asked.is_some_and(|n| n.contains("conv_search: measured")));
+        assert_eq!(ConvSearch::Heuristic.notice(cuda, (4096, 4096)), None);
+        for kind in [BackendKind::Cpu, BackendKind::Wgpu] {
+            assert_eq!(ConvSearch::Measured.notice(kind, (4096, 4096)), None);
+        }
+    }
 }

@@ -220,6 +220,12 @@ impl Worker {
         if let Some(tiles) = fits[stage].describe(cost_weights.deepest()) {
             let _ = tx.send(Event::Notice(format!("computing {tiles}")));
         }
+        let search = preset
+            .conv_search
+            .notice(backend.kind, (width as usize, height as usize));
+        if let Some(notice) = search {
+            let _ = tx.send(Event::Notice(notice));
+        }
         let targets = network.targets_with_regions(
             inputs.content.clone(),
             &inputs.styles,
@@ -727,6 +733,11 @@ impl Worker {
         self.network.set_tile(self.fits[self.stage].tile);
         if let Some(tiles) = self.fits[self.stage].describe(self.weights.deepest()) {
             self.emit(Event::Notice(format!("computing {tiles}")));
+        }
+        let size = (width as usize, height as usize);
+        let search = self.preset.conv_search.notice(self.backend.kind, size);
+        if let Some(notice) = search {
+            self.emit(Event::Notice(notice));
         }
         self.targets = self.network.targets_with_regions(
             self.inputs.content.clone(),
