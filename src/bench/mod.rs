@@ -311,6 +311,18 @@ struct Timing {
     first: f64,
 }
 
+impl Timing {
+    /// From the seconds of `iters` timed steps, and of those in the network.
+    fn of((timed, in_network): (f64, f64), iters: usize, first: f64) -> Timing {
+        let per = |s: f64| s / iters.max(1) as f64;
+        Timing {
+            per: per(timed),
+            in_network: per(in_network),
+            first,
+        }
+    }
+}
+
 /// Seconds per optimiser step at `w` x `h`, over `iters` steps after one warm-up, and
 /// the seconds of it spent in the network's evaluations.
 #[allow(clippy::too_many_arguments)]
@@ -373,12 +385,7 @@ fn time_iterations(
             first = started.elapsed().as_secs_f64();
         }
     }
-    let per = |s: f64| s / iters.max(1) as f64;
-    Ok(Timing {
-        per: per(timed),
-        in_network: per(timed_in_network),
-        first,
-    })
+    Ok(Timing::of((timed, timed_in_network), iters, first))
 }
 
 /// [`time_iterations`] for Adam where the network keeps the state, as runs do.
@@ -413,12 +420,7 @@ fn time_resident(
             first = started.elapsed().as_secs_f64();
         }
     }
-    let per = |s: f64| s / iters.max(1) as f64;
-    Ok(Timing {
-        per: per(timed),
-        in_network: per(timed_in_network),
-        first,
-    })
+    Ok(Timing::of((timed, timed_in_network), iters, first))
 }
 
 /// (iteration, J, elapsed seconds) of one record.

@@ -146,6 +146,17 @@ fn stage_fits(
     Ok(fits)
 }
 
+/// What a scale says before its targets are computed: the tiles it computes in, and
+/// whether cuDNN's algorithms are timed for its size first (the pause that follows).
+fn stage_notices(fit: &Fit, weights: &CostWeights, preset: &Preset) -> Vec<String> {
+    let tiles = fit
+        .describe(weights.deepest())
+        .map(|t| format!("computing {t}"));
+    let size = (fit.width, fit.height);
+    let search = preset.conv_search.notice(fit.backend, size);
+    tiles.into_iter().chain(search).collect()
+}
+
 /// A stopped run's checkpoint and the records before it.
 fn resume(
     run_dir: RunDir,
@@ -217,13 +228,7 @@ impl Worker {
             let _ = progress.send(Event::Tiles(p));
         })));
         let inputs = sources.at(width, height, &backend.device);
-        if let Some(tiles) = fits[stage].describe(cost_weights.deepest()) {
-            let _ = tx.send(Event::Notice(format!("computing {tiles}")));
-        }
-        let search = preset
-            .conv_search
-            .notice(backend.kind, (width as usize, height as usize));
-        if let Some(notice) = search {
+        for notice in stage_notices(&fits[stage], &cost_weights, &preset) {
             let _ = tx.send(Event::Notice(notice));
         }
         let targets = network.targets_with_regions(
@@ -731,12 +736,7 @@ impl Worker {
         }
         self.inputs = self.sources.at(width, height, &self.backend.device);
         self.network.set_tile(self.fits[self.stage].tile);
-        if let Some(tiles) = self.fits[self.stage].describe(self.weights.deepest()) {
-            self.emit(Event::Notice(format!("computing {tiles}")));
-        }
-        let size = (width as usize, height as usize);
-        let search = self.preset.conv_search.notice(self.backend.kind, size);
-        if let Some(notice) = search {
+        for notice in stage_notices(&self.fits[self.stage], &self.weights, &self.preset) {
             self.emit(Event::Notice(notice));
         }
         self.targets = self.network.targets_with_regions(

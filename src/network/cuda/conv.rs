@@ -234,6 +234,11 @@ impl Convs {
         })
     }
 
+    /// Layer `layer`'s input and output channels.
+    pub fn channels(&self, layer: usize) -> (usize, usize) {
+        self.filters[layer].0
+    }
+
     /// The algorithms picked for layer `layer` at `h` x `w`, forward and backward, once
     /// it has run at that size.
     pub fn algorithms(&self, layer: usize, h: usize, w: usize) -> Option<(String, String)> {

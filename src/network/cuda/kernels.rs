@@ -55,6 +55,15 @@ fn u(n: usize) -> u32 {
     n as u32
 }
 
+/// Refuses a cost slot beyond the costs buffer of `len` slots.
+fn cost_slot(kernel: &str, slot: usize, len: usize) -> Result<()> {
+    ensure!(
+        slot < len,
+        "the CUDA kernel {kernel} was given cost slot {slot} of {len}"
+    );
+    Ok(())
+}
+
 /// Refuses a `[C][n]` buffer of `total` elements that is not whole planes of a mask of `n`.
 fn whole_planes(kernel: &str, total: usize, n: usize) -> Result<()> {
     ensure!(
@@ -255,10 +264,7 @@ impl Kernels {
     ) -> Result<()> {
         let shapes = [("the target", t.len(), a.len()), ("g", g.len(), a.len())];
         lengths("content", &shapes)?;
-        ensure!(
-            slot < costs.len(),
-            "the CUDA kernel content: no cost slot {slot}"
-        );
+        cost_slot("content", slot, costs.len())?;
         let (n, slot) = (u(a.len()), u(slot));
         let mut b = s.launch_builder(&self.content);
         b.arg(a)
@@ -293,10 +299,7 @@ impl Kernels {
             ("sym", sym.len(), cc),
         ];
         lengths("style", &shapes)?;
-        ensure!(
-            slot < costs.len(),
-            "the CUDA kernel style: no cost slot {slot}"
-        );
+        cost_slot("style", slot, costs.len())?;
         let (c, slot) = (u(c), u(slot));
         let mut b = s.launch_builder(&self.style);
         b.arg(gram).arg(target).arg(sym).arg(&c);
@@ -323,10 +326,7 @@ impl Kernels {
             "finish",
             &[("g", g.len(), 3 * h * w), ("x", x.len(), 3 * h * w)],
         )?;
-        ensure!(
-            slot < costs.len(),
-            "the CUDA kernel finish: no cost slot {slot}"
-        );
+        cost_slot("finish", slot, costs.len())?;
         let (h, w, slot) = (u(h), u(w), u(slot));
         let (tv, tvw) = (i32::from(tv_weight > 0.0), tv_weight as f32);
         let mut b = s.launch_builder(&self.finish);

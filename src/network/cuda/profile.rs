@@ -4,7 +4,7 @@
 //! that one benchmark on a card says which layers fall short of the card's speed.
 
 use super::{CudaVgg, State, conv, pooled_before};
-use crate::vgg::{CHANNELS, Layer};
+use crate::vgg::Layer;
 use anyhow::{Context, Result};
 use cudarc::driver::sys::CUevent_flags;
 
@@ -51,7 +51,7 @@ impl CudaVgg {
             if pooled_before(i) {
                 (hh, ww) = (hh / 2, ww / 2);
             }
-            let (c, k) = (if i == 0 { 3 } else { CHANNELS[i - 1] }, CHANNELS[i]);
+            let (c, k) = st.convs.channels(i);
             let margin = if i == 0 { 2 * self.pad } else { 0 };
             // Zeros: cuDNN's time does not depend on the values.
             let x = st.f32s.zeroed(s, c * (hh + margin) * (ww + margin))?;

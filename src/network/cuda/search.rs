@@ -75,56 +75,66 @@ impl Searcher {
         let mut fwd: [sys::cudnnConvolutionFwdAlgoPerf_t; FWD] = unsafe { std::mem::zeroed() };
         let mut bwd: [sys::cudnnConvolutionBwdDataAlgoPerf_t; BWD] = unsafe { std::mem::zeroed() };
         let (mut nf, mut nb) = (0, 0);
-        // SAFETY: the descriptors are live and describe this shape; the arrays hold the
+        // cuDNN's heuristics and its timed search take the same arguments.
+        type Rank<P> = unsafe fn(
+            sys::cudnnHandle_t,
+            sys::cudnnTensorDescriptor_t,
+            sys::cudnnFilterDescriptor_t,
+            sys::cudnnConvolutionDescriptor_t,
+            sys::cudnnTensorDescriptor_t,
+            i32,
+            *mut i32,
+            *mut P,
+        ) -> cudnnStatus_t;
+        type BackwardRank<P> = unsafe fn(
+            sys::cudnnHandle_t,
+            sys::cudnnFilterDescriptor_t,
+            sys::cudnnTensorDescriptor_t,
+            sys::cudnnConvolutionDescriptor_t,
+            sys::cudnnTensorDescriptor_t,
+            i32,
+            *mut i32,
+            *mut P,
+        ) -> cudnnStatus_t;
+        let (forward_rank, backward_rank): (
+            Rank<sys::cudnnConvolutionFwdAlgoPerf_t>,
+            BackwardRank<sys::cudnnConvolutionBwdDataAlgoPerf_t>,
+        ) = match search {
+            // `auto` comes resolved for the image's size (`ConvSearch::at`).
+            ConvSearch::Heuristic | ConvSearch::Auto => (
+                sys::cudnnGetConvolutionForwardAlgorithm_v7,
+                sys::cudnnGetConvolutionBackwardDataAlgorithm_v7,
+            ),
+            ConvSearch::Measured => (
+                sys::cudnnFindConvolutionForwardAlgorithm,
+                sys::cudnnFindConvolutionBackwardDataAlgorithm,
+            ),
+        };
+        // SAFETY: the descriptors are live and describe this shape (the backward call
+        // takes the filter, dy = the output, then dx = the input); the arrays hold the
         // counts passed.
         let (f, b) = unsafe {
-            match search {
-                // `auto` comes resolved for the image's size (`ConvSearch::at`).
-                ConvSearch::Heuristic | ConvSearch::Auto => (
-                    sys::cudnnGetConvolutionForwardAlgorithm_v7(
-                        handle,
-                        d.x,
-                        d.w,
-                        d.conv,
-                        d.y,
-                        FWD as i32,
-                        &mut nf,
-                        fwd.as_mut_ptr(),
-                    ),
-                    sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                        handle,
-                        d.w,
-                        d.y,
-                        d.conv,
-                        d.x,
-                        BWD as i32,
-                        &mut nb,
-                        bwd.as_mut_ptr(),
-                    ),
-                ),
-                ConvSearch::Measured => (
-                    sys::cudnnFindConvolutionForwardAlgorithm(
-                        handle,
-                        d.x,
-                        d.w,
-                        d.conv,
-                        d.y,
-                        FWD as i32,
-                        &mut nf,
-                        fwd.as_mut_ptr(),
-                    ),
-                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                        handle,
-                        d.w,
-                        d.y,
-                        d.conv,
-                        d.x,
-                        BWD as i32,
-                        &mut nb,
-                        bwd.as_mut_ptr(),
-                    ),
-                ),
-            }
+            let f = forward_rank(
+                handle,
+                d.x,
+                d.w,
+                d.conv,
+                d.y,
+                FWD as i32,
+                &mut nf,
+                fwd.as_mut_ptr(),
+            );
+            let b = backward_rank(
+                handle,
+                d.w,
+                d.y,
+                d.conv,
+                d.x,
+                BWD as i32,
+                &mut nb,
+                bwd.as_mut_ptr(),
+            );
+            (f, b)
         };
         let what = format!("{}->{} at {}x{}", shape.c, shape.k, shape.h, shape.w);
         f.result().with_context(|| {
