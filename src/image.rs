@@ -210,12 +210,24 @@ pub fn resize_tensor(t: Tensor<4>, w: u32, h: u32) -> Tensor<4> {
     )
 }
 
+/// Per channel, the range `[lo, hi]` of pixel values in pixel space (0..255 less the
+/// channel's mean).
+pub fn pixel_range() -> ([f32; 3], [f32; 3]) {
+    (MEANS.map(|m| -m), MEANS.map(|m| 255.0 - m))
+}
+
 pub fn clamp_pixels(x: Tensor<4>) -> Tensor<4> {
+    clamp_channels(x, pixel_range())
+}
+
+/// `x` (`[1, 3, H, W]`) clamped to `[lo[c], hi[c]]` per channel; NaN stays NaN (burn's
+/// `max_pair` and `min_pair`), so that a blown-up step shows as a NaN cost.
+pub fn clamp_channels(x: Tensor<4>, (lo, hi): ([f32; 3], [f32; 3])) -> Tensor<4> {
     let device = x.device();
-    let lo: Vec<f32> = MEANS.iter().map(|m| -m).collect();
-    let hi: Vec<f32> = MEANS.iter().map(|m| 255.0 - m).collect();
-    let lo = Tensor::<1>::from_data(TensorData::new(lo, [3]), &device).reshape([1, 3, 1, 1]);
-    let hi = Tensor::<1>::from_data(TensorData::new(hi, [3]), &device).reshape([1, 3, 1, 1]);
+    let lo =
+        Tensor::<1>::from_data(TensorData::new(lo.to_vec(), [3]), &device).reshape([1, 3, 1, 1]);
+    let hi =
+        Tensor::<1>::from_data(TensorData::new(hi.to_vec(), [3]), &device).reshape([1, 3, 1, 1]);
     let dims = x.dims();
     x.max_pair(lo.expand(dims)).min_pair(hi.expand(dims))
 }

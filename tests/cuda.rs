@@ -16,9 +16,10 @@ use easel::backend::{
 };
 use easel::engine::{Destination, RunSpec};
 use easel::loss::{CostWeights, StyleLoss};
+use easel::network::resident::Resident;
 use easel::network::{ConvChoice, Network};
 use easel::optim::vector::Vector;
-use easel::optim::{Optimizer, OptimizerSpec};
+use easel::optim::{AfterStep, Optimizer, OptimizerSpec};
 use easel::preset::Preset;
 use easel::vgg::{Padding, Pooling};
 use std::path::{Path, PathBuf};
@@ -61,28 +62,30 @@ fn costs_and_gradient(
 }
 
 /// J over five steps of `spec` from image 3 (content 1, style 2) at 96x128, as runs take
-/// them (L-BFGS on the path's own vectors where it keeps them).
-fn five_steps(net: &Network, spec: &OptimizerSpec) -> Vec<f64> {
+/// them (the network's resident state: Adam's moments, L-BFGS's image and history on
+/// the card for CUDA), and the optimiser after them.
+fn five_steps(net: &Network, spec: &OptimizerSpec) -> (Vec<f64>, Optimizer) {
     let (h, w) = (96, 128);
     let weights = seed_weights();
     let targets = net
         .targets(image(1, h, w), &[(image(2, h, w), 1.0)], &weights)
         .expect("targets");
-    let mut eval = |x: &Tensor<4>| net.evaluate(x, &targets, &weights);
-    let mut around =
-        |evaluate: &mut dyn FnMut() -> anyhow::Result<(easel::loss::Costs, Vector)>| evaluate();
+    let mut around = |evaluate: &mut dyn FnMut() -> anyhow::Result<easel::loss::Costs>| evaluate();
     let mut opt = Optimizer::new(spec);
-    let mut x = image(3, h, w);
+    let mut resident =
+        Resident::new(net, (&image(3, h, w), None), &opt).expect("the resident state");
     let mut js = Vec::new();
     for _ in 0..5 {
-        let step = (spec.lr(), x);
-        let (next, c) = net
-            .step(&mut opt, step, &mut eval, (&targets, &weights), &mut around)
+        let on = (net, &targets, &weights);
+        let c = resident
+            .evaluate(on, (&mut opt, spec.lr()), &mut around)
             .expect("step");
+        resident
+            .update((&mut opt, spec.lr()), AfterStep::default())
+            .expect("update");
         js.push(c.total);
-        x = next;
     }
-    js
+    (js, opt)
 }
 
 /// Costs to 1e-4 and the gradient to 1e-3, CUDA against the CPU, at one size.
@@ -257,7 +260,13 @@ fn adam_on_the_card_matches_tensor_adam_on_the_cpu_with_clamp_ema_and_rollback()
         let (gpu, cpu) = networks_padded(Pooling::Avg, padding);
         assert!(gpu.keeps_adam_state(), "the CUDA path keeps Adam's state");
         // 400x300 as the default preset; the image reaches the clamp.
-        check_resident_adam(&gpu, &cpu, (400, 300), 5, 1e-3);
+        check_resident(
+            (&gpu, &cpu),
+            &OptimizerSpec::adam(20.0),
+            (400, 300),
+            5,
+            1e-3,
+        );
     }
 }
 
@@ -266,7 +275,7 @@ fn adam_on_the_card_matches_tensor_adam_on_the_cpu_with_clamp_ema_and_rollback()
 fn five_adam_steps_on_cuda_match_the_cpu() {
     let (gpu, cpu) = networks_padded(Pooling::Avg, Padding::Zero);
     let spec = OptimizerSpec::adam(2.0);
-    let (a, b) = (five_steps(&gpu, &spec), five_steps(&cpu, &spec));
+    let (a, b) = (five_steps(&gpu, &spec).0, five_steps(&cpu, &spec).0);
     for (k, (g, c)) in a.iter().zip(&b).enumerate() {
         assert!(rel(*g, *c) <= 1e-3, "Adam step {k}: CUDA J {g} vs CPU {c}");
     }
@@ -276,19 +285,45 @@ fn five_adam_steps_on_cuda_match_the_cpu() {
 #[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
 fn five_lbfgs_steps_with_the_history_on_the_card_match_the_cpu() {
     let (gpu, cpu) = networks_padded(Pooling::Avg, Padding::Zero);
-    assert!(gpu.lbfgs_vectors().is_some(), "CUDA keeps L-BFGS's vectors");
-    assert!(
-        cpu.lbfgs_vectors().is_none(),
-        "the CPU keeps them as tensors"
-    );
     let spec = OptimizerSpec::lbfgs(1.0, 3);
-    let (a, b) = (five_steps(&gpu, &spec), five_steps(&cpu, &spec));
+    let ((a, on_card), (b, on_host)) = (five_steps(&gpu, &spec), five_steps(&cpu, &spec));
     for (k, (g, c)) in a.iter().zip(&b).enumerate() {
         assert!(
             rel(*g, *c) <= 1e-3,
             "L-BFGS step {k}: CUDA J {g} vs CPU {c}"
         );
     }
+    let history = |opt: &Optimizer| match opt {
+        Optimizer::Lbfgs(l) => l.state.old_dirs.clone(),
+        Optimizer::Adam(_) => panic!("L-BFGS"),
+    };
+    let (card, host) = (history(&on_card), history(&on_host));
+    assert!(
+        !card.is_empty() && card.len() == host.len(),
+        "the histories fill alike"
+    );
+    assert!(
+        card.iter().all(|v| matches!(v, Vector::Device(_))),
+        "CUDA keeps L-BFGS's history on the card"
+    );
+    assert!(
+        host.iter().all(|v| matches!(v, Vector::Host(_))),
+        "the CPU keeps it as tensors"
+    );
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU with cuDNN 9 and cuBLAS 13: run by scripts/gpu-tests.sh"]
+fn lbfgs_with_its_image_on_the_card_matches_tensor_lbfgs_on_the_cpu() {
+    // The clamp and the EMA run on the card (`clamp_planes`, the vector kernels).
+    let (gpu, cpu) = networks_padded(Pooling::Avg, Padding::Zero);
+    check_resident(
+        (&gpu, &cpu),
+        &OptimizerSpec::lbfgs(1.0, 3),
+        (128, 96),
+        5,
+        1e-3,
+    );
 }
 
 fn run_spec(out: &Path, backend: Backend, destination: Option<PathBuf>) -> RunSpec {

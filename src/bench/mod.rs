@@ -10,8 +10,7 @@ use crate::image as img;
 use crate::loss::Costs;
 use crate::network::tiles::{TileChoice, TileMode, TileSize};
 use crate::network::{ConvChoice, Network};
-use crate::optim::vector::Vector;
-use crate::optim::{Optimizer, OptimizerSpec};
+use crate::optim::{AfterStep, Optimizer, OptimizerSpec};
 use crate::preset::Preset;
 use crate::vgg::{Layer, Padding, Vgg19};
 use crate::weights;
@@ -342,12 +341,12 @@ fn time_iterations(
     let st = img::to_pixel_space(&img::resize(style, w, h), device);
     let targets = network.targets(c.clone(), &[(st, 1.0)], cost)?;
     let x = img::uniform_noise(0, w as usize, h as usize, device) * 0.6 + c * 0.4;
-    if let (Optimizer::Adam(adam), true) = (Optimizer::new(spec), network.keeps_adam_state()) {
-        let state = (x, &adam, spec.lr());
-        return time_resident(network, &targets, cost, state, (iters, started));
+    let mut opt = Optimizer::new(spec);
+    if matches!(opt, Optimizer::Lbfgs(_)) || network.keeps_adam_state() {
+        let state = (x, opt, spec.lr());
+        return time_resident(network, (&targets, cost), state, (iters, started));
     }
     let mut x = x;
-    let mut opt = Optimizer::new(spec);
     let in_network = std::cell::Cell::new(0.0);
     let mut eval = |x: &Tensor<4>| {
         let t = Instant::now();
@@ -358,24 +357,11 @@ fn time_iterations(
         in_network.set(in_network.get() + t.elapsed().as_secs_f64());
         out
     };
-    // L-BFGS's evaluations on the path's own vectors (the card) are timed as well.
-    let mut around = |evaluate: &mut dyn FnMut() -> Result<(Costs, Vector)>| {
-        let t = Instant::now();
-        let out = evaluate();
-        in_network.set(in_network.get() + t.elapsed().as_secs_f64());
-        out
-    };
     let (mut timed, mut timed_in_network, mut first) = (0.0, 0.0, 0.0);
     for i in 0..=iters {
         let before = in_network.get();
         let t = Instant::now();
-        let (next, _) = network.step(
-            &mut opt,
-            (spec.lr(), x),
-            &mut eval,
-            (&targets, cost),
-            &mut around,
-        )?;
+        let (next, _) = opt.step(spec.lr(), x, &mut eval)?;
         sync(&next);
         x = next;
         if i > 0 {
@@ -388,34 +374,34 @@ fn time_iterations(
     Ok(Timing::of((timed, timed_in_network), iters, first))
 }
 
-/// [`time_iterations`] for Adam where the network keeps the state, as runs do.
+/// [`time_iterations`] where the network keeps the state, as runs do: Adam on the paths
+/// that keep its moments, and L-BFGS.
 fn time_resident(
     network: &Network,
-    targets: &crate::loss::Targets,
-    cost: &crate::loss::CostWeights,
-    (x, adam, lr): (Tensor<4>, &crate::optim::Adam, f64),
+    (targets, cost): (&crate::loss::Targets, &crate::loss::CostWeights),
+    (x, mut optimizer, lr): (Tensor<4>, Optimizer, f64),
     (iters, started): (usize, Instant),
 ) -> Result<Timing> {
-    use crate::network::resident::{AdamTensors, AdamUpdate, Resident};
-    let state = AdamTensors {
-        x,
-        m: None,
-        v: None,
-        avg: None,
+    use crate::network::resident::Resident;
+    let mut resident = Resident::new(network, (&x, None), &optimizer)?;
+    let in_network = std::cell::Cell::new(0.0);
+    let mut around = |evaluate: &mut dyn FnMut() -> Result<Costs>| {
+        let t = Instant::now();
+        let out = evaluate();
+        in_network.set(in_network.get() + t.elapsed().as_secs_f64());
+        out
     };
-    let mut resident = Resident::new(network, &state)?;
     let (mut timed, mut timed_in_network, mut first) = (0.0, 0.0, 0.0);
     // Two warm-ups: the second iteration is the first to write the second set of
     // buffers (on the host, its first touch of fresh pages costs ~0.4 s at 2048x2048).
     for i in 0..iters + 2 {
-        let t = Instant::now();
-        // The evaluation waits for the costs, so it also waits for the last update.
-        resident.evaluate(network, targets, cost)?;
-        let evaluated = t.elapsed().as_secs_f64();
-        resident.update(&AdamUpdate::new(adam, i as u64 + 1, lr))?;
+        let (t, before) = (Instant::now(), in_network.get());
+        // An evaluation waits for the costs, so it also waits for the last update.
+        resident.evaluate((network, targets, cost), (&mut optimizer, lr), &mut around)?;
+        resident.update((&mut optimizer, lr), AfterStep::default())?;
         if i > 1 {
             timed += t.elapsed().as_secs_f64();
-            timed_in_network += evaluated;
+            timed_in_network += in_network.get() - before;
         } else if i == 0 {
             first = started.elapsed().as_secs_f64();
         }

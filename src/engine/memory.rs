@@ -36,13 +36,14 @@ fn state_bytes(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
     }
 }
 
-/// What an untiled Adam run adds where the network keeps the state
-/// (`network::resident`): two sets of the image, both moments and the EMA, and the
-/// gradient. The engine's own tensors stay beside them.
+/// What a run adds where the network keeps the state (`network::resident`). Adam,
+/// untiled: two sets of the image, both moments and the EMA, and the gradient. L-BFGS
+/// (`network::lbfgs_image`): the image and the EMA now and before the last step, and
+/// the step's next image. The engine's own tensors stay beside them.
 fn resident_bytes(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
     match optimizer.kind {
         OptimizerKind::Adam => 9 * pixels * 3 * 4,
-        OptimizerKind::Lbfgs => 0,
+        OptimizerKind::Lbfgs => 5 * pixels * 3 * 4,
     }
 }
 
@@ -221,9 +222,10 @@ fn address_space_left() -> Option<u64> {
 fn cuda_bytes_per_pixel(optimizer: &OptimizerSpec) -> u64 {
     let lbfgs = match optimizer.kind {
         OptimizerKind::Adam => 0,
-        // The history, the step's own vectors, and what the rollback points still hold
-        // of pairs the history has dropped.
-        OptimizerKind::Lbfgs => (2 * optimizer.history as u64 + 14) * 3 * 4,
+        // The history, the step's own vectors, what the rollback points still hold of
+        // pairs the history has dropped, and the image and the EMA now and before the
+        // last step with the step's next image (`network::lbfgs_image`).
+        OptimizerKind::Lbfgs => (2 * optimizer.history as u64 + 19) * 3 * 4,
     };
     3 * 1024 + lbfgs
 }
@@ -288,10 +290,10 @@ mod tests {
         // 1 GiB, and 3 KB a pixel for the activations, gradients, workspace and Adam.
         let adam = cuda_memory_estimate(pixels, &OptimizerSpec::adam(2.0));
         assert_eq!(adam, gib + pixels * 3072);
-        // History 100: 214 image-sized vectors of 3 floats a pixel, 2568 B a pixel more.
+        // History 100: 219 image-sized vectors of 3 floats a pixel, 2628 B a pixel more.
         let lbfgs = cuda_memory_estimate(pixels, &OptimizerSpec::lbfgs(1.0, 100));
-        assert_eq!(lbfgs, gib + pixels * (3072 + 2568));
+        assert_eq!(lbfgs, gib + pixels * (3072 + 2628));
         let short = cuda_memory_estimate(pixels, &OptimizerSpec::lbfgs(1.0, 5));
-        assert_eq!(short, gib + pixels * (3072 + 24 * 12));
+        assert_eq!(short, gib + pixels * (3072 + 29 * 12));
     }
 }

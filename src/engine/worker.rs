@@ -11,10 +11,9 @@ use super::{
 use crate::backend::{Backend, BackendChoice, BackendKind};
 use crate::image as img;
 use crate::loss::{CostWeights, Costs, Targets};
-use crate::network::resident::{AdamTensors, AdamUpdate, Resident};
+use crate::network::resident::Resident;
 use crate::network::{ConvChoice, Network};
-use crate::optim::Optimizer;
-use crate::optim::vector::Vector;
+use crate::optim::{AfterStep, Optimizer};
 use crate::preset::{Change, Preset};
 use crate::run_dir::{self, Record, RunDir};
 use crate::runs::RunStatus;
@@ -60,8 +59,8 @@ struct Worker {
     inputs: Inputs,
     targets: Targets,
     point: Point,
-    /// Where the network keeps the image and Adam's moments between iterations (see
-    /// `network::resident`); while it does, `point` holds the true iteration and
+    /// Where the network keeps the image, the EMA and Adam's moments between iterations
+    /// (see `network::resident`; L-BFGS's image, `network::lbfgs_image`); while it does, `point` holds the true iteration and
     /// scalars, and its tensors are behind unless `stale` is false.
     resident: Option<Resident>,
     stale: bool,
@@ -495,7 +494,7 @@ impl Worker {
         let lr = self.preset.settings.optimizer.lr();
         let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if self.keeps_state() {
-                return self.resident_costs().map(|costs| (None, costs));
+                return self.resident_costs(lr).map(|costs| (None, costs));
             }
             let (network, targets, weights) = (&self.network, &self.targets, &self.weights);
             let mut eval = |x: &Tensor<4>| {
@@ -503,17 +502,7 @@ impl Worker {
                 network.evaluate(x, targets, weights)
             };
             let point = &mut self.point;
-            let mut around = |evaluate: &mut dyn FnMut() -> Result<(Costs, Vector)>| {
-                injected_fault()?;
-                evaluate()
-            };
-            let (next, costs) = network.step(
-                &mut point.optimizer,
-                (lr, point.x.clone()),
-                &mut eval,
-                (targets, weights),
-                &mut around,
-            )?;
+            let (next, costs) = point.optimizer.step(lr, point.x.clone(), &mut eval)?;
             Ok((Some(next), costs))
         }));
         let result = match stepped {
@@ -561,50 +550,47 @@ impl Worker {
         Ok(())
     }
 
-    /// Whether this step goes through the network's resident state: Adam, on a path
-    /// that keeps it.
+    /// Whether this step goes through the network's resident state: Adam on a path that
+    /// keeps it, and L-BFGS always (its image stays among its vectors).
     fn keeps_state(&self) -> bool {
-        matches!(self.point.optimizer, Optimizer::Adam(_)) && self.network.keeps_adam_state()
+        match self.point.optimizer {
+            Optimizer::Adam(_) => self.network.keeps_adam_state(),
+            Optimizer::Lbfgs(_) => true,
+        }
     }
 
     /// The costs of the resident image, taking the state over first where the network
-    /// does not hold it yet.
-    fn resident_costs(&mut self) -> Result<Costs> {
+    /// does not hold it yet. L-BFGS takes its whole step here (the line search), and
+    /// keeps the next image for [`Worker::take_resident_step`].
+    fn resident_costs(&mut self, lr: f64) -> Result<Costs> {
         if self.resident.is_none() {
-            let Optimizer::Adam(adam) = &self.point.optimizer else {
-                bail!("the network keeps Adam's state only")
-            };
-            let state = AdamTensors {
-                x: self.point.x.clone(),
-                m: adam.m.clone(),
-                v: adam.v.clone(),
-                avg: self.point.ema.as_ref().map(|e| e.avg.clone()),
-            };
-            self.resident = Some(Resident::new(&self.network, &state)?);
+            let image = (&self.point.x, self.point.ema.as_ref().map(|e| &e.avg));
+            let taken = Resident::new(&self.network, image, &self.point.optimizer)?;
+            self.resident = Some(taken);
         }
         let Some(resident) = self.resident.as_mut() else {
             unreachable!("taken over above")
         };
-        injected_fault()?;
-        resident.evaluate(&self.network, &self.targets, &self.weights)
+        let mut around = |evaluate: &mut dyn FnMut() -> Result<Costs>| {
+            injected_fault()?;
+            evaluate()
+        };
+        resident.evaluate(
+            (&self.network, &self.targets, &self.weights),
+            (&mut self.point.optimizer, lr),
+            &mut around,
+        )
     }
 
-    /// Adam's update where the network keeps the state; the point's scalars follow.
+    /// Takes the step the resident state evaluated (Adam's update, or L-BFGS's next
+    /// image), then the clamp and the EMA; the point's scalars follow.
     fn take_resident_step(&mut self, lr: f64) -> Result<()> {
-        let (Some(resident), Optimizer::Adam(adam)) =
-            (self.resident.as_mut(), &mut self.point.optimizer)
-        else {
+        let ema = self.point.ema.is_some().then_some(self.preset.ema);
+        let Some(resident) = self.resident.as_mut() else {
             bail!("an update of the network's state without it")
         };
-        let mut update = AdamUpdate::new(adam, adam.t + 1, lr);
-        if self.preset.clamp {
-            update = update.clamped();
-        }
-        if self.point.ema.is_some() {
-            update = update.averaged(self.preset.ema);
-        }
-        resident.update(&update)?;
-        adam.t += 1;
+        let after = AfterStep::new(self.preset.clamp, ema);
+        resident.update((&mut self.point.optimizer, lr), after)?;
         if let Some(ema) = &mut self.point.ema {
             ema.count += 1;
         }

@@ -78,6 +78,9 @@ impl CardOps {
 }
 
 impl PathVectors for CardOps {
+    fn ops(&self) -> &dyn VectorOps {
+        self
+    }
     fn evaluate(
         &self,
         x: &Vector,
@@ -126,6 +129,10 @@ impl VectorOps for CardOps {
             .path
             .vgg()
             .vector_scaled(&self.card(x)?.data, a as f32)?;
+        Ok(self.wrap(out))
+    }
+    fn clamp(&self, x: &Vector, range: ([f32; 3], [f32; 3])) -> Result<Vector> {
+        let out = self.path.vgg().vector_clamped(&self.card(x)?.data, range)?;
         Ok(self.wrap(out))
     }
 }

@@ -18,6 +18,7 @@ pub mod cuda;
 mod cuda_path;
 #[cfg(feature = "cuda")]
 mod cuda_vectors;
+pub mod lbfgs_image;
 pub mod resident;
 mod tiled;
 pub mod tiles;
@@ -28,8 +29,7 @@ pub use tiled::{Pass, ProgressSink, TileProgress};
 use crate::backend::{Backend, BackendKind, CudaSettings};
 use crate::loss::regions::{RegionMask, RegionTarget};
 use crate::loss::{CostWeights, Costs, StyleReads, Targets};
-use crate::optim::vector::{Vector, VectorOps};
-use crate::optim::{Evaluator, Optimizer, Step};
+use crate::optim::vector::{HostOps, Vector, VectorOps};
 use crate::vgg::cpu::CpuVgg;
 use crate::vgg::{Layer, Pooling, Vgg19};
 use anyhow::Result;
@@ -174,37 +174,22 @@ impl Network {
         }
     }
 
-    /// Where this path keeps L-BFGS's vectors itself: on the card for CUDA. `None`: they
-    /// are the host's tensors ([`crate::optim::vector::HostOps`]).
-    pub fn lbfgs_vectors(&self) -> Option<Box<dyn PathVectors>> {
+    /// Where L-BFGS's vectors live on this path, with the path's evaluation of them: on
+    /// the card for CUDA ([`cuda_vectors`]), else the run's tensors on their device.
+    pub fn lbfgs_vectors(&self) -> Box<dyn PathVectors> {
         match &self.path {
             #[cfg(feature = "cuda")]
-            Path::Cuda(cuda) => Some(Box::new(cuda_vectors::CardOps {
+            Path::Cuda(cuda) => Box::new(cuda_vectors::CardOps {
                 path: cuda.clone(),
                 pooling: self.pooling(),
-            })),
-            _ => None,
+            }),
+            _ => Box::new(TensorVectors {
+                network: self.clone(),
+                ops: HostOps {
+                    device: self.device(),
+                },
+            }),
         }
-    }
-
-    /// One step of `optimizer` from `x` as runs take it: L-BFGS on the vectors this path
-    /// keeps itself (the card), everything else on tensors through `eval`. `around`
-    /// wraps each evaluation on the path's vectors (fault injection, timing), as `eval`
-    /// does its own.
-    pub fn step(
-        &self,
-        optimizer: &mut Optimizer,
-        (lr, x): (f64, Tensor<4>),
-        eval: &mut Evaluator,
-        (targets, weights): (&Targets, &CostWeights),
-        around: &mut VectorEvaluation,
-    ) -> Step {
-        let Some(path) = self.lbfgs_vectors() else {
-            return optimizer.step(lr, x, eval);
-        };
-        let [_, _, h, w] = x.dims();
-        let mut on_path = |v: &Vector| around(&mut || path.evaluate(v, (h, w), targets, weights));
-        optimizer.step_on(lr, x, eval, (&mut on_path, &*path))
     }
 
     /// Which kernels run: `winograd`, `burn` or `cuda`.
@@ -350,13 +335,14 @@ impl Network {
     }
 }
 
-/// Wraps one evaluation on a path's own vectors: calls it, with whatever goes around it.
-pub type VectorEvaluation<'a> =
-    dyn FnMut(&mut dyn FnMut() -> Result<(Costs, Vector)>) -> Result<(Costs, Vector)> + 'a;
+/// Wraps one evaluation of the network in a step (fault injection, timing): calls it,
+/// with whatever goes around it.
+pub type Evaluation<'a> = dyn FnMut(&mut dyn FnMut() -> Result<Costs>) -> Result<Costs> + 'a;
 
-/// L-BFGS's vectors kept by a compute path itself, and the path's evaluation of a
-/// flattened image among them.
-pub trait PathVectors: VectorOps {
+/// Where a compute path keeps L-BFGS's vectors: their arithmetic, and the path's
+/// evaluation of a flattened image among them.
+pub trait PathVectors {
+    fn ops(&self) -> &dyn VectorOps;
     /// The costs of the flattened `[3][h][w]` image `x` and the gradient, both kept
     /// where the path keeps its vectors.
     fn evaluate(
@@ -366,6 +352,30 @@ pub trait PathVectors: VectorOps {
         targets: &Targets,
         weights: &CostWeights,
     ) -> Result<(Costs, Vector)>;
+}
+
+/// L-BFGS's vectors as the run's tensors, evaluated through [`Network::evaluate`] (burn's
+/// paths, and the CPU's Winograd kernels in tiles or whole).
+struct TensorVectors {
+    network: Network,
+    ops: HostOps,
+}
+
+impl PathVectors for TensorVectors {
+    fn ops(&self) -> &dyn VectorOps {
+        &self.ops
+    }
+    fn evaluate(
+        &self,
+        x: &Vector,
+        (h, w): (usize, usize),
+        targets: &Targets,
+        weights: &CostWeights,
+    ) -> Result<(Costs, Vector)> {
+        let x = self.ops.to_host(x, &self.ops.device)?.reshape([1, 3, h, w]);
+        let (costs, g) = self.network.evaluate(&x, targets, weights)?;
+        Ok((costs, Vector::Host(g.reshape([3 * h * w]))))
+    }
 }
 
 /// Adds `g` to the gradient at tap `layer` (the taps of one backward pass).

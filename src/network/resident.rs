@@ -13,9 +13,11 @@
 //! The update is `torch.optim.Adam`'s, as [`crate::optim::Adam::step`] has it, then the
 //! clamp to the pixel range and the EMA, in one pass per element.
 
-use super::{Network, floats};
+use super::lbfgs_image::LbfgsImage;
+use super::{Evaluation, Network, floats};
 use crate::loss::{CostWeights, Costs, Targets};
-use anyhow::{Result, anyhow, ensure};
+use crate::optim::{AfterStep, Optimizer};
+use anyhow::{Result, anyhow, bail, ensure};
 use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -44,15 +46,13 @@ pub struct AdamUpdate {
     pub step: f32,
     /// `sqrt(1 - beta2^t)`.
     pub sqrt_bc2: f32,
-    /// Per channel, the pixel range `[lo, hi]` the image is clamped to, where `clamp` is on.
-    pub clamp: Option<([f32; 3], [f32; 3])>,
-    /// The EMA's decay and `1 - decay`, where `ema` is on.
-    pub ema: Option<(f32, f32)>,
+    /// The clamp and the EMA after the step.
+    pub after: AfterStep,
 }
 
 impl AdamUpdate {
-    /// The update of Adam's step `t` (1-based) with learning rate `lr`.
-    pub fn new(adam: &crate::optim::Adam, t: u64, lr: f64) -> AdamUpdate {
+    /// The update of Adam's step `t` (1-based) with learning rate `lr`, then `after`.
+    pub fn new(adam: &crate::optim::Adam, t: u64, lr: f64, after: AfterStep) -> AdamUpdate {
         let t = t.min(i32::MAX as u64) as i32;
         AdamUpdate {
             beta1: adam.beta1 as f32,
@@ -62,32 +62,15 @@ impl AdamUpdate {
             eps: adam.eps as f32,
             step: (lr / (1.0 - adam.beta1.powi(t))) as f32,
             sqrt_bc2: (1.0 - adam.beta2.powi(t)).sqrt() as f32,
-            clamp: None,
-            ema: None,
+            after,
         }
-    }
-
-    /// Clamps the image to the pixel range after each update.
-    pub fn clamped(mut self) -> AdamUpdate {
-        let m = crate::image::MEANS;
-        self.clamp = Some((
-            [-m[0], -m[1], -m[2]],
-            [255.0 - m[0], 255.0 - m[1], 255.0 - m[2]],
-        ));
-        self
-    }
-
-    /// Updates the EMA with `decay` after each update.
-    pub fn averaged(mut self, decay: f64) -> AdamUpdate {
-        self.ema = Some((decay as f32, (1.0 - decay) as f32));
-        self
     }
 
     /// The update of a run of elements of channel `c`: `next` (x, m, v, avg) from
     /// `now` (x, m, v, avg) and the gradient `g`. The CUDA kernel `adam`
     /// (cuda/kernels.rs) is [`AdamUpdate::element`], line by line.
     pub fn apply(&self, c: usize, now: [&[f32]; 4], g: &[f32], next: [&mut [f32]; 4]) {
-        match self.clamp {
+        match self.after.clamp {
             Some((lo, hi)) => self.apply_as::<true>(now, g, next, (lo[c], hi[c])),
             None => self.apply_as::<false>(now, g, next, (0.0, 0.0)),
         }
@@ -106,12 +89,12 @@ impl AdamUpdate {
         let new = x2.iter_mut().zip(m2).zip(v2).zip(avg2.iter_mut());
         for (((((x, m), v), avg), g), (((x2, m2), v2), avg2)) in old.zip(new) {
             [*x2, *m2, *v2] = self.element::<CLAMP>(*x, *m, *v, *g, range);
-            if let Some((decay, keep)) = self.ema {
+            if let Some((decay, keep)) = self.after.ema {
                 *avg2 = *avg * decay + *x2 * keep;
             }
         }
         // Without the EMA the average is carried as it is (also where a step is NaN).
-        if self.ema.is_none() {
+        if self.after.ema.is_none() {
             avg2.copy_from_slice(avg);
         }
     }
@@ -145,46 +128,89 @@ impl AdamUpdate {
     }
 }
 
-/// The resident state of one run, on the path that computes it.
+/// The resident state of one run, on the path that computes it: Adam's in host buffers
+/// or on the card, or L-BFGS's image among the path's vectors.
 pub enum Resident {
     Host(Box<HostState>),
     #[cfg(feature = "cuda")]
     Cuda(Box<super::cuda_path::CardState>),
+    Lbfgs(Box<LbfgsImage>),
 }
 
+/// The error of a resident state that is not the run's optimiser's: a bug.
+const NOT_THE_OPTIMISERS: &str = "the network's state is not the run's optimiser's";
+
 impl Resident {
-    /// Takes over `state`. The moments start at zero where they are absent, which gives
-    /// the first step's `m = (1 - beta1) g` exactly.
-    pub fn new(network: &Network, state: &AdamTensors) -> Result<Resident> {
+    /// Takes over a run's image `x`, the EMA's average `avg` and `optimizer`'s state:
+    /// Adam's moments (zero where they are absent, which gives the first step's
+    /// `m = (1 - beta1) g` exactly), or for L-BFGS the image among its vectors.
+    pub fn new(
+        network: &Network,
+        (x, avg): (&Tensor<4>, Option<&Tensor<4>>),
+        optimizer: &Optimizer,
+    ) -> Result<Resident> {
+        let Optimizer::Adam(adam) = optimizer else {
+            return Ok(Resident::Lbfgs(Box::new(LbfgsImage::new(network, x, avg)?)));
+        };
+        let state = AdamTensors {
+            x: x.clone(),
+            m: adam.m.clone(),
+            v: adam.v.clone(),
+            avg: avg.cloned(),
+        };
         match &network.path {
             #[cfg(feature = "cuda")]
-            super::Path::Cuda(cuda) => Ok(Resident::Cuda(Box::new(cuda.resident(state)?))),
-            _ => Ok(Resident::Host(Box::new(HostState::new(state)?))),
+            super::Path::Cuda(cuda) => Ok(Resident::Cuda(Box::new(cuda.resident(&state)?))),
+            _ => Ok(Resident::Host(Box::new(HostState::new(&state)?))),
         }
     }
 
-    /// The costs of the image held, keeping their gradient for [`Resident::update`].
+    /// The costs of the image held, which the engine records: Adam's evaluation (its
+    /// gradient kept for [`Resident::update`]), or L-BFGS's whole step with its line
+    /// search (its next image kept). `around` wraps each evaluation of the network.
     pub fn evaluate(
         &mut self,
-        network: &Network,
-        targets: &Targets,
-        weights: &CostWeights,
+        (network, targets, weights): (&Network, &Targets, &CostWeights),
+        (optimizer, lr): (&mut Optimizer, f64),
+        around: &mut Evaluation,
     ) -> Result<Costs> {
-        match self {
-            Resident::Host(h) => h.evaluate(network, targets, weights),
+        match (self, optimizer) {
+            (Resident::Lbfgs(image), Optimizer::Lbfgs(lbfgs)) => {
+                image.step(lbfgs, lr, (targets, weights), around)
+            }
+            (Resident::Host(h), Optimizer::Adam(_)) => {
+                around(&mut || h.evaluate(network, targets, weights))
+            }
             #[cfg(feature = "cuda")]
-            Resident::Cuda(c) => c.evaluate(network.pooling(), targets, weights),
+            (Resident::Cuda(c), Optimizer::Adam(_)) => {
+                around(&mut || c.evaluate(network.pooling(), targets, weights))
+            }
+            _ => bail!(NOT_THE_OPTIMISERS),
         }
     }
 
-    /// One step from the image last evaluated, which becomes the state a rollback goes
-    /// back to.
-    pub fn update(&mut self, update: &AdamUpdate) -> Result<()> {
-        match self {
-            Resident::Host(h) => h.update(update),
+    /// Takes the step evaluated (Adam's update from the gradient, or L-BFGS's next
+    /// image), then `after`; the state before becomes the one a rollback returns to.
+    pub fn update(
+        &mut self,
+        (optimizer, lr): (&mut Optimizer, f64),
+        after: AfterStep,
+    ) -> Result<()> {
+        let adam = match (self, optimizer) {
+            (Resident::Lbfgs(image), Optimizer::Lbfgs(_)) => return image.update(after),
+            (Resident::Lbfgs(_), _) | (_, Optimizer::Lbfgs(_)) => bail!(NOT_THE_OPTIMISERS),
+            (Resident::Host(h), Optimizer::Adam(adam)) => {
+                h.update(&AdamUpdate::new(adam, adam.t + 1, lr, after))?;
+                adam
+            }
             #[cfg(feature = "cuda")]
-            Resident::Cuda(c) => c.update(update),
-        }
+            (Resident::Cuda(c), Optimizer::Adam(adam)) => {
+                c.update(&AdamUpdate::new(adam, adam.t + 1, lr, after))?;
+                adam
+            }
+        };
+        adam.t += 1;
+        Ok(())
     }
 
     /// Goes back to the state before the last update.
@@ -193,6 +219,7 @@ impl Resident {
             Resident::Host(h) => h.roll_back(),
             #[cfg(feature = "cuda")]
             Resident::Cuda(c) => c.roll_back(),
+            Resident::Lbfgs(l) => l.roll_back(),
         }
     }
 
@@ -202,6 +229,7 @@ impl Resident {
             Resident::Host(h) => h.store(device),
             #[cfg(feature = "cuda")]
             Resident::Cuda(c) => c.store(device),
+            Resident::Lbfgs(l) => l.store(device),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! L-BFGS with a strong-Wolfe line search, on [`Vector`]s where the network computes.
 
-use super::Step;
-use super::vector::{Vector, VectorOps};
+use super::vector::{HostOps, Vector, VectorOps};
+use super::{Evaluator, Step};
 use crate::loss::Costs;
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor};
@@ -51,20 +51,19 @@ impl Lbfgs {
         self.state = LbfgsState::default();
     }
 
-    /// One outer iteration from `x`: its cost, and the next image. The vectors live
-    /// where `ops` work; `x` goes there once and the next image comes back once.
+    /// One outer iteration from the flattened image `x`, a vector where `ops` work: its
+    /// cost, and the next image, also there (the image itself where L-BFGS has
+    /// converged).
     pub fn step(
         &mut self,
         lr: f64,
-        x: Tensor<4>,
+        x: &Vector,
         eval: &mut VectorEvaluator,
         ops: &dyn VectorOps,
-    ) -> Step {
-        let (dims, device) = (x.dims(), x.device());
-        let n: usize = dims.iter().product();
+    ) -> Result<(Vector, Costs)> {
         self.state.adopt(ops)?;
-        let x_flat = ops.place(x.clone().reshape([n]))?;
-        let (costs, flat_grad) = eval(&x_flat)?;
+        let x = ops.adopt(x)?;
+        let (costs, flat_grad) = eval(&x)?;
         let loss = costs.total;
         if ops.abs_max(&flat_grad)? <= self.tolerance_grad {
             self.state.converged = true;
@@ -86,7 +85,7 @@ impl Lbfgs {
             return Ok((x, costs));
         }
         let mut at = |t: f64| -> Result<(f64, Vector)> {
-            let xt = ops.add_scaled(&x_flat, t, &d)?;
+            let xt = ops.add_scaled(&x, t, &d)?;
             let (c, g) = eval(&xt)?;
             Ok((c.total, g))
         };
@@ -96,12 +95,26 @@ impl Lbfgs {
             gtd,
         };
         let t = strong_wolfe(&mut at, t0, line, self.tolerance_change, ops)?;
-        let next = ops.add_scaled(&x_flat, t, &d)?;
-        let next = ops.to_host(&next, &device)?.reshape(dims);
+        let next = ops.add_scaled(&x, t, &d)?;
         let st = &mut self.state;
         st.d = Some(d);
         st.t = t;
         Ok((next, costs))
+    }
+
+    /// [`Lbfgs::step`] on an image tensor, its vectors the host's tensors.
+    pub fn step_tensor(&mut self, lr: f64, x: Tensor<4>, eval: &mut Evaluator) -> Step {
+        let (dims, device) = (x.dims(), x.device());
+        let n: usize = dims.iter().product();
+        let ops = HostOps {
+            device: device.clone(),
+        };
+        let mut on_vectors = |v: &Vector| -> Result<(Costs, Vector)> {
+            let (costs, g) = eval(&v.to_host(&device)?.reshape(dims))?;
+            Ok((costs, Vector::Host(g.reshape([n]))))
+        };
+        let (next, costs) = self.step(lr, &Vector::Host(x.reshape([n])), &mut on_vectors, &ops)?;
+        Ok((next.to_host(&device)?.reshape(dims), costs))
     }
 
     /// The search direction from the gradient and the history (the two-loop recursion),

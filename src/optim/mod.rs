@@ -5,11 +5,12 @@
 //! record `losses.jsonl` keeps for that iteration). Their state is plain tensors, so it
 //! can move between devices and be written to a checkpoint.
 
+mod after_step;
 mod lbfgs;
 pub mod vector;
 
+pub use after_step::AfterStep;
 pub use lbfgs::{Lbfgs, LbfgsState, VectorEvaluator};
-use vector::{HostOps, Vector, VectorOps};
 
 use crate::loss::Costs;
 use anyhow::Result;
@@ -175,33 +176,7 @@ impl Optimizer {
     pub fn step(&mut self, lr: f64, x: Tensor<4>, eval: &mut Evaluator) -> Step {
         match self {
             Optimizer::Adam(a) => a.step(lr, x, eval),
-            Optimizer::Lbfgs(l) => {
-                let (dims, device) = (x.dims(), x.device());
-                let n: usize = dims.iter().product();
-                let ops = HostOps {
-                    device: device.clone(),
-                };
-                let mut on_vectors = |v: &Vector| -> Result<(Costs, Vector)> {
-                    let (costs, g) = eval(&v.to_host(&device)?.reshape(dims))?;
-                    Ok((costs, Vector::Host(g.reshape([n]))))
-                };
-                l.step(lr, x, &mut on_vectors, &ops)
-            }
-        }
-    }
-
-    /// One iteration where L-BFGS's vectors live with the network (`ops`, evaluated by
-    /// `eval_vector`); Adam as [`Optimizer::step`].
-    pub fn step_on(
-        &mut self,
-        lr: f64,
-        x: Tensor<4>,
-        eval: &mut Evaluator,
-        (eval_vector, ops): (&mut VectorEvaluator, &dyn VectorOps),
-    ) -> Step {
-        match self {
-            Optimizer::Lbfgs(l) => l.step(lr, x, eval_vector, ops),
-            Optimizer::Adam(a) => a.step(lr, x, eval),
+            Optimizer::Lbfgs(l) => l.step_tensor(lr, x, eval),
         }
     }
 

@@ -68,6 +68,9 @@ pub trait VectorOps {
     fn sub(&self, a: &Vector, b: &Vector) -> Result<Vector> {
         self.add_scaled(a, -1.0, b)
     }
+    /// The flattened image `x` (`[3][H][W]`) clamped to `[lo[c], hi[c]]` per channel;
+    /// NaN stays NaN, as in [`crate::image::clamp_channels`].
+    fn clamp(&self, x: &Vector, range: ([f32; 3], [f32; 3])) -> Result<Vector>;
 }
 
 /// The host's operations, on burn tensors of `device`.
@@ -109,5 +112,14 @@ impl VectorOps for HostOps {
     }
     fn sub(&self, a: &Vector, b: &Vector) -> Result<Vector> {
         Ok(Vector::Host(self.tensor(a)? - self.tensor(b)?))
+    }
+    fn clamp(&self, x: &Vector, range: ([f32; 3], [f32; 3])) -> Result<Vector> {
+        let x = self.tensor(x)?;
+        let n = x.dims()[0];
+        anyhow::ensure!(n % 3 == 0, "an image of {n} floats is not 3 planes");
+        let planes = x.reshape([1, 3, n / 3, 1]);
+        Ok(Vector::Host(
+            crate::image::clamp_channels(planes, range).reshape([n]),
+        ))
     }
 }

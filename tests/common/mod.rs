@@ -329,20 +329,22 @@ pub fn photo(name: &str, w: u32, h: u32, device: &Device) -> Tensor<4> {
     easel::image::to_pixel_space(&easel::image::resize(&img, w, h), device)
 }
 
-/// Adam's iterations on `net`'s resident state (`easel::network::resident`) against the
-/// engine's tensor Adam on `reference`, with the clamp and the EMA: `steps` steps at a
-/// learning rate large enough to reach the clamp, at `w` x `h`. Costs agree to `tol`
-/// at every step, and the image, the moments and the average to `tol` at the end. Then a
-/// rollback returns to the state before the last update exactly.
-pub fn check_resident_adam(
-    net: &easel::network::Network,
-    reference: &easel::network::Network,
+/// `spec`'s iterations as runs take them, on `net`'s resident state
+/// (`easel::network::resident`: Adam's moments in the path's buffers, L-BFGS's image
+/// among its vectors), against the optimiser's tensor steps on `reference` followed by
+/// the engine's own clamp and EMA: `steps` steps from noise beyond the pixel range, at
+/// `w` x `h` (Adam needs a learning rate of ~20 for the clamp to bite). Costs agree to `tol` at every step, and the image,
+/// the average and Adam's moments to `tol` at the end. Then a rollback returns to the
+/// state before the last update exactly.
+pub fn check_resident(
+    (net, reference): (&easel::network::Network, &easel::network::Network),
+    spec: &easel::optim::OptimizerSpec,
     (w, h): (usize, usize),
     steps: u64,
     tol: f64,
 ) {
-    use easel::network::resident::{AdamTensors, AdamUpdate, Resident};
-    use easel::optim::Adam;
+    use easel::network::resident::Resident;
+    use easel::optim::{AfterStep, Optimizer};
     let device = Device::flex();
     let weights = CostWeights {
         tv_weight: 0.5,
@@ -354,56 +356,60 @@ pub fn check_resident_adam(
     );
     // Noise over the whole pixel range and past it, so that the clamp bites.
     let x0 = easel::image::uniform_noise(7, w, h, &device) * 7.0;
-    let (lr, decay) = (20.0, 0.9);
+    let (lr, decay) = (spec.lr(), 0.9);
+    let what = format!("resident {:?}", spec.kind);
     let targets = |n: &easel::network::Network| {
         n.targets(content.clone(), &[(style.clone(), 1.0)], &weights)
             .expect("targets")
     };
     let (want_targets, got_targets) = (targets(reference), targets(net));
 
-    let mut adam = Adam::default();
+    let mut want_opt = Optimizer::new(spec);
     let mut ema = easel::engine::Ema::start(&x0);
     let mut x = x0.clone();
     let mut want_costs = Vec::new();
     for _ in 0..steps {
         let mut eval = |x: &Tensor<4>| reference.evaluate(x, &want_targets, &weights);
-        let (next, costs) = adam.step(lr, x, &mut eval).expect("a tensor Adam step");
+        let (next, costs) = want_opt.step(lr, x, &mut eval).expect("a tensor step");
         x = easel::image::clamp_pixels(next);
         ema.update(&x, decay);
         want_costs.push(costs);
     }
 
-    let start = AdamTensors {
-        x: x0.clone(),
-        m: None,
-        v: None,
-        avg: Some(x0.zeros_like()),
-    };
-    let mut resident = Resident::new(net, &start).expect("the resident state");
-    let update = |t: u64| {
-        AdamUpdate::new(&Adam::default(), t, lr)
-            .clamped()
-            .averaged(decay)
+    let mut opt = Optimizer::new(spec);
+    let zeros = x0.zeros_like();
+    let mut resident = Resident::new(net, (&x0, Some(&zeros)), &opt).expect("the resident state");
+    let after = AfterStep::new(true, Some(decay));
+    let mut around = |evaluate: &mut dyn FnMut() -> anyhow::Result<easel::loss::Costs>| evaluate();
+    let mut step = |resident: &mut Resident, opt: &mut Optimizer| {
+        let on = (net, &got_targets, &weights);
+        let costs = resident
+            .evaluate(on, (opt, lr), &mut around)
+            .expect("a resident evaluation");
+        resident
+            .update((opt, lr), after)
+            .expect("a resident update");
+        costs
     };
     for (t, want) in (1..=steps).zip(&want_costs) {
-        let got = resident
-            .evaluate(net, &got_targets, &weights)
-            .expect("a resident evaluation");
-        assert_same_costs(&got, want, tol, &format!("resident Adam, step {t}"));
-        resident.update(&update(t)).expect("a resident update");
+        let got = step(&mut resident, &mut opt);
+        assert_same_costs(&got, want, tol, &format!("{what}, step {t}"));
     }
     let got = resident.store(&device).expect("the resident state back");
-    let (m, v) = (adam.m.as_ref().expect("m"), adam.v.as_ref().expect("v"));
-    for (name, a, b) in [
+    let mut compared = vec![
         ("image", &got.x, &x),
-        ("first moment", got.m.as_ref().expect("m"), m),
-        ("second moment", got.v.as_ref().expect("v"), v),
         ("EMA", got.avg.as_ref().expect("avg"), &ema.avg),
-    ] {
+    ];
+    if let Optimizer::Adam(adam) = &want_opt {
+        let (m, v) = (adam.m.as_ref().expect("m"), adam.v.as_ref().expect("v"));
+        compared.push(("first moment", got.m.as_ref().expect("m"), m));
+        compared.push(("second moment", got.v.as_ref().expect("v"), v));
+    }
+    for (name, a, b) in compared {
         let e = rel_err(&values(a), &values(b));
         assert!(
             e <= tol,
-            "resident Adam after {steps} steps: the {name} differs by {e:e}"
+            "{what} after {steps} steps: the {name} differs by {e:e}"
         );
     }
     let clamped = values(&got.x)
@@ -412,26 +418,22 @@ pub fn check_resident_adam(
         .count();
     assert!(clamped > 0, "the test image never reached the clamp");
 
-    resident
-        .evaluate(net, &got_targets, &weights)
-        .expect("one more evaluation");
-    resident
-        .update(&update(steps + 1))
-        .expect("one more update");
+    step(&mut resident, &mut opt);
     resident.roll_back().expect("a rollback");
     let back = resident
         .store(&device)
         .expect("the state after the rollback");
-    assert_eq!(
-        values(&back.x),
-        values(&got.x),
-        "a rollback returns to the image before the update"
-    );
-    assert_eq!(
-        values(back.m.as_ref().expect("m")),
-        values(got.m.as_ref().expect("m")),
-        "a rollback returns to the moments before the update"
-    );
+    for (name, a, b) in [
+        ("image", Some(&back.x), Some(&got.x)),
+        ("EMA", back.avg.as_ref(), got.avg.as_ref()),
+        ("first moment", back.m.as_ref(), got.m.as_ref()),
+    ] {
+        assert_eq!(
+            a.map(values),
+            b.map(values),
+            "{what}: a rollback returns to the {name} before the update"
+        );
+    }
 }
 
 /// The fixture's regions in its order: red (starry, weight 1), blue (hubble, weight 2),

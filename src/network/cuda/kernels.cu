@@ -283,3 +283,15 @@ extern "C" __global__ void add_scaled(const float* y, const float* x, float a, f
 extern "C" __global__ void scale(const float* x, float a, float* out, unsigned n) {
     LOOP(i, n) out[i] = x[i] * a;
 }
+
+// out = x clamped to [lo[c], hi[c]] on [3][plane] (HostOps::clamp, image::clamp_channels).
+extern "C" __global__ void clamp_planes(const float* x, float* out, unsigned plane, float lo0,
+                                        float lo1, float lo2, float hi0, float hi1, float hi2) {
+    LOOP(i, 3u * plane) {
+        unsigned c = i / plane;
+        float lo = c == 0 ? lo0 : (c == 1 ? lo1 : lo2);
+        float hi = c == 0 ? hi0 : (c == 1 ? hi1 : hi2);
+        float v = x[i];
+        out[i] = v < lo ? lo : (v > hi ? hi : v);  // NaN stays NaN
+    }
+}

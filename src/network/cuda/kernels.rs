@@ -134,6 +134,7 @@ kernels!(
     abs_stats,
     add_scaled,
     scale,
+    clamp_planes,
 );
 
 impl Kernels {
@@ -401,11 +402,11 @@ impl Kernels {
             "the CUDA kernel adam: {n} elements are not 3 planes"
         );
         let plane = u(n / 3);
-        let (clamp, ([lo0, lo1, lo2], [hi0, hi1, hi2])) = match update.clamp {
+        let (clamp, ([lo0, lo1, lo2], [hi0, hi1, hi2])) = match update.after.clamp {
             Some(range) => (1i32, range),
             None => (0, ([0.0; 3], [0.0; 3])),
         };
-        let (ema, (decay, keep)) = match update.ema {
+        let (ema, (decay, keep)) = match update.after.ema {
             Some(d) => (1i32, d),
             None => (0, (0.0f32, 0.0f32)),
         };
@@ -562,6 +563,30 @@ impl Kernels {
         let mut l = s.launch_builder(&self.scale);
         l.arg(x).arg(&a).arg(out).arg(&n);
         unsafe { l.launch(grid(n as usize)) }.context("launching scale")?;
+        Ok(())
+    }
+
+    /// `out = x` clamped to `[lo[c], hi[c]]` on `[3][plane]`.
+    pub fn clamp_planes(
+        &self,
+        s: &CudaStream,
+        x: &CudaSlice<f32>,
+        (lo, hi): ([f32; 3], [f32; 3]),
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = x.len();
+        lengths("clamp_planes", &[("out", out.len(), n)])?;
+        ensure!(
+            n.is_multiple_of(3),
+            "the CUDA kernel clamp_planes: {n} elements are not 3 planes"
+        );
+        let plane = u(n / 3);
+        let mut l = s.launch_builder(&self.clamp_planes);
+        l.arg(x).arg(out).arg(&plane);
+        for bound in lo.iter().chain(&hi) {
+            l.arg(bound);
+        }
+        unsafe { l.launch(grid(n)) }.context("launching clamp_planes")?;
         Ok(())
     }
 }

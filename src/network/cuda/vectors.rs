@@ -1,5 +1,5 @@
-//! L-BFGS's vector arithmetic on the card (the kernels `dot`, `abs_stats`, `add_scaled`
-//! and `scale`): each result is a new buffer, each scalar one small copy back.
+//! L-BFGS's vector arithmetic on the card (the kernels `dot`, `abs_stats`, `add_scaled`,
+//! `scale` and `clamp_planes`): each result is a new buffer, each scalar one small copy back.
 
 use super::CudaVgg;
 use anyhow::{Context, Result, ensure};
@@ -57,6 +57,18 @@ impl CudaVgg {
     pub fn vector_scaled(&self, x: &CudaSlice<f32>, a: f32) -> Result<CudaSlice<f32>> {
         let mut out = self.alloc(x.len())?;
         self.kernels.scale(&self.stream, x, a, &mut out)?;
+        Ok(out)
+    }
+
+    /// `x` (`[3][plane]`) clamped to `[lo[c], hi[c]]` per channel, a new buffer.
+    pub fn vector_clamped(
+        &self,
+        x: &CudaSlice<f32>,
+        range: ([f32; 3], [f32; 3]),
+    ) -> Result<CudaSlice<f32>> {
+        let mut out = self.alloc(x.len())?;
+        self.kernels
+            .clamp_planes(&self.stream, x, range, &mut out)?;
         Ok(out)
     }
 

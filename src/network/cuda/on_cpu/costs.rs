@@ -13,8 +13,11 @@ fn adam_on_cpu(update: &AdamUpdate, now: &[Vec<f32>; 4], g: &[f32]) -> [Vec<f32>
     let adam: AdamKernel = kernel("adam");
     let n = g.len();
     let mut next: [Vec<f32>; 4] = std::array::from_fn(|_| vec![f32::NAN; n]);
-    let (clamp, (lo, hi)) = update.clamp.map_or((0, ([0.0; 3], [0.0; 3])), |r| (1, r));
-    let (ema, (decay, keep)) = update.ema.map_or((0, (0.0, 0.0)), |d| (1, d));
+    let (clamp, (lo, hi)) = update
+        .after
+        .clamp
+        .map_or((0, ([0.0; 3], [0.0; 3])), |r| (1, r));
+    let (ema, (decay, keep)) = update.after.ema.map_or((0, (0.0, 0.0)), |d| (1, d));
     let [x2, m2, v2, avg2] = &mut next;
     // SAFETY: every buffer holds 3 * plane floats.
     unsafe {
@@ -59,10 +62,18 @@ fn adams_step_is_the_hosts_bit_for_bit_with_clamp_ema_and_nan() {
     now[2].iter_mut().for_each(|v| *v = v.abs() * 1e-3);
     let mut g = random(n, 20);
     g[7] = f32::NAN;
-    let base = AdamUpdate::new(&crate::optim::Adam::default(), 3, 0.05);
+    let base = AdamUpdate::new(
+        &crate::optim::Adam::default(),
+        3,
+        0.05,
+        AfterStep::default(),
+    );
     let range = ([-0.9f32, -0.2, -0.5], [0.1f32, 0.8, 0.3]);
     for (clamp, ema) in [(None, None), (Some(range), Some((0.99f32, 0.01f32)))] {
-        let update = AdamUpdate { clamp, ema, ..base };
+        let update = AdamUpdate {
+            after: AfterStep { clamp, ema },
+            ..base
+        };
         let got = adam_on_cpu(&update, &now, &g);
         let mut want: [Vec<f32>; 4] = std::array::from_fn(|_| vec![0.0; n]);
         for c in 0..3 {

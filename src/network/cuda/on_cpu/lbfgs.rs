@@ -15,7 +15,8 @@ impl DeviceVector for EmulatedVector {
     }
 }
 
-/// [`VectorOps`] through the kernels `dot`, `abs_stats`, `add_scaled` and `scale`, as
+/// [`VectorOps`] through the kernels `dot`, `abs_stats`, `add_scaled`, `scale` and
+/// `clamp_planes`, as
 /// `network::cuda_vectors::CardOps` calls them on a card.
 struct EmulatedOps;
 
@@ -77,6 +78,33 @@ impl VectorOps for EmulatedOps {
         unsafe { add_scaled(y.0.as_ptr(), x.0.as_ptr(), a as f32, out.as_mut_ptr(), n) };
         Ok(Self::wrap(out))
     }
+    fn clamp(&self, x: &Vector, (lo, hi): ([f32; 3], [f32; 3])) -> anyhow::Result<Vector> {
+        #[rustfmt::skip]
+        let clamp_planes: unsafe extern "C" fn(
+            F32p, F32m, u32, f32, f32, f32, f32, f32, f32,
+        ) = kernel("clamp_planes");
+        let x = self.get(x)?;
+        anyhow::ensure!(x.0.len() % 3 == 0, "not 3 planes");
+        let mut out = vec![f32::NAN; x.0.len()];
+        let plane = (out.len() / 3) as u32;
+        let [l0, l1, l2] = lo;
+        let [h0, h1, h2] = hi;
+        // SAFETY: both hold 3 * plane floats.
+        unsafe {
+            clamp_planes(
+                x.0.as_ptr(),
+                out.as_mut_ptr(),
+                plane,
+                l0,
+                l1,
+                l2,
+                h0,
+                h1,
+                h2,
+            )
+        };
+        Ok(Self::wrap(out))
+    }
     fn scaled(&self, x: &Vector, a: f64) -> anyhow::Result<Vector> {
         let scale: unsafe extern "C" fn(F32p, f32, F32m, u32) = kernel("scale");
         let x = self.get(x)?;
@@ -125,6 +153,21 @@ fn the_vector_kernels_agree_with_the_hosts_tensors() {
     );
     assert_eq!(floats(e.scaled(&ea, 1.7)), floats(host.scaled(&ha, 1.7)));
     assert_eq!(floats(e.sub(&ea, &eb)), floats(host.sub(&ha, &hb)));
+    // The clamp per channel: a range that cuts each plane, and NaN kept.
+    let range = ([-0.5f32, -0.2, 0.0], [0.5f32, 0.2, 0.1]);
+    let image = random(999, 82);
+    let mut with_nan = image.clone();
+    with_nan[10] = f32::NAN;
+    let (hn, en) = (on(&host, &with_nan), on(e, &with_nan));
+    let clamped = floats(e.clamp(&en, range));
+    let same = |(x, y): (&f32, &f32)| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan();
+    let want = floats(host.clamp(&hn, range));
+    assert!(
+        clamped.iter().zip(&want).all(same),
+        "the clamp, bit for bit"
+    );
+    assert!(clamped[10].is_nan(), "NaN stays NaN through the clamp");
+    assert_eq!(clamped[998], image[998].clamp(0.0, 0.1));
     // A mixed pair: the host vector is adopted.
     assert_eq!(floats(e.sub(&ea, &hb)), floats(host.sub(&ha, &hb)));
     // A NaN is the largest magnitude, as torch's max has it.
@@ -166,8 +209,13 @@ fn lbfgs_on_the_cards_vectors_follows_lbfgs_on_the_host() {
     let n: usize = dims.iter().product();
     let start = host_tensor(&random(n, 92), dims);
     let mut on_host = Optimizer::new(&OptimizerSpec::lbfgs(1.0, 3));
-    let mut on_card = on_host.clone();
-    let (mut x_host, mut x_card) = (start.clone(), start);
+    let Optimizer::Lbfgs(mut on_card) = on_host.clone() else {
+        panic!("L-BFGS")
+    };
+    let mut x_card = EmulatedOps
+        .place(start.clone().reshape([n]))
+        .expect("place");
+    let mut x_host = start;
     let mut eval = |x: &Tensor<4>| quartic(x);
     let mut on_vectors = |v: &Vector| -> anyhow::Result<(Costs, Vector)> {
         let (costs, g) = quartic(&v.to_host(&Device::flex())?.reshape(dims))?;
@@ -178,12 +226,8 @@ fn lbfgs_on_the_cards_vectors_follows_lbfgs_on_the_host() {
     for step in 0..5 {
         let (next, want) = on_host.step(1.0, x_host, &mut eval).expect("host step");
         x_host = next;
-        let vectors = (
-            &mut on_vectors as &mut crate::optim::VectorEvaluator,
-            &EmulatedOps as &dyn VectorOps,
-        );
         let (next, got) = on_card
-            .step_on(1.0, x_card, &mut eval, vectors)
+            .step(1.0, &x_card, &mut on_vectors, &EmulatedOps)
             .expect("card step");
         x_card = next;
         assert!(
@@ -201,12 +245,18 @@ fn lbfgs_on_the_cards_vectors_follows_lbfgs_on_the_host() {
             );
         }
     }
+    assert!(
+        matches!(x_card, Vector::Device(_)),
+        "the image stays on the device"
+    );
+    let x_card = x_card
+        .to_host(&Device::flex())
+        .expect("download")
+        .reshape(dims);
     let (a, b) = (floats_of(&x_card), floats_of(&x_host));
     let want: Vec<f64> = b.iter().map(|&v| v as f64).collect();
     assert_close(&a, &want, 1e-3, "the image after 5 steps");
-    let Optimizer::Lbfgs(l) = &on_card else {
-        panic!("L-BFGS")
-    };
+    let l = &on_card;
     assert_eq!(l.state.old_dirs.len(), 3, "the history holds 3 pairs");
     assert!(
         l.state

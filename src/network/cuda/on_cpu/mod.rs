@@ -20,7 +20,7 @@ use super::kernels::SOURCE;
 use crate::loss::{self, Costs};
 use crate::network::resident::AdamUpdate;
 use crate::optim::vector::{DeviceVector, HostOps, Vector, VectorOps};
-use crate::optim::{Optimizer, OptimizerSpec};
+use crate::optim::{AfterStep, Optimizer, OptimizerSpec};
 use crate::vgg::cpu::{self, Activation};
 use crate::vgg::{Pooling, padding};
 use burn::tensor::{Device, Tensor, TensorData};
