@@ -88,13 +88,15 @@ fn gpu_matches_pytorch_at_the_smallest_size() {
     }
 }
 
-fn run_spec(dir: &Path) -> RunSpec {
+/// The quick preset at 32x24 for 9 iterations on the CPU, with `optimizer`.
+fn run_spec(dir: &Path, optimizer: &str) -> RunSpec {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let o: Vec<String> = [
         "size={width: 32, height: 24}",
         "save_every=0",
         "iterations=9",
         "backend=cpu",
+        &format!("optimizer={optimizer}"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -109,36 +111,42 @@ fn run_spec(dir: &Path) -> RunSpec {
 }
 
 /// J per iteration with backend switches requested after the given iterations.
-fn trajectory(dir: &Path, switches: &[(u64, BackendChoice)]) -> Vec<(f64, String)> {
-    switching_trajectory(run_spec(dir), switches)
+fn trajectory(
+    dir: &Path,
+    optimizer: &str,
+    switches: &[(u64, BackendChoice)],
+) -> Vec<(f64, String)> {
+    switching_trajectory(run_spec(dir, optimizer), switches)
 }
 
 #[test]
 fn a_run_switches_cpu_gpu_cpu_between_iterations() {
     gpu();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plain = trajectory(dir.path(), &[]);
-    // The switch takes effect between iterations: asked during iteration 2, it moves
-    // before iteration 3 or 4 (commands are read before each step).
-    let switched = trajectory(
-        dir.path(),
-        &[(2, BackendChoice::Wgpu), (5, BackendChoice::Cpu)],
-    );
-    assert_eq!(plain.len(), switched.len());
-    assert!(
-        switched.iter().any(|(_, b)| b == "wgpu"),
-        "some iterations ran on the GPU: {switched:?}"
-    );
-    assert_eq!(
-        switched.last().map(|(_, b)| b.as_str()),
-        Some("cpu"),
-        "and the run came back"
-    );
-    for (k, ((a, _), (b, backend))) in plain.iter().zip(&switched).enumerate() {
+    // Adam's moments, and L-BFGS's history and image (`network::lbfgs_image`), move
+    // with the run.
+    for optimizer in ["{kind: adam, lr: 2.0}", "{kind: lbfgs, history: 5}"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plain = trajectory(dir.path(), optimizer, &[]);
+        // The switch takes effect between iterations: asked during iteration 2, it
+        // moves before iteration 3 or 4 (commands are read before each step).
+        let switches = [(2, BackendChoice::Wgpu), (5, BackendChoice::Cpu)];
+        let switched = trajectory(dir.path(), optimizer, &switches);
+        assert_eq!(plain.len(), switched.len());
         assert!(
-            rel(*b, *a) <= 1e-3,
-            "iteration {k} on {backend}: J {b} vs {a} on the CPU alone"
+            switched.iter().any(|(_, b)| b == "wgpu"),
+            "{optimizer}: some iterations ran on the GPU: {switched:?}"
         );
+        assert_eq!(
+            switched.last().map(|(_, b)| b.as_str()),
+            Some("cpu"),
+            "{optimizer}: and the run came back"
+        );
+        for (k, ((a, _), (b, backend))) in plain.iter().zip(&switched).enumerate() {
+            assert!(
+                rel(*b, *a) <= 1e-3,
+                "{optimizer}, iteration {k} on {backend}: J {b} vs {a} on the CPU alone"
+            );
+        }
     }
     let _ = Device::flex();
 }

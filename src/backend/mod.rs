@@ -10,6 +10,8 @@
 #[cfg(feature = "cuda")]
 pub mod cuda_libs;
 #[cfg(feature = "cuda")]
+pub mod cuda_memory;
+#[cfg(feature = "cuda")]
 mod cudarc_lookup;
 pub mod report;
 
@@ -361,10 +363,12 @@ pub fn cuda_device() -> Result<CudaDevice> {
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     check_capability(&name, capability)?;
     let (free, total) = ctx.mem_get_info().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    // What an earlier CUDA network of this process freed is free for the next.
+    let free = (free as u64 + cuda_memory::cached_bytes(&ctx)).min(total as u64);
     let v = cudarc::cudnn::result::get_version();
     Ok(CudaDevice {
         name,
-        free: free as u64,
+        free,
         total: total as u64,
         cudnn_version: format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100),
         versions: library_versions(),

@@ -176,8 +176,13 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
     let style = img::load_rgb(&preset.style.images()[0].0)?;
     let cost = preset.cost_weights();
     println!(
-        "easel bench: {:?} on {}, {} timed iterations per size after warm-up",
-        opts.optimizer, backend.description, opts.iters
+        "easel bench: {} on {}, {} timed iterations per size after warm-up",
+        match opts.optimizer {
+            BenchOptimizer::Adam => "Adam",
+            BenchOptimizer::Lbfgs => "L-BFGS (history 100)",
+        },
+        backend.description,
+        opts.iters
     );
     print!(
         "{:>10} {:>18} {:>12} {:>8} {:>14}",

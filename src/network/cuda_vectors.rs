@@ -6,7 +6,7 @@
 use super::cuda_path::{CudaPath, costs_of};
 use super::{PathVectors, floats};
 use crate::loss::{CostWeights, Costs, Targets};
-use crate::optim::vector::{DeviceVector, Vector, VectorOps};
+use crate::optim::vector::{DeviceVector, History, Vector, VectorOps};
 use crate::vgg::Pooling;
 use anyhow::Result;
 use burn::tensor::Tensor;
@@ -133,6 +133,18 @@ impl VectorOps for CardOps {
     }
     fn clamp(&self, x: &Vector, range: ([f32; 3], [f32; 3])) -> Result<Vector> {
         let out = self.path.vgg().vector_clamped(&self.card(x)?.data, range)?;
+        Ok(self.wrap(out))
+    }
+    fn two_loop(&self, g: &Vector, history: History, h_diag: f64) -> Result<Vector> {
+        let cards = |vs: &[Vector]| vs.iter().map(|v| self.card(v)).collect::<Result<Vec<_>>>();
+        let (s, y, g) = (cards(history.s)?, cards(history.y)?, self.card(g)?);
+        fn data(vs: &[Arc<CardVector>]) -> Vec<&CudaSlice<f32>> {
+            vs.iter().map(|v| &v.data).collect()
+        }
+        let out =
+            self.path
+                .vgg()
+                .two_loop(&g.data, (&data(&s), &data(&y), history.ro), h_diag as f32)?;
         Ok(self.wrap(out))
     }
 }

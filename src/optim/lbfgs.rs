@@ -1,6 +1,6 @@
 //! L-BFGS with a strong-Wolfe line search, on [`Vector`]s where the network computes.
 
-use super::vector::{HostOps, Vector, VectorOps};
+use super::vector::{History, HostOps, Vector, VectorOps};
 use super::{Evaluator, Step};
 use crate::loss::Costs;
 use anyhow::{Result, bail};
@@ -143,19 +143,12 @@ impl Lbfgs {
             st.old_stps.push(s);
             st.ro.push(1.0 / ys);
         }
-        let k = st.old_dirs.len();
-        let mut al = vec![0.0; k];
-        let mut q = ops.scaled(flat_grad, -1.0)?;
-        for i in (0..k).rev() {
-            al[i] = ops.dot(&st.old_stps[i], &q)? * st.ro[i];
-            q = ops.add_scaled(&q, -al[i], &st.old_dirs[i])?;
-        }
-        let mut r = ops.scaled(&q, st.h_diag)?;
-        for (i, a) in al.iter().enumerate() {
-            let be_i = ops.dot(&st.old_dirs[i], &r)? * st.ro[i];
-            r = ops.add_scaled(&r, a - be_i, &st.old_stps[i])?;
-        }
-        Ok(r)
+        let history = History {
+            s: &st.old_stps,
+            y: &st.old_dirs,
+            ro: &st.ro,
+        };
+        ops.two_loop(flat_grad, history, st.h_diag)
     }
 
     pub(super) fn move_to(&mut self, device: &Device) {

@@ -44,6 +44,15 @@ impl Vector {
     }
 }
 
+/// L-BFGS's history, oldest first: the steps `s`, the gradient differences `y`, and
+/// `ro = 1 / (y . s)`.
+#[derive(Clone, Copy)]
+pub struct History<'a> {
+    pub s: &'a [Vector],
+    pub y: &'a [Vector],
+    pub ro: &'a [f64],
+}
+
 /// The arithmetic L-BFGS needs, where its vectors are. Each result is a new vector, in
 /// float32 with PyTorch's order of operations; the scalars are float64.
 pub trait VectorOps {
@@ -68,9 +77,37 @@ pub trait VectorOps {
     fn sub(&self, a: &Vector, b: &Vector) -> Result<Vector> {
         self.add_scaled(a, -1.0, b)
     }
+    /// L-BFGS's two-loop recursion (Nocedal & Wright, Algorithm 7.4) in PyTorch's order
+    /// of operations: the direction `-H g` from the gradient `g`, the `history` and the
+    /// initial scaling `h_diag`. Here each dot product comes back to the host; a card
+    /// keeps them there (`network::cuda_vectors`), so that the recursion waits for none.
+    fn two_loop(&self, g: &Vector, history: History, h_diag: f64) -> Result<Vector> {
+        two_loop_with_host_scalars(self, g, history, h_diag)
+    }
     /// The flattened image `x` (`[3][H][W]`) clamped to `[lo[c], hi[c]]` per channel;
     /// NaN stays NaN, as in [`crate::image::clamp_channels`].
     fn clamp(&self, x: &Vector, range: ([f32; 3], [f32; 3])) -> Result<Vector>;
+}
+
+/// [`VectorOps::two_loop`] on `ops`' vectors, with each dot product back on the host.
+pub fn two_loop_with_host_scalars<O: VectorOps + ?Sized>(
+    ops: &O,
+    g: &Vector,
+    History { s, y, ro }: History,
+    h_diag: f64,
+) -> Result<Vector> {
+    let mut al = vec![0.0; s.len()];
+    let mut q = ops.scaled(g, -1.0)?;
+    for i in (0..s.len()).rev() {
+        al[i] = ops.dot(&s[i], &q)? * ro[i];
+        q = ops.add_scaled(&q, -al[i], &y[i])?;
+    }
+    let mut r = ops.scaled(&q, h_diag)?;
+    for (i, a) in al.iter().enumerate() {
+        let be_i = ops.dot(&y[i], &r)? * ro[i];
+        r = ops.add_scaled(&r, a - be_i, &s[i])?;
+    }
+    Ok(r)
 }
 
 /// The host's operations, on burn tensors of `device`.

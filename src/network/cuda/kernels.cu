@@ -279,6 +279,17 @@ extern "C" __global__ void add_scaled(const float* y, const float* x, float a, f
     LOOP(i, n) out[i] = y[i] + x[i] * a;
 }
 
+// out = y + x * a with a from the two-loop recursion's dot products on the card, as
+// VectorOps::two_loop (optim/vector.rs) takes it on the host: al = dots[i] * ro; the
+// first loop's a = -al, the second's (second != 0) a = al - dots[j] * ro.
+extern "C" __global__ void add_scaled_dots(const float* y, const float* x, const double* dots,
+                                           unsigned i, unsigned j, int second, double ro,
+                                           float* out, unsigned n) {
+    double al = dots[i] * ro;
+    float a = second ? (float)(al - dots[j] * ro) : (float)(-al);
+    LOOP(k, n) out[k] = y[k] + x[k] * a;
+}
+
 // out = x * a.
 extern "C" __global__ void scale(const float* x, float a, float* out, unsigned n) {
     LOOP(i, n) out[i] = x[i] * a;

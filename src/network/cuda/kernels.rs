@@ -133,6 +133,7 @@ kernels!(
     dot,
     abs_stats,
     add_scaled,
+    add_scaled_dots,
     scale,
     clamp_planes,
 );
@@ -510,11 +511,14 @@ impl Kernels {
         s: &CudaStream,
         a: &CudaSlice<f32>,
         b: &CudaSlice<f32>,
-        out: &mut CudaSlice<f64>,
+        (out, slot): (&mut CudaSlice<f64>, usize),
     ) -> Result<()> {
+        lengths("dot", &[("b", b.len(), a.len())])?;
+        cost_slot("dot", slot, out.len())?;
         let n = u(a.len());
+        let mut at = out.slice_mut(slot..slot + 1);
         let mut l = s.launch_builder(&self.dot);
-        l.arg(a).arg(b).arg(&n).arg(out);
+        l.arg(a).arg(b).arg(&n).arg(&mut at);
         unsafe { l.launch(grid(n as usize)) }.context("launching dot")?;
         Ok(())
     }
@@ -548,6 +552,37 @@ impl Kernels {
         let mut l = s.launch_builder(&self.add_scaled);
         l.arg(y).arg(x).arg(&a).arg(out).arg(&n);
         unsafe { l.launch(grid(n as usize)) }.context("launching add_scaled")?;
+        Ok(())
+    }
+
+    /// `out = y + x * a`, `a` from the dot products `dots` of the two-loop recursion:
+    /// `-dots[i] ro` in the first loop (`j` none), `dots[i] ro - dots[j] ro` in the
+    /// second.
+    pub fn add_scaled_dots(
+        &self,
+        s: &CudaStream,
+        (y, x): (&CudaSlice<f32>, &CudaSlice<f32>),
+        (dots, i, j, ro): (&CudaSlice<f64>, usize, Option<usize>, f64),
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = y.len();
+        lengths(
+            "add_scaled_dots",
+            &[("x", x.len(), n), ("out", out.len(), n)],
+        )?;
+        cost_slot("add_scaled_dots", i.max(j.unwrap_or(0)), dots.len())?;
+        let (second, j) = (i32::from(j.is_some()), u(j.unwrap_or(0)));
+        let (i, n) = (u(i), u(n));
+        let mut l = s.launch_builder(&self.add_scaled_dots);
+        l.arg(y)
+            .arg(x)
+            .arg(dots)
+            .arg(&i)
+            .arg(&j)
+            .arg(&second)
+            .arg(&ro);
+        l.arg(out).arg(&n);
+        unsafe { l.launch(grid(n as usize)) }.context("launching add_scaled_dots")?;
         Ok(())
     }
 

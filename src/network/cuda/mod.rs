@@ -21,7 +21,7 @@ use host_style::HostTap;
 pub use host_style::{HostRegions, HostStyle, HostStyleAdjoint, HostStyleRead};
 pub use profile::LayerTiming;
 
-use crate::backend::ConvSearch;
+use crate::backend::{ConvSearch, cuda_memory};
 use crate::network::resident::AdamSet;
 use crate::vgg::{BLOCK_ENDS, CHANNELS, Layer, Padding, Pooling};
 use anyhow::{Context, Result, anyhow, ensure};
@@ -163,6 +163,9 @@ impl CudaVgg {
         // events would add two driver calls per argument to each of ~100 launches an
         // iteration.
         unsafe { ctx.disable_event_tracking() };
+        if let Err(e) = cuda_memory::keep_freed_memory(&ctx) {
+            tracing::warn!("{e:#}: freed card memory goes back to the driver at each wait");
+        }
         let name = ctx.name().context("reading the CUDA device's name")?;
         let stream = ctx.default_stream();
         let kernels = kernels::Kernels::new(&ctx)?;
@@ -208,13 +211,15 @@ impl CudaVgg {
         self.name.clone()
     }
 
-    /// `(free, total)` bytes of device memory now.
+    /// `(free, total)` bytes of device memory now; free counts what the pool keeps of
+    /// buffers this process freed (`backend::cuda_memory`).
     pub fn memory(&self) -> Result<(u64, u64)> {
         let (free, total) = self
             .ctx
             .mem_get_info()
             .context("reading the CUDA device's memory")?;
-        Ok((free as u64, total as u64))
+        let free = free as u64 + cuda_memory::cached_bytes(&self.ctx);
+        Ok((free.min(total as u64), total as u64))
     }
 
     /// The state for an image of `h` x `w`, with the context bound to this thread (cuDNN

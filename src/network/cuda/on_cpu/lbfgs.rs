@@ -78,6 +78,52 @@ impl VectorOps for EmulatedOps {
         unsafe { add_scaled(y.0.as_ptr(), x.0.as_ptr(), a as f32, out.as_mut_ptr(), n) };
         Ok(Self::wrap(out))
     }
+    /// As `CudaVgg::two_loop`: each dot product into a slot, read there by
+    /// `add_scaled_dots`.
+    fn two_loop(&self, g: &Vector, history: History, h_diag: f64) -> anyhow::Result<Vector> {
+        let dot: unsafe extern "C" fn(F32p, F32p, u32, *mut f64) = kernel("dot");
+        #[rustfmt::skip]
+        let add_scaled_dots: unsafe extern "C" fn(
+            F32p, F32p, *const f64, u32, u32, i32, f64, F32m, u32,
+        ) = kernel("add_scaled_dots");
+        let k = history.s.len();
+        let mut dots = vec![0f64; 2 * k.max(1)];
+        // q + add * a, after the dot product of `with` and q into its slot (j, else i).
+        let mut step =
+            |q: &[f32], (with, add): (&[f32], &[f32]), (i, j): (usize, Option<usize>), ro: f64| {
+                let (n, mut out) = (q.len() as u32, vec![f32::NAN; q.len()]);
+                let (second, slot) = (i32::from(j.is_some()), j.unwrap_or(i));
+                // SAFETY: q, with, add and out hold n floats; the slots are within dots.
+                unsafe {
+                    dot(with.as_ptr(), q.as_ptr(), n, dots.as_mut_ptr().add(slot));
+                    let j = j.unwrap_or(0) as u32;
+                    add_scaled_dots(
+                        q.as_ptr(),
+                        add.as_ptr(),
+                        dots.as_ptr(),
+                        i as u32,
+                        j,
+                        second,
+                        ro,
+                        out.as_mut_ptr(),
+                        n,
+                    );
+                }
+                out
+            };
+        let floats = |v: &Vector| Ok::<_, anyhow::Error>(self.get(v)?.0.clone());
+        let mut q = floats(&self.scaled(g, -1.0)?)?;
+        for i in (0..k).rev() {
+            let (s, y) = (floats(&history.s[i])?, floats(&history.y[i])?);
+            q = step(&q, (&s, &y), (i, None), history.ro[i]);
+        }
+        let mut r = floats(&self.scaled(&Self::wrap(q), h_diag)?)?;
+        for i in 0..k {
+            let (s, y) = (floats(&history.s[i])?, floats(&history.y[i])?);
+            r = step(&r, (&y, &s), (i, Some(k + i)), history.ro[i]);
+        }
+        Ok(Self::wrap(r))
+    }
     fn clamp(&self, x: &Vector, (lo, hi): ([f32; 3], [f32; 3])) -> anyhow::Result<Vector> {
         #[rustfmt::skip]
         let clamp_planes: unsafe extern "C" fn(
@@ -174,6 +220,62 @@ fn the_vector_kernels_agree_with_the_hosts_tensors() {
     let mut with_nan = a.clone();
     with_nan[500] = f32::NAN;
     assert!(e.abs_max(&on(e, &with_nan)).expect("max").is_nan());
+}
+
+#[test]
+fn the_two_loop_recursion_with_its_scalars_on_the_card_is_the_hosts() {
+    let n = 600;
+    // Pairs as a convex cost makes them: y = (2 + k / 2) s plus a little noise, and
+    // ro = 1 / (y . s) > 0, so that the recursion does not amplify rounding.
+    let (mut s, mut y, mut ro) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0..4u64 {
+        let sk = random(n, 100 + k);
+        let noise = random(n, 200 + k);
+        let yk: Vec<f32> = sk
+            .iter()
+            .zip(&noise)
+            .map(|(a, e)| a * (2.0 + k as f32 / 2.0) + 0.1 * e)
+            .collect();
+        let ys: f64 = yk.iter().zip(&sk).map(|(a, b)| (a * b) as f64).sum();
+        ro.push(1.0 / ys);
+        let place = |v: &[f32]| EmulatedOps.place(host_tensor(v, [n])).expect("place");
+        s.push(place(&sk));
+        y.push(place(&yk));
+    }
+    let g = EmulatedOps
+        .place(host_tensor(&random(n, 99), [n]))
+        .expect("place");
+    let history = History {
+        s: &s,
+        y: &y,
+        ro: &ro,
+    };
+    let floats = |v: anyhow::Result<Vector>| {
+        let t = v.expect("two loop").to_host(&Device::flex()).expect("host");
+        crate::network::floats(t.to_data(), "r").expect("floats")
+    };
+    let on_card = floats(EmulatedOps.two_loop(&g, history, 0.8));
+    // The same kernels' products, read back one by one: equal to the last bit.
+    let one_by_one = two_loop_with_host_scalars(&EmulatedOps, &g, history, 0.8);
+    assert_eq!(on_card, floats(one_by_one));
+    // The host's tensors sum the dot products otherwise: close.
+    let host = HostOps {
+        device: Device::flex(),
+    };
+    let want: Vec<f64> = floats(host.two_loop(&g, history, 0.8))
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    assert_close(&on_card, &want, 1e-5, "the two-loop recursion");
+    // Without a history it is -h_diag g.
+    let none = History {
+        s: &[],
+        y: &[],
+        ro: &[],
+    };
+    let g_floats = floats(Ok(g.clone()));
+    let want: Vec<f32> = g_floats.iter().map(|v| (v * -1.0) * 0.8f32).collect();
+    assert_eq!(floats(EmulatedOps.two_loop(&g, none, 0.8)), want);
 }
 
 /// A smooth cost of a `[1, 3, 4, 5]` image with a known gradient:

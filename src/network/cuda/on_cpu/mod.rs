@@ -19,7 +19,9 @@
 use super::kernels::SOURCE;
 use crate::loss::{self, Costs};
 use crate::network::resident::AdamUpdate;
-use crate::optim::vector::{DeviceVector, HostOps, Vector, VectorOps};
+use crate::optim::vector::{
+    DeviceVector, History, HostOps, Vector, VectorOps, two_loop_with_host_scalars,
+};
 use crate::optim::{AfterStep, Optimizer, OptimizerSpec};
 use crate::vgg::cpu::{self, Activation};
 use crate::vgg::{Pooling, padding};
