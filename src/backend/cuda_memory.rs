@@ -1,6 +1,6 @@
 //! The CUDA driver's memory pool, which cudarc's stream-ordered allocations (`cuMemAllocAsync`)
-//! come from: freed buffers are kept in it across synchronisations, and the card's free
-//! memory counts them.
+//! come from: freed buffers are kept in it across synchronisations, the card's free
+//! memory counts them, and they go back to the driver when a CUDA network is dropped.
 //!
 //! Why: the pool's release threshold is 0 by default, so at every synchronisation the
 //! driver hands freed memory back to the system, and the next allocation maps it again.
@@ -51,4 +51,18 @@ pub fn cached_bytes(ctx: &CudaContext) -> u64 {
     let reserved = read(CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT);
     let used = read(CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT);
     reserved.saturating_sub(used)
+}
+
+/// Hands the memory the pool keeps unused back to the driver, once the context's work is
+/// done: when a CUDA network is dropped (a move to another backend), so that wgpu on
+/// the same card, or another process, can have it.
+pub fn release_freed_memory(ctx: &CudaContext) -> Result<()> {
+    let Some(pool) = default_pool(ctx) else {
+        return Ok(());
+    };
+    ctx.bind_to_thread().context("binding the CUDA context")?;
+    ctx.synchronize()
+        .context("waiting for the CUDA device before releasing memory")?;
+    // SAFETY: the pool is the device's; every free queued on it has completed.
+    unsafe { mem_pool::trim_to(pool, 0) }.context("releasing the CUDA memory pool")
 }

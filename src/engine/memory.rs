@@ -43,8 +43,14 @@ fn state_bytes(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
 fn resident_bytes(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
     match optimizer.kind {
         OptimizerKind::Adam => 9 * pixels * 3 * 4,
-        OptimizerKind::Lbfgs => 5 * pixels * 3 * 4,
+        OptimizerKind::Lbfgs => lbfgs_image_bytes(pixels),
     }
+}
+
+/// L-BFGS's image and EMA now and before the last step, and the step's next image
+/// (`network::lbfgs_image`), which runs in tiles hold too.
+fn lbfgs_image_bytes(pixels: u64) -> u64 {
+    5 * pixels * 3 * 4
 }
 
 /// Bytes a run of `pixels` output pixels needs on the CPU, untiled.
@@ -58,10 +64,15 @@ pub fn memory_estimate(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
 /// Bytes a run of `pixels` output pixels needs in tiles whose largest crop (the tile
 /// with its gradient halo) is `crop` pixels.
 pub fn tiled_memory_estimate(pixels: u64, crop: u64, optimizer: &OptimizerSpec) -> u64 {
+    let lbfgs_image = match optimizer.kind {
+        OptimizerKind::Adam => 0,
+        OptimizerKind::Lbfgs => lbfgs_image_bytes(pixels),
+    };
     RUNTIME_BYTES
         + pixels * TILED_IMAGE_BYTES
         + crop * TILE_ACTIVATION_BYTES
         + state_bytes(pixels, optimizer)
+        + lbfgs_image
 }
 
 /// The tile sides `tile: auto` tries, largest (least halo) first.

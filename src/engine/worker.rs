@@ -531,13 +531,15 @@ impl Worker {
             }
         };
         self.guard.passed(candidate, costs.total);
+        // The record first: where it cannot be written, the state has not moved on, and
+        // the checkpoint the failure saves is still the one the records end at.
+        let record = self.record(&costs, elapsed_before, false);
+        self.run_dir.append_record(&record)?;
         match next {
             Some(next) => self.take_host_step(next),
             None => self.take_resident_step(lr)?,
         }
         self.elapsed_s += started.elapsed().as_secs_f64();
-        let record = self.record(&costs, elapsed_before, false);
-        self.run_dir.append_record(&record)?;
         self.emit(Event::Iteration(record));
         self.point.iter += 1;
         if self.preset.save_every > 0 && self.point.iter.is_multiple_of(self.preset.save_every) {

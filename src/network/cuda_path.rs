@@ -17,9 +17,10 @@ use cudarc::driver::CudaSlice;
 use std::sync::{Arc, Mutex};
 
 pub struct CudaPath {
-    vgg: CudaVgg,
-    /// The targets on the card, with the id of the host targets they copy.
+    /// The targets on the card, with the id of the host targets they copy. Declared
+    /// first, so freed before the network releases the pool's memory.
     targets: Mutex<Option<(u64, CudaTargets)>>,
+    vgg: CudaVgg,
 }
 
 impl CudaPath {

@@ -44,6 +44,21 @@ pub struct CudaVgg {
     /// conv1_1 runs without padding of its own; else 0.
     pad: usize,
     state: Mutex<State>,
+    /// Declared last, so dropped last: releases what the pool keeps once every buffer
+    /// above is freed.
+    _release: ReleaseOnDrop,
+}
+
+/// Hands the pool's unused memory back to the driver when dropped
+/// (`backend::cuda_memory`).
+struct ReleaseOnDrop(Arc<CudaContext>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = cuda_memory::release_freed_memory(&self.0) {
+            tracing::debug!("{e:#}");
+        }
+    }
 }
 
 /// The targets on the card.
@@ -194,6 +209,7 @@ impl CudaVgg {
             size: (0, 0),
         };
         Ok(CudaVgg {
+            _release: ReleaseOnDrop(ctx.clone()),
             ctx,
             stream,
             name,
