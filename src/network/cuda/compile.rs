@@ -12,7 +12,7 @@ use cudarc::nvrtc::{Ptx, result, sys};
 use std::ffi::{CStr, CString};
 
 /// `--fmad=false`: no contraction to FMA, so that `x * s + t` rounds as the CPU path's.
-const FMAD: &str = "--fmad=false";
+pub(super) const FMAD: &str = "--fmad=false";
 
 /// What nvrtc produced.
 pub enum Compiled {
@@ -122,7 +122,7 @@ fn text(raw: &[std::ffi::c_char]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::{Compiled, compile};
     use crate::backend::OLDEST_CUDA_CAPABILITY;
     use crate::backend::cuda_libs::{load_library, nvrtc, search_dirs};
@@ -130,7 +130,7 @@ mod tests {
 
     /// nvrtc compiles without a GPU, but it must be installed: scripts/test.sh fetches
     /// NVIDIA's wheel and points EASEL_CUDA_LIB_DIR at it.
-    fn load_nvrtc() {
+    pub(in crate::network::cuda) fn load_nvrtc() {
         if let Err(e) = load_library(nvrtc(), &search_dirs()) {
             panic!(
                 "these tests compile easel's CUDA kernels with nvrtc, which needs no GPU but must be installed; scripts/test.sh fetches it. {e:#}"

@@ -1,5 +1,5 @@
-//! The small kernels around cuDNN and cuBLAS (their source: `kernels.cu`), compiled once
-//! by nvrtc, and their launchers: the input normalisation, bias and ReLU, the ReLU mask,
+//! The small kernels around cuDNN and cuBLAS (their source: `kernels.cu`), compiled by
+//! nvrtc once per card and source and kept ([`super::kernel_cache`]), and their launchers: the input normalisation, bias and ReLU, the ReLU mask,
 //! pooling and its gradient, the costs with their gradients (formulas in docs/design.md
 //! §1), each summed in float64, Adam's step and L-BFGS's vector arithmetic.
 //!
@@ -7,7 +7,7 @@
 //! that no buffer exceeds `i32::MAX` elements. Contraction to FMA is off (`--fmad=false`,
 //! [`super::compile`]) so that `x * s + t` rounds as the CPU path's does.
 
-use super::compile::compile;
+use super::kernel_cache;
 use crate::network::resident::AdamSet;
 use anyhow::{Context, Result, ensure};
 use cudarc::driver::{
@@ -144,10 +144,23 @@ impl Kernels {
         let capability = ctx
             .compute_capability()
             .context("reading the CUDA device's compute capability")?;
-        let image = compile(SOURCE, capability)?.into_module_image();
-        let module = ctx
-            .load_module(image)
-            .context("loading easel's CUDA kernels")?;
+        let dir = kernel_cache::default_dir();
+        let (compiled, kept) = kernel_cache::compile_kept(SOURCE, capability, dir.as_deref())?;
+        let module = match (ctx.load_module(compiled.into_module_image()), kept) {
+            (Ok(module), _) => module,
+            // A kept file the driver refuses is compiled again.
+            (Err(e), Some(file)) => {
+                tracing::debug!(
+                    "the kept CUDA kernels in {} do not load: {e:?}",
+                    file.display()
+                );
+                kernel_cache::forget(&file);
+                let (compiled, _) = kernel_cache::compile_kept(SOURCE, capability, dir.as_deref())?;
+                ctx.load_module(compiled.into_module_image())
+                    .context("loading easel's CUDA kernels")?
+            }
+            (Err(e), None) => return Err(e).context("loading easel's CUDA kernels"),
+        };
         Kernels::from_module(&module)
     }
 

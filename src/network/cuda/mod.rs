@@ -10,6 +10,7 @@ mod compile;
 mod conv;
 mod gram;
 mod host_style;
+mod kernel_cache;
 mod kernels;
 #[cfg(test)]
 mod on_cpu;
