@@ -188,14 +188,7 @@ impl Convs {
             "cuDNN for {}: {forward:?} ({fwd_bytes} B), {backward:?} ({bwd_bytes} B)",
             what()
         );
-        let need = fwd_bytes.max(bwd_bytes);
-        if need > self.workspace.as_ref().map_or(0, |ws| ws.len()) {
-            // The old workspace is freed in stream order, after the work that uses it.
-            self.workspace = None;
-            let ws = unsafe { self.stream.alloc::<u8>(need) }
-                .with_context(|| format!("allocating {need} bytes of cuDNN workspace"))?;
-            self.workspace = Some(ws);
-        }
+        self.grow_workspace(fwd_bytes.max(bwd_bytes))?;
         let shape = Shape {
             x,
             y,
@@ -203,6 +196,56 @@ impl Convs {
             backward,
         };
         self.shapes.insert((layer, h, w), shape);
+        Ok(())
+    }
+
+    /// Grows the workspace to `need` bytes.
+    fn grow_workspace(&mut self, need: usize) -> Result<()> {
+        if need > self.workspace.as_ref().map_or(0, |ws| ws.len()) {
+            // The old workspace is freed in stream order, after the work that uses it.
+            self.workspace = None;
+            let ws = unsafe { self.stream.alloc::<u8>(need) }
+                .with_context(|| format!("allocating {need} bytes of cuDNN workspace"))?;
+            self.workspace = Some(ws);
+        }
+        Ok(())
+    }
+
+    /// Replaces the algorithm of layer `layer` at `h` x `w` that cuDNN refused to run
+    /// with the fallback, in one direction, sizing the workspace for it. cuDNN's lists
+    /// can offer an algorithm that its launch then refuses (PyTorch tries the next one
+    /// for the same reason); the run goes on with a slower one rather than stopping.
+    fn fall_back(&mut self, layer: usize, (h, w): (usize, usize), forward: bool) -> Result<()> {
+        let conv = self.descriptor(layer).0;
+        let filter = &self.filters[layer].1;
+        let shape = self.shapes.get(&(layer, h, w)).ok_or_else(|| {
+            anyhow::anyhow!("cuDNN's descriptors for layer {layer} at {h}x{w} are missing")
+        })?;
+        let need = if forward {
+            let op = ConvForward {
+                conv,
+                x: &shape.x,
+                w: filter,
+                y: &shape.y,
+            };
+            op.get_workspace_size(FWD_FALLBACK)
+        } else {
+            let op = ConvBackwardData {
+                conv,
+                dx: &shape.x,
+                w: filter,
+                dy: &shape.y,
+            };
+            op.get_workspace_size(BWD_FALLBACK)
+        }
+        .with_context(|| format!("sizing cuDNN's fallback for layer {layer} at {h}x{w}"))?;
+        self.grow_workspace(need)?;
+        if let Some(shape) = self.shapes.get_mut(&(layer, h, w)) {
+            match forward {
+                true => shape.forward = FWD_FALLBACK,
+                false => shape.backward = BWD_FALLBACK,
+            }
+        }
         Ok(())
     }
 
@@ -297,6 +340,7 @@ impl Convs {
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let (conv, filter, shape, workspace) = self.parts(layer, h, w)?;
+        let algo = shape.forward;
         let op = ConvForward {
             conv,
             x: &shape.x,
@@ -305,8 +349,19 @@ impl Convs {
         };
         // SAFETY: the buffers have the sizes the descriptors say (the caller made them
         // from the same layer and size), and the workspace is the one sized for them.
-        unsafe { op.launch(shape.forward, workspace, (1.0, 0.0), x, weight, y) }
-            .with_context(|| format!("cuDNN's forward convolution at layer {layer} ({h}x{w})"))
+        let launched = unsafe { op.launch(algo, workspace, (1.0, 0.0), x, weight, y) };
+        let what = || format!("cuDNN's forward convolution at layer {layer} ({h}x{w})");
+        match launched {
+            Err(e) if algo != FWD_FALLBACK => {
+                tracing::warn!(
+                    "{} refused {algo:?} ({e:?}); using {FWD_FALLBACK:?}",
+                    what()
+                );
+                self.fall_back(layer, (h, w), true)?;
+                self.forward(layer, (h, w), x, weight, y)
+            }
+            launched => launched.with_context(what),
+        }
     }
 
     /// `dx = conv^T(dy, weight)`: the gradient at layer `layer`'s input from the one at
@@ -320,6 +375,7 @@ impl Convs {
         dx: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let (conv, filter, shape, workspace) = self.parts(layer, h, w)?;
+        let algo = shape.backward;
         let op = ConvBackwardData {
             conv,
             dx: &shape.x,
@@ -327,9 +383,19 @@ impl Convs {
             dy: &shape.y,
         };
         // SAFETY: as in `forward`.
-        unsafe { op.launch(shape.backward, workspace, (1.0, 0.0), dx, weight, dy) }.with_context(
-            || format!("cuDNN's backward-data convolution at layer {layer} ({h}x{w})"),
-        )
+        let launched = unsafe { op.launch(algo, workspace, (1.0, 0.0), dx, weight, dy) };
+        let what = || format!("cuDNN's backward-data convolution at layer {layer} ({h}x{w})");
+        match launched {
+            Err(e) if algo != BWD_FALLBACK => {
+                tracing::warn!(
+                    "{} refused {algo:?} ({e:?}); using {BWD_FALLBACK:?}",
+                    what()
+                );
+                self.fall_back(layer, (h, w), false)?;
+                self.backward_data(layer, (h, w), dy, weight, dx)
+            }
+            launched => launched.with_context(what),
+        }
     }
 }
 
