@@ -20,6 +20,14 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |f| f.write_all(bytes).map_err(Into::into))
 }
 
+/// [`write`], making `path`'s folder first where it is missing (a cache's).
+pub fn write_in_new_folder(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    write(path, bytes)
+}
+
 /// Calls `fill` with a temporary file, then renames it to `path` once it is complete.
 pub fn write_with(path: &Path, fill: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<()> {
     let tmp = temp_name(path);

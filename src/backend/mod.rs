@@ -112,7 +112,9 @@ impl ConvSearch {
                 ConvSearch::Auto => "conv_search: auto measures from a megapixel",
                 _ => "conv_search: measured",
             };
-            format!("timing cuDNN's algorithms for {w}x{h} ({why}; `heuristic` skips this)")
+            format!(
+                "timing cuDNN's algorithms for {w}x{h}, unless this card has timed them before ({why}; `heuristic` skips this)"
+            )
         })
     }
 }

@@ -2,6 +2,7 @@
 //! algorithms made once per shape, one workspace grown to the largest need; and the
 //! network's forward pass built on them.
 
+use super::algorithm_cache::AlgorithmCache;
 use super::search::{ConvShape, Searcher, first_fit};
 use super::{Act, CudaVgg, State, pooled_before};
 use crate::backend::ConvSearch;
@@ -15,6 +16,7 @@ use cudarc::cudnn::{
     ConvBackwardData, ConvDescriptor, ConvForward, Cudnn, FilterDescriptor, TensorDescriptor,
 };
 use cudarc::driver::{CudaSlice, CudaStream};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -53,6 +55,8 @@ pub(super) struct Convs {
     math: cudnnMathType_t,
     search: ConvSearch,
     searcher: Searcher,
+    /// Measured rankings kept between runs.
+    kept: RefCell<AlgorithmCache>,
 }
 
 // SAFETY: cudarc leaves `Cudnn` (and so the descriptors, which hold it) `!Send` because a
@@ -79,11 +83,12 @@ impl Convs {
     /// cards use TF32 for FP32 data. (`TENSOR_OP_MATH_ALLOW_CONVERSION` is avoided: it may
     /// also convert FP32 data to FP16.)
     /// `first_valid`: the first layer convolves without padding (its input comes padded).
-    /// `search`: how each shape's algorithms are chosen.
+    /// `search`: how each shape's algorithms are chosen, and `kept` the measured ones
+    /// kept from earlier runs.
     pub fn new(
         stream: Arc<CudaStream>,
         channels: &[(usize, usize)],
-        (tf32, search): (bool, ConvSearch),
+        (tf32, search, kept): (bool, ConvSearch, AlgorithmCache),
         first_valid: bool,
     ) -> Result<Convs> {
         let cudnn = Cudnn::new(stream.clone()).context("creating the cuDNN handle")?;
@@ -125,6 +130,7 @@ impl Convs {
             math,
             search,
             searcher,
+            kept: RefCell::new(kept),
         })
     }
 
@@ -261,8 +267,17 @@ impl Convs {
         Vec<cudnnConvolutionFwdAlgo_t>,
         Vec<cudnnConvolutionBwdDataAlgo_t>,
     ) {
+        let measured = search == ConvSearch::Measured;
+        if let Some(kept) = self.kept.borrow().get(shape).filter(|_| measured) {
+            tracing::debug!("cuDNN's timings for {} kept from an earlier run", what());
+            return kept;
+        }
         let started = std::time::Instant::now();
-        let ranked = self.searcher.candidates(shape, search).or_else(|e| {
+        let searched = self.searcher.candidates(shape, search);
+        if let (Ok(ranking), true) = (&searched, measured) {
+            self.kept.borrow_mut().put(shape, ranking);
+        }
+        let ranked = searched.or_else(|e| {
             if search == ConvSearch::Heuristic {
                 return Err(e);
             }

@@ -57,15 +57,10 @@ pub fn compile_kept(
         return Ok((Compiled::Cubin(bytes), Some(file.clone())));
     }
     let compiled = compile(source, capability)?;
-    if let (Some(file), Compiled::Cubin(bytes)) = (&file, &compiled) {
-        let kept = file
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| crate::atomic::write(file, bytes));
-        if let Err(e) = kept {
-            tracing::debug!("not keeping the compiled CUDA kernels: {e:#}");
-        }
+    if let (Some(file), Compiled::Cubin(bytes)) = (&file, &compiled)
+        && let Err(e) = crate::atomic::write_in_new_folder(file, bytes)
+    {
+        tracing::debug!("not keeping the compiled CUDA kernels: {e:#}");
     }
     Ok((compiled, None))
 }

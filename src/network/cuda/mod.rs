@@ -6,6 +6,7 @@
 //! Everything runs on one stream in order, so buffers go back to the pool as soon as
 //! their last use is queued; the host waits only for the final copies back.
 
+mod algorithm_cache;
 mod compile;
 mod conv;
 mod gram;
@@ -203,7 +204,16 @@ impl CudaVgg {
         }
         let pad = usize::from(padding == Padding::Replicate);
         let state = State {
-            convs: conv::Convs::new(stream.clone(), &channels, (tf32, search), pad == 1)?,
+            convs: conv::Convs::new(
+                stream.clone(),
+                &channels,
+                (
+                    tf32,
+                    search,
+                    algorithm_cache::AlgorithmCache::for_card(&name),
+                ),
+                pad == 1,
+            )?,
             gram: gram::Gram::new(stream.clone(), tf32)?,
             f32s: Pool(HashMap::new()),
             f64s: Pool(HashMap::new()),

@@ -4,7 +4,8 @@
 //!   them (`cudnnGetConvolution*Algorithm_v7`), as PyTorch does by default;
 //! - [`ConvSearch::Measured`]: cuDNN runs each algorithm on the card and ranks them by
 //!   time (`cudnnFindConvolution*Algorithm`), as PyTorch's `cudnn.benchmark = True`. It
-//!   costs a fraction of a second per new image size and may pick faster algorithms.
+//!   costs a fraction of a second per new image size and may pick faster algorithms;
+//!   the rankings are kept for later runs on the card (`algorithm_cache.rs`).
 //!
 //! Either way the first candidate that runs within the workspace limit is taken, as
 //! PyTorch takes it; where none does, the fallbacks in `conv.rs` (implicit GEMM, and
