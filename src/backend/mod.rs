@@ -104,7 +104,8 @@ impl ConvSearch {
     }
 
     /// What a run on `kind` says before an image of `w` x `h` first runs, where cuDNN's
-    /// algorithms are timed then: the pause that follows is the search, not a hang.
+    /// algorithms are timed then: the pause that follows is the search, not a hang. (The
+    /// network says whether an earlier run on the card kept them.)
     pub fn notice(self, kind: BackendKind, (w, h): (usize, usize)) -> Option<String> {
         let measured = kind == BackendKind::Cuda && self.at(w * h) == ConvSearch::Measured;
         measured.then(|| {
@@ -112,9 +113,7 @@ impl ConvSearch {
                 ConvSearch::Auto => "conv_search: auto measures from a megapixel",
                 _ => "conv_search: measured",
             };
-            format!(
-                "timing cuDNN's algorithms for {w}x{h}, unless this card has timed them before ({why}; `heuristic` skips this)"
-            )
+            format!("timing cuDNN's algorithms for {w}x{h} ({why}; `heuristic` skips this)")
         })
     }
 }

@@ -147,12 +147,19 @@ fn stage_fits(
 
 /// What a scale says before its targets are computed: the tiles it computes in, and
 /// whether cuDNN's algorithms are timed for its size first (the pause that follows).
-fn stage_notices(fit: &Fit, weights: &CostWeights, preset: &Preset) -> Vec<String> {
+fn stage_notices(
+    fit: &Fit,
+    (weights, preset): (&CostWeights, &Preset),
+    network: &Network,
+) -> Vec<String> {
     let tiles = fit
         .describe(weights.deepest())
         .map(|t| format!("computing {t}"));
     let size = (fit.width, fit.height);
-    let search = preset.conv_search.notice(fit.backend, size);
+    let search = preset
+        .conv_search
+        .notice(fit.backend, size)
+        .filter(|_| network.times_algorithms(size, weights.deepest()));
     tiles.into_iter().chain(search).collect()
 }
 
@@ -227,7 +234,7 @@ impl Worker {
             let _ = progress.send(Event::Tiles(p));
         })));
         let inputs = sources.at(width, height, &backend.device);
-        for notice in stage_notices(&fits[stage], &cost_weights, &preset) {
+        for notice in stage_notices(&fits[stage], (&cost_weights, &preset), &network) {
             let _ = tx.send(Event::Notice(notice));
         }
         let targets = network.targets_with_regions(
@@ -724,7 +731,8 @@ impl Worker {
         }
         self.inputs = self.sources.at(width, height, &self.backend.device);
         self.network.set_tile(self.fits[self.stage].tile);
-        for notice in stage_notices(&self.fits[self.stage], &self.weights, &self.preset) {
+        let settings = (&self.weights, &self.preset);
+        for notice in stage_notices(&self.fits[self.stage], settings, &self.network) {
             self.emit(Event::Notice(notice));
         }
         self.targets = self.network.targets_with_regions(

@@ -219,6 +219,18 @@ impl Network {
         }
     }
 
+    /// Whether the first evaluation of a `w` x `h` image to `deepest` will time cuDNN's
+    /// algorithms first (the CUDA path with `conv_search` measuring a size that neither
+    /// this run nor an earlier one on the card has timed).
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub fn times_algorithms(&self, (w, h): (usize, usize), deepest: Layer) -> bool {
+        match &self.path {
+            #[cfg(feature = "cuda")]
+            Path::Cuda(path) => path.vgg().times_algorithms(h, w, deepest),
+            _ => false,
+        }
+    }
+
     /// The card's network, where this is the CUDA path (for the per-layer profile).
     #[cfg(feature = "cuda")]
     pub fn cuda(&self) -> Option<&cuda::CudaVgg> {

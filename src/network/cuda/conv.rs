@@ -164,16 +164,7 @@ impl Convs {
             w: filter,
             dy: &y,
         };
-        let pad = usize::from(margin == 0);
-        let math = self.math;
-        let searched = ConvShape {
-            c: *c,
-            k: *k,
-            h,
-            w,
-            pad,
-            math,
-        };
+        let searched = self.shape(layer, h, w);
         let search = self.search.at(image_pixels(layer, h, w));
         let (fwd_ranked, bwd_ranked) = self.candidates(&searched, search, &what);
         let (forward, fwd_bytes) = first_fit(
@@ -203,6 +194,28 @@ impl Convs {
         };
         self.shapes.insert((layer, h, w), shape);
         Ok(())
+    }
+
+    /// Layer `layer` at `h` x `w` as the search describes it to cuDNN.
+    fn shape(&self, layer: usize, h: usize, w: usize) -> ConvShape {
+        let (c, k) = self.filters[layer].0;
+        ConvShape {
+            c,
+            k,
+            h,
+            w,
+            pad: usize::from(!self.descriptor(layer).1),
+            math: self.math,
+        }
+    }
+
+    /// Whether layer `layer`'s first run at `h` x `w` will time cuDNN's algorithms: a
+    /// measured search, for a shape this process has not prepared and no earlier run
+    /// on the card kept.
+    pub fn will_time(&self, layer: usize, h: usize, w: usize) -> bool {
+        self.search.at(image_pixels(layer, h, w)) == ConvSearch::Measured
+            && !self.shapes.contains_key(&(layer, h, w))
+            && self.kept.borrow().get(&self.shape(layer, h, w)).is_none()
     }
 
     /// Grows the workspace to `need` bytes.
@@ -414,15 +427,26 @@ impl Convs {
     }
 }
 
+/// Each layer to `deepest` with its output's height and width for an `h` x `w` image.
+pub(super) fn layer_sizes(h: usize, w: usize, deepest: Layer) -> Vec<(usize, usize, usize)> {
+    let (mut hh, mut ww) = (h, w);
+    let layers = (0..CHANNELS.len()).take(deepest.0 + 1);
+    layers
+        .map(|i| {
+            if pooled_before(i) {
+                (hh, ww) = (hh / 2, ww / 2);
+            }
+            (i, hh, ww)
+        })
+        .collect()
+}
+
 /// Refuses images that vanish before `deepest`, or whose buffers pass the 32-bit
 /// indices of the kernels and of cuDNN's descriptors.
 pub(super) fn check_size(h: usize, w: usize, deepest: Layer) -> Result<()> {
     ensure!(deepest.0 < 16, "VGG-19 has no layer {}", deepest.0);
-    let (mut hh, mut ww) = (h, w);
-    for (i, &k) in CHANNELS.iter().enumerate().take(deepest.0 + 1) {
-        if pooled_before(i) {
-            (hh, ww) = (hh / 2, ww / 2);
-        }
+    for (i, hh, ww) in layer_sizes(h, w, deepest) {
+        let k = CHANNELS[i];
         ensure!(
             hh > 0 && ww > 0,
             "a {h}x{w} image is too small for {}",

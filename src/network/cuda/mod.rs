@@ -238,6 +238,18 @@ impl CudaVgg {
         self.name.clone()
     }
 
+    /// Whether the first run of an `h` x `w` image to `deepest` will time cuDNN's
+    /// algorithms (`conv_search`), which a run says before the pause.
+    pub fn times_algorithms(&self, h: usize, w: usize, deepest: Layer) -> bool {
+        let Ok(st) = self.state.lock() else {
+            return false;
+        };
+        let sizes = conv::layer_sizes(h, w, deepest);
+        sizes
+            .into_iter()
+            .any(|(i, hh, ww)| st.convs.will_time(i, hh, ww))
+    }
+
     /// `(free, total)` bytes of device memory now; free counts what the pool keeps of
     /// buffers this process freed (`backend::cuda_memory`).
     pub fn memory(&self) -> Result<(u64, u64)> {
