@@ -311,7 +311,8 @@ struct Timing {
     /// Of which in the network's evaluations.
     in_network: f64,
     /// From the start to the end of the first step: the targets, the first use of each
-    /// size (on CUDA, cuDNN's algorithm search) and the warm-up.
+    /// size (on CUDA, cuDNN's algorithm search where no earlier run on the card kept
+    /// it) and the warm-up.
     first: f64,
 }
 

@@ -146,20 +146,26 @@ fn stage_fits(
 }
 
 /// What a scale says before its targets are computed: the tiles it computes in, and
-/// whether cuDNN's algorithms are timed for its size first (the pause that follows).
+/// whether cuDNN's algorithms are timed first (the pause that follows), for its size or
+/// for its style images' sizes.
 fn stage_notices(
     fit: &Fit,
     (weights, preset): (&CostWeights, &Preset),
-    network: &Network,
+    (network, inputs): (&Network, &Inputs),
 ) -> Vec<String> {
     let tiles = fit
         .describe(weights.deepest())
         .map(|t| format!("computing {t}"));
     let size = (fit.width, fit.height);
+    let styles = inputs.styles.iter().map(|(t, _)| {
+        let [_, _, h, w] = t.dims();
+        (w, h)
+    });
+    let sizes: Vec<_> = std::iter::once(size).chain(styles).collect();
     let search = preset
         .conv_search
         .notice(fit.backend, size)
-        .filter(|_| network.times_algorithms(size, weights.deepest()));
+        .filter(|_| network.times_algorithms(&sizes, weights.deepest()));
     tiles.into_iter().chain(search).collect()
 }
 
@@ -234,7 +240,8 @@ impl Worker {
             let _ = progress.send(Event::Tiles(p));
         })));
         let inputs = sources.at(width, height, &backend.device);
-        for notice in stage_notices(&fits[stage], (&cost_weights, &preset), &network) {
+        let settings = (&cost_weights, &preset);
+        for notice in stage_notices(&fits[stage], settings, (&network, &inputs)) {
             let _ = tx.send(Event::Notice(notice));
         }
         let targets = network.targets_with_regions(
@@ -732,7 +739,11 @@ impl Worker {
         self.inputs = self.sources.at(width, height, &self.backend.device);
         self.network.set_tile(self.fits[self.stage].tile);
         let settings = (&self.weights, &self.preset);
-        for notice in stage_notices(&self.fits[self.stage], settings, &self.network) {
+        for notice in stage_notices(
+            &self.fits[self.stage],
+            settings,
+            (&self.network, &self.inputs),
+        ) {
             self.emit(Event::Notice(notice));
         }
         self.targets = self.network.targets_with_regions(

@@ -184,11 +184,13 @@ fn w2_adjoints(
 /// A resident Adam run on the card (`super::resident`): per iteration the costs come
 /// back and nothing else crosses the bus.
 pub struct CardState {
-    path: Arc<CudaPath>,
     kept: Kept<CudaSlice<f32>>,
     /// The gradient at the image now, written by each evaluation.
     grad: CudaSlice<f32>,
     evaluated: bool,
+    /// Declared last, so dropped last: the buffers above are freed before the network
+    /// (where this is its last holder) hands the pool's memory back.
+    path: Arc<CudaPath>,
 }
 
 impl CudaPath {

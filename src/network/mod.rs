@@ -219,14 +219,16 @@ impl Network {
         }
     }
 
-    /// Whether the first evaluation of a `w` x `h` image to `deepest` will time cuDNN's
-    /// algorithms first (the CUDA path with `conv_search` measuring a size that neither
-    /// this run nor an earlier one on the card has timed).
+    /// Whether the first evaluations of images of these sizes (`(w, h)`) to `deepest`
+    /// will time cuDNN's algorithms first (the CUDA path with `conv_search` measuring a
+    /// size that neither this run nor an earlier one on the card has timed).
     #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-    pub fn times_algorithms(&self, (w, h): (usize, usize), deepest: Layer) -> bool {
+    pub fn times_algorithms(&self, sizes: &[(usize, usize)], deepest: Layer) -> bool {
         match &self.path {
             #[cfg(feature = "cuda")]
-            Path::Cuda(path) => path.vgg().times_algorithms(h, w, deepest),
+            Path::Cuda(path) => sizes
+                .iter()
+                .any(|&(w, h)| path.vgg().times_algorithms(h, w, deepest)),
             _ => false,
         }
     }

@@ -12,7 +12,11 @@ use cudarc::nvrtc::{Ptx, result, sys};
 use std::ffi::{CStr, CString};
 
 /// `--fmad=false`: no contraction to FMA, so that `x * s + t` rounds as the CPU path's.
-pub(super) const FMAD: &str = "--fmad=false";
+const FMAD: &str = "--fmad=false";
+
+/// nvrtc's options besides the architecture (also the kept CUBIN's key,
+/// `kernel_cache.rs`).
+pub(super) const OPTIONS: &[&str] = &[FMAD];
 
 /// What nvrtc produced.
 pub enum Compiled {
@@ -35,14 +39,17 @@ impl Compiled {
 /// fail, the error gives both logs.
 pub fn compile(source: &str, (major, minor): (i32, i32)) -> Result<Compiled> {
     let arch = format!("--gpu-architecture=sm_{major}{minor}");
-    let cubin = match run_nvrtc(source, &[&arch, FMAD]).and_then(|p| p.cubin()) {
+    let with_arch: Vec<&str> = std::iter::once(arch.as_str())
+        .chain(OPTIONS.iter().copied())
+        .collect();
+    let cubin = match run_nvrtc(source, &with_arch).and_then(|p| p.cubin()) {
         Ok(bytes) => return Ok(Compiled::Cubin(bytes)),
         Err(e) => e,
     };
     tracing::warn!(
         "nvrtc could not make machine code for sm_{major}{minor} ({cubin:#}); trying PTX for the driver to compile"
     );
-    match run_nvrtc(source, &[FMAD]).and_then(|p| p.ptx()) {
+    match run_nvrtc(source, OPTIONS).and_then(|p| p.ptx()) {
         Ok(ptx) => Ok(Compiled::Ptx(ptx)),
         Err(ptx) => bail!(
             "nvrtc could not compile easel's CUDA kernels. For sm_{major}{minor}: {cubin:#}. For its default architecture: {ptx:#}"

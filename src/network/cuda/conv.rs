@@ -287,15 +287,16 @@ impl Convs {
         }
         let started = std::time::Instant::now();
         let searched = self.searcher.candidates(shape, search);
-        if let (Ok(ranking), true) = (&searched, measured) {
+        if let (Ok((ranking, true)), true) = (&searched, measured) {
             self.kept.borrow_mut().put(shape, ranking);
         }
-        let ranked = searched.or_else(|e| {
+        let ranked = searched.map(|(ranking, _)| ranking).or_else(|e| {
             if search == ConvSearch::Heuristic {
                 return Err(e);
             }
             tracing::warn!("{e:#}; using cuDNN's heuristics for {}", what());
-            self.searcher.candidates(shape, ConvSearch::Heuristic)
+            let heuristic = self.searcher.candidates(shape, ConvSearch::Heuristic);
+            heuristic.map(|(ranking, _)| ranking)
         });
         let ms = started.elapsed().as_secs_f64() * 1e3;
         tracing::debug!("cuDNN's {search:?} search for {}: {ms:.1} ms", what());
@@ -386,7 +387,9 @@ impl Convs {
                     what()
                 );
                 self.fall_back(layer, (h, w), true)?;
+                let refused = || format!("after {algo:?} was refused ({e:?})");
                 self.forward(layer, (h, w), x, weight, y)
+                    .with_context(refused)
             }
             launched => launched.with_context(what),
         }
@@ -420,7 +423,9 @@ impl Convs {
                     what()
                 );
                 self.fall_back(layer, (h, w), false)?;
+                let refused = || format!("after {algo:?} was refused ({e:?})");
                 self.backward_data(layer, (h, w), dy, weight, dx)
+                    .with_context(refused)
             }
             launched => launched.with_context(what),
         }

@@ -7,19 +7,19 @@
 //! reads another's code. A file that is not a CUBIN, or that the driver will not load,
 //! is compiled again and replaced.
 
-use super::compile::{Compiled, FMAD, compile};
+use super::compile::{Compiled, OPTIONS, compile};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Where the kernels for `capability` are kept in `dir`.
 fn cache_file(dir: &Path, source: &str, (major, minor): (i32, i32)) -> PathBuf {
     let mut hash = Sha256::new();
-    for part in [
-        source,
-        FMAD,
-        &nvrtc_version(),
-        &format!("sm_{major}{minor}"),
-    ] {
+    let version = nvrtc_version();
+    let arch = format!("sm_{major}{minor}");
+    let parts = [source, &version, &arch]
+        .into_iter()
+        .chain(OPTIONS.iter().copied());
+    for part in parts {
         hash.update(part.as_bytes());
         hash.update([0]);
     }

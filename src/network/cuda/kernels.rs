@@ -155,7 +155,7 @@ impl Kernels {
                     file.display()
                 );
                 kernel_cache::forget(&file);
-                let (compiled, _) = kernel_cache::compile_kept(SOURCE, capability, dir.as_deref())?;
+                let (compiled, _) = kernel_cache::compile_kept(SOURCE, capability, None)?;
                 ctx.load_module(compiled.into_module_image())
                     .context("loading easel's CUDA kernels")?
             }

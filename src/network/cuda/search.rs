@@ -15,6 +15,7 @@
 //! of its own on the same stream ([`Searcher`]), and makes each shape's descriptors for
 //! the time of one search.
 
+use super::algorithm_cache::Ranking;
 use crate::backend::ConvSearch;
 use anyhow::{Context, Result};
 use cudarc::cudnn::sys::{
@@ -58,15 +59,9 @@ impl Searcher {
     }
 
     /// The algorithms cuDNN offers for `shape`, best first: forward, then backward to
-    /// the input. Only those it reports as runnable.
-    pub fn candidates(
-        &self,
-        shape: &ConvShape,
-        search: ConvSearch,
-    ) -> Result<(
-        Vec<cudnnConvolutionFwdAlgo_t>,
-        Vec<cudnnConvolutionBwdDataAlgo_t>,
-    )> {
+    /// the input. Only those it reports as runnable; with whether the ranking may be
+    /// kept for later runs ([`lasting`]).
+    pub fn candidates(&self, shape: &ConvShape, search: ConvSearch) -> Result<(Ranking, bool)> {
         let handle = self.0;
         let d = Descriptors::new(shape)?;
         const FWD: usize = cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize;
@@ -145,6 +140,8 @@ impl Searcher {
             format!("cuDNN's {search:?} search of backward algorithms for {what}")
         })?;
         let ok = |status: cudnnStatus_t| status == cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+        let statuses = fwd[..count(nf, FWD)].iter().map(|p| p.status);
+        let kept = lasting(statuses.chain(bwd[..count(nb, BWD)].iter().map(|p| p.status)));
         let forward = fwd[..count(nf, FWD)]
             .iter()
             .filter(|p| ok(p.status))
@@ -153,11 +150,23 @@ impl Searcher {
             .iter()
             .filter(|p| ok(p.status))
             .map(|p| (p.algo, p.mathType));
-        Ok((
+        let ranking = (
             in_math(forward.collect(), shape.math),
             in_math(backward.collect(), shape.math),
-        ))
+        );
+        let kept = kept && !ranking.0.is_empty() && !ranking.1.is_empty();
+        Ok((ranking, kept))
     }
+}
+
+/// Whether a search whose algorithms ended with `statuses` may be kept for later runs:
+/// each ran, or does not apply to the shape (cuDNN 9's bad-parameter and not-supported
+/// classes, 2000-3999). One that failed inside cuDNN or at run time (4000 and up: out of
+/// memory among them, where another process held the card) could run another time.
+fn lasting(statuses: impl Iterator<Item = cudnnStatus_t>) -> bool {
+    statuses
+        .map(|s| s as u32)
+        .all(|s| s == 0 || (2000..4000).contains(&s))
 }
 
 impl Drop for Searcher {
@@ -272,6 +281,20 @@ mod tests {
             Some((_, Some(bytes))) => Ok(*bytes),
             _ => Err(format!("algorithm {a} is not supported")),
         }
+    }
+
+    #[test]
+    fn a_search_with_an_algorithm_out_of_memory_is_not_kept() {
+        use cudnnStatus_t as S;
+        let fine = [S::CUDNN_STATUS_SUCCESS, S::CUDNN_STATUS_NOT_SUPPORTED_SHAPE];
+        assert!(lasting(fine.into_iter()));
+        assert!(lasting([S::CUDNN_STATUS_BAD_PARAM].into_iter()));
+        let short = [
+            S::CUDNN_STATUS_SUCCESS,
+            S::CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED,
+        ];
+        assert!(!lasting(short.into_iter()));
+        assert!(!lasting([S::CUDNN_STATUS_EXECUTION_FAILED].into_iter()));
     }
 
     #[test]
