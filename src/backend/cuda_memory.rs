@@ -1,13 +1,14 @@
-//! The CUDA driver's memory pool, which cudarc's stream-ordered allocations (`cuMemAllocAsync`)
-//! come from: freed buffers are kept in it across synchronisations, the card's free
-//! memory counts them, and they go back to the driver when a CUDA network is dropped.
+//! The CUDA driver's memory pool, which cudarc's stream-ordered allocations
+//! (`cuMemAllocAsync`) come from: freed buffers are kept in it across synchronisations,
+//! the card's free memory counts them, and they go back to the driver when a CUDA
+//! network is dropped.
 //!
 //! Why: the pool's release threshold is 0 by default, so at every synchronisation the
 //! driver hands freed memory back to the system, and the next allocation maps it again.
-//! The network's own buffers come from its pools (`network::cuda`) and are made once, but L-BFGS
-//! makes image-sized vectors in every operation and waits for a scalar after most
-//! (`network::cuda_vectors`): at 2048x2048, hundreds of 50 MB mappings an iteration.
-//! PyTorch's caching allocator keeps freed memory for the same reason.
+//! The network's own buffers come from its pools (`network::cuda`) and are made once,
+//! but L-BFGS makes image-sized vectors in every operation and waits for a scalar after
+//! most (`network::cuda_vectors`): at 2048x2048, hundreds of 50 MB mappings an
+//! iteration. PyTorch's caching allocator keeps freed memory for the same reason.
 
 use anyhow::{Context, Result};
 use cudarc::driver::CudaContext;

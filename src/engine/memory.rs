@@ -37,20 +37,17 @@ fn state_bytes(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
 }
 
 /// What a run adds where the network keeps the state (`network::resident`). Adam,
-/// untiled: two sets of the image, both moments and the EMA, and the gradient. L-BFGS
-/// (`network::lbfgs_image`): the image and the EMA now and before the last step, and
-/// the step's next image. The engine's own tensors stay beside them.
-fn resident_bytes(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
+/// untiled: two sets of the image, both moments and the EMA, and the gradient (runs in
+/// tiles keep tensor Adam). L-BFGS, tiled or not (`network::lbfgs_image`): the image and
+/// the EMA now and before the last step, and the step's next image. The engine's own
+/// tensors stay beside them.
+fn resident_bytes(pixels: u64, optimizer: &OptimizerSpec, tiled: bool) -> u64 {
+    let image = pixels * 3 * 4;
     match optimizer.kind {
-        OptimizerKind::Adam => 9 * pixels * 3 * 4,
-        OptimizerKind::Lbfgs => lbfgs_image_bytes(pixels),
+        OptimizerKind::Adam if tiled => 0,
+        OptimizerKind::Adam => 9 * image,
+        OptimizerKind::Lbfgs => 5 * image,
     }
-}
-
-/// L-BFGS's image and EMA now and before the last step, and the step's next image
-/// (`network::lbfgs_image`), which runs in tiles hold too.
-fn lbfgs_image_bytes(pixels: u64) -> u64 {
-    5 * pixels * 3 * 4
 }
 
 /// Bytes a run of `pixels` output pixels needs on the CPU, untiled.
@@ -58,21 +55,17 @@ pub fn memory_estimate(pixels: u64, optimizer: &OptimizerSpec) -> u64 {
     RUNTIME_BYTES
         + pixels * ACTIVATION_BYTES
         + state_bytes(pixels, optimizer)
-        + resident_bytes(pixels, optimizer)
+        + resident_bytes(pixels, optimizer, false)
 }
 
 /// Bytes a run of `pixels` output pixels needs in tiles whose largest crop (the tile
 /// with its gradient halo) is `crop` pixels.
 pub fn tiled_memory_estimate(pixels: u64, crop: u64, optimizer: &OptimizerSpec) -> u64 {
-    let lbfgs_image = match optimizer.kind {
-        OptimizerKind::Adam => 0,
-        OptimizerKind::Lbfgs => lbfgs_image_bytes(pixels),
-    };
     RUNTIME_BYTES
         + pixels * TILED_IMAGE_BYTES
         + crop * TILE_ACTIVATION_BYTES
         + state_bytes(pixels, optimizer)
-        + lbfgs_image
+        + resident_bytes(pixels, optimizer, true)
 }
 
 /// The tile sides `tile: auto` tries, largest (least halo) first.

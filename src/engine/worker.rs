@@ -62,8 +62,9 @@ struct Worker {
     targets: Targets,
     point: Point,
     /// Where the network keeps the image, the EMA and Adam's moments between iterations
-    /// (see `network::resident`; L-BFGS's image, `network::lbfgs_image`); while it does, `point` holds the true iteration and
-    /// scalars, and its tensors are behind unless `stale` is false.
+    /// (see `network::resident`; L-BFGS's image, `network::lbfgs_image`); while it
+    /// does, `point` holds the true iteration and scalars, and its tensors are behind
+    /// unless `stale` is false.
     resident: Option<Resident>,
     stale: bool,
     elapsed_s: f64,

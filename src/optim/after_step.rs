@@ -1,9 +1,10 @@
 //! What follows each accepted step, whichever the optimiser: the clamp of the image to
 //! the pixel range, and the EMA's update (docs/design.md §1).
 
-/// The clamp and the EMA's update after a step, as float32 constants that every path
-/// applies the same way: the host's tensors (`clamp_pixels`, `Ema::update`), the
-/// resident Adam update, and the card's kernels.
+/// The clamp and the EMA's update after a step, as the float32 constants that the
+/// resident state applies: Adam's fused update (host buffers, the card's `adam`
+/// kernel) and L-BFGS's image (`network::lbfgs_image`). They round as the engine's own
+/// `clamp_pixels` and `Ema::update` on tensors, which take the same values.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct AfterStep {
     /// Per channel, the pixel range `[lo, hi]` the image is clamped to, where `clamp` is on.

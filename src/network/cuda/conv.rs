@@ -13,7 +13,8 @@ use cudarc::cudnn::sys::{
     cudnnMathType_t, cudnnTensorFormat_t,
 };
 use cudarc::cudnn::{
-    ConvBackwardData, ConvDescriptor, ConvForward, Cudnn, FilterDescriptor, TensorDescriptor,
+    ConvBackwardData, ConvDescriptor, ConvForward, Cudnn, CudnnError, FilterDescriptor,
+    TensorDescriptor,
 };
 use cudarc::driver::{CudaSlice, CudaStream};
 use std::cell::RefCell;
@@ -185,7 +186,21 @@ impl Convs {
             "cuDNN for {}: {forward:?} ({fwd_bytes} B), {backward:?} ({bwd_bytes} B)",
             what()
         );
-        self.grow_workspace(fwd_bytes.max(bwd_bytes))?;
+        // The fallbacks fit too, so that one can replace a refused algorithm at launch.
+        let fallbacks = [
+            fwd.get_workspace_size(FWD_FALLBACK).unwrap_or(0),
+            bwd.get_workspace_size(BWD_FALLBACK).unwrap_or(0),
+        ];
+        let need = fallbacks
+            .into_iter()
+            .fold(fwd_bytes.max(bwd_bytes), usize::max);
+        if need > self.workspace.as_ref().map_or(0, |ws| ws.len()) {
+            // The old workspace is freed in stream order, after the work that uses it.
+            self.workspace = None;
+            let ws = unsafe { self.stream.alloc::<u8>(need) }
+                .with_context(|| format!("allocating {need} bytes of cuDNN workspace"))?;
+            self.workspace = Some(ws);
+        }
         let shape = Shape {
             x,
             y,
@@ -216,56 +231,6 @@ impl Convs {
         self.search.at(image_pixels(layer, h, w)) == ConvSearch::Measured
             && !self.shapes.contains_key(&(layer, h, w))
             && self.kept.borrow().get(&self.shape(layer, h, w)).is_none()
-    }
-
-    /// Grows the workspace to `need` bytes.
-    fn grow_workspace(&mut self, need: usize) -> Result<()> {
-        if need > self.workspace.as_ref().map_or(0, |ws| ws.len()) {
-            // The old workspace is freed in stream order, after the work that uses it.
-            self.workspace = None;
-            let ws = unsafe { self.stream.alloc::<u8>(need) }
-                .with_context(|| format!("allocating {need} bytes of cuDNN workspace"))?;
-            self.workspace = Some(ws);
-        }
-        Ok(())
-    }
-
-    /// Replaces the algorithm of layer `layer` at `h` x `w` that cuDNN refused to run
-    /// with the fallback, in one direction, sizing the workspace for it. cuDNN's lists
-    /// can offer an algorithm that its launch then refuses (PyTorch tries the next one
-    /// for the same reason); the run goes on with a slower one rather than stopping.
-    fn fall_back(&mut self, layer: usize, (h, w): (usize, usize), forward: bool) -> Result<()> {
-        let conv = self.descriptor(layer).0;
-        let filter = &self.filters[layer].1;
-        let shape = self.shapes.get(&(layer, h, w)).ok_or_else(|| {
-            anyhow::anyhow!("cuDNN's descriptors for layer {layer} at {h}x{w} are missing")
-        })?;
-        let need = if forward {
-            let op = ConvForward {
-                conv,
-                x: &shape.x,
-                w: filter,
-                y: &shape.y,
-            };
-            op.get_workspace_size(FWD_FALLBACK)
-        } else {
-            let op = ConvBackwardData {
-                conv,
-                dx: &shape.x,
-                w: filter,
-                dy: &shape.y,
-            };
-            op.get_workspace_size(BWD_FALLBACK)
-        }
-        .with_context(|| format!("sizing cuDNN's fallback for layer {layer} at {h}x{w}"))?;
-        self.grow_workspace(need)?;
-        if let Some(shape) = self.shapes.get_mut(&(layer, h, w)) {
-            match forward {
-                true => shape.forward = FWD_FALLBACK,
-                false => shape.backward = BWD_FALLBACK,
-            }
-        }
-        Ok(())
     }
 
     /// The algorithms cuDNN ranks for `shape`, forward and backward. Where the search
@@ -380,19 +345,13 @@ impl Convs {
         // from the same layer and size), and the workspace is the one sized for them.
         let launched = unsafe { op.launch(algo, workspace, (1.0, 0.0), x, weight, y) };
         let what = || format!("cuDNN's forward convolution at layer {layer} ({h}x{w})");
-        match launched {
-            Err(e) if algo != FWD_FALLBACK => {
-                tracing::warn!(
-                    "{} refused {algo:?} ({e:?}); using {FWD_FALLBACK:?}",
-                    what()
-                );
-                self.fall_back(layer, (h, w), true)?;
-                let refused = || format!("after {algo:?} was refused ({e:?})");
-                self.forward(layer, (h, w), x, weight, y)
-                    .with_context(refused)
-            }
-            launched => launched.with_context(what),
+        let Some(refused) = refusal(launched, (algo, FWD_FALLBACK), &what)? else {
+            return Ok(());
+        };
+        if let Some(shape) = self.shapes.get_mut(&(layer, h, w)) {
+            shape.forward = FWD_FALLBACK;
         }
+        self.forward(layer, (h, w), x, weight, y).context(refused)
     }
 
     /// `dx = conv^T(dy, weight)`: the gradient at layer `layer`'s input from the one at
@@ -416,19 +375,34 @@ impl Convs {
         // SAFETY: as in `forward`.
         let launched = unsafe { op.launch(algo, workspace, (1.0, 0.0), dx, weight, dy) };
         let what = || format!("cuDNN's backward-data convolution at layer {layer} ({h}x{w})");
-        match launched {
-            Err(e) if algo != BWD_FALLBACK => {
-                tracing::warn!(
-                    "{} refused {algo:?} ({e:?}); using {BWD_FALLBACK:?}",
-                    what()
-                );
-                self.fall_back(layer, (h, w), false)?;
-                let refused = || format!("after {algo:?} was refused ({e:?})");
-                self.backward_data(layer, (h, w), dy, weight, dx)
-                    .with_context(refused)
-            }
-            launched => launched.with_context(what),
+        let Some(refused) = refusal(launched, (algo, BWD_FALLBACK), &what)? else {
+            return Ok(());
+        };
+        if let Some(shape) = self.shapes.get_mut(&(layer, h, w)) {
+            shape.backward = BWD_FALLBACK;
         }
+        self.backward_data(layer, (h, w), dy, weight, dx)
+            .context(refused)
+    }
+}
+
+/// What a launch of `algo` came to: done (`None`), or refused by cuDNN, then the
+/// context for the error of a launch with `fallback` instead (whose workspace `prepare`
+/// sized). cuDNN's lists can offer an algorithm its launch then refuses (PyTorch moves
+/// down its list for the same reason): the run goes on with a slower one. A failure of
+/// the fallback itself is the error.
+fn refusal<A: std::fmt::Debug + PartialEq + Copy>(
+    launched: Result<(), CudnnError>,
+    (algo, fallback): (A, A),
+    what: &dyn Fn() -> String,
+) -> Result<Option<String>> {
+    match launched {
+        Ok(()) => Ok(None),
+        Err(e) if algo != fallback => {
+            tracing::warn!("{} refused {algo:?} ({e:?}); using {fallback:?}", what());
+            Ok(Some(format!("after {algo:?} was refused ({e:?})")))
+        }
+        Err(e) => Err(e).with_context(what),
     }
 }
 

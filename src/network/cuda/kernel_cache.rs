@@ -1,11 +1,10 @@
 //! Compiled kernels kept between runs, so that a run on CUDA (or a move to it) does not
 //! wait for nvrtc again: 0.34-0.58 s for sm_90 on the 2-core development machine
 //! (nvrtc 13.0), where PyTorch takes about 1 s for the whole default preset on an H200.
-//! A CUBIN is kept under the cache folder as
-//! `cuda-kernels/<key>.cubin`, the key a hash of the source, nvrtc's options and
-//! version, and the card's architecture, so that a changed kernel or another card never
-//! reads another's code. A file that is not a CUBIN, or that the driver will not load,
-//! is compiled again and replaced.
+//! A CUBIN is kept under the cache folder as `cuda-kernels/<key>.cubin`, the key a hash
+//! of the source, nvrtc's options and version, and the card's architecture, so that a
+//! changed kernel or another card never reads another's code. A file that is not a
+//! CUBIN, or that the driver will not load, is compiled again and replaced.
 
 use super::compile::{Compiled, OPTIONS, compile};
 use sha2::{Digest, Sha256};

@@ -1,7 +1,8 @@
 //! The small kernels around cuDNN and cuBLAS (their source: `kernels.cu`), compiled by
-//! nvrtc once per card and source and kept ([`super::kernel_cache`]), and their launchers: the input normalisation, bias and ReLU, the ReLU mask,
-//! pooling and its gradient, the costs with their gradients (formulas in docs/design.md
-//! §1), each summed in float64, Adam's step and L-BFGS's vector arithmetic.
+//! nvrtc once per card and source and kept ([`super::kernel_cache`]), and their
+//! launchers: the input normalisation, bias and ReLU, the ReLU mask, pooling and its
+//! gradient, the costs with their gradients (formulas in docs/design.md §1), each
+//! summed in float64, Adam's step and L-BFGS's vector arithmetic.
 //!
 //! Every kernel is a grid-stride loop over `unsigned` indices: the caller has checked
 //! that no buffer exceeds `i32::MAX` elements. Contraction to FMA is off (`--fmad=false`,
