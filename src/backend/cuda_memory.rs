@@ -1,7 +1,7 @@
 //! The CUDA driver's memory pool, which cudarc's stream-ordered allocations
 //! (`cuMemAllocAsync`) come from: freed buffers are kept in it across synchronisations,
 //! the card's free memory counts them, and they go back to the driver when a CUDA
-//! network is dropped.
+//! network is dropped or moves to another image size.
 //!
 //! Why: the pool's release threshold is 0 by default, so at every synchronisation the
 //! driver hands freed memory back to the system, and the next allocation maps it again.

@@ -367,11 +367,22 @@ pub fn cuda_device() -> Result<CudaDevice> {
     // What an earlier CUDA network of this process freed is free for the next.
     let free = (free as u64 + cuda_memory::cached_bytes(&ctx)).min(total as u64);
     let v = cudarc::cudnn::result::get_version();
+    // Which CUDA this cuDNN was built for: a CUDA 12 build (PyTorch's cu12 wheels) can
+    // run beside CUDA 13's cuBLAS, but is the first suspect where a convolution fails.
+    // SAFETY: cuDNN is loaded (cuda_libs::load); the call reads a constant.
+    let built_for = unsafe { cudarc::cudnn::sys::cudnnGetCudartVersion() };
     Ok(CudaDevice {
         name,
         free,
         total: total as u64,
-        cudnn_version: format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100),
+        cudnn_version: format!(
+            "{}.{}.{} for CUDA {}.{}",
+            v / 10000,
+            (v / 100) % 100,
+            v % 100,
+            built_for / 1000,
+            (built_for % 1000) / 10
+        ),
         versions: library_versions(),
     })
 }

@@ -23,6 +23,13 @@ pub struct CudaPath {
     vgg: CudaVgg,
 }
 
+impl Drop for CudaPath {
+    fn drop(&mut self) {
+        // The targets are freed before the network, on whichever thread drops the path.
+        self.vgg.bind_for_drop();
+    }
+}
+
 impl CudaPath {
     pub fn new(weights: &HostWeights, padding: Padding, cuda: CudaSettings) -> Result<CudaPath> {
         crate::backend::cuda_libs::load()?;
@@ -210,7 +217,7 @@ impl Drop for CardState {
     fn drop(&mut self) {
         // The buffers are freed in the stream's order, which needs the context current
         // on this thread; cudarc would otherwise keep the error for the next call.
-        let _ = self.path.vgg.bind();
+        self.path.vgg.bind_for_drop();
     }
 }
 

@@ -30,7 +30,7 @@ impl std::fmt::Debug for CardVector {
 impl Drop for CardVector {
     fn drop(&mut self) {
         // The buffer is freed in the stream's order, which needs the context current.
-        let _ = self.path.vgg().bind();
+        self.path.vgg().bind_for_drop();
     }
 }
 

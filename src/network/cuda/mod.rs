@@ -51,6 +51,14 @@ pub struct CudaVgg {
     _release: ReleaseOnDrop,
 }
 
+impl Drop for CudaVgg {
+    fn drop(&mut self) {
+        // Runs before the fields' drops: the weights, the handles and the pools free
+        // their memory in the stream's order, which needs the context current here.
+        self.bind_for_drop();
+    }
+}
+
 /// Hands the pool's unused memory back to the driver when dropped
 /// (`backend::cuda_memory`).
 struct ReleaseOnDrop(Arc<CudaContext>);
@@ -270,9 +278,14 @@ impl CudaVgg {
             .lock()
             .map_err(|_| anyhow!("the CUDA network's state was poisoned by a panic"))?;
         if st.size != (h, w) {
-            // Buffers sized for another image would only hold memory.
+            // Buffers sized for another image would only hold memory. The driver's pool
+            // keeps what they free, where cuDNN's algorithm search and handles, which
+            // allocate outside it, cannot have it: it goes back to the driver.
             st.f32s.0.clear();
             st.size = (h, w);
+            if let Err(e) = cuda_memory::release_freed_memory(&self.ctx) {
+                tracing::debug!("{e:#}");
+            }
         }
         Ok(st)
     }
@@ -542,6 +555,16 @@ impl CudaVgg {
         self.ctx
             .bind_to_thread()
             .context("binding the CUDA context to this thread")
+    }
+
+    /// Makes the card's context current for the frees of a `drop`. cudarc's own bind
+    /// returns an error an earlier call left behind instead of binding, and a buffer
+    /// freed without the context current fails and leaves every later free failing too.
+    pub fn bind_for_drop(&self) {
+        // SAFETY: the context lives as long as `self`, and stays owned by it.
+        if let Err(e) = unsafe { cudarc::driver::result::ctx::set_current(self.ctx.cu_ctx()) } {
+            tracing::debug!("binding the CUDA context to free its buffers: {e:?}");
+        }
     }
 
     /// A new buffer of `len` floats on the card, contents undefined.
