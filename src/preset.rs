@@ -579,6 +579,43 @@ impl Preset {
     pub fn save(&self, path: &Path) -> Result<()> {
         atomic::write(path, self.to_yaml()?.as_bytes())
     }
+
+    /// The keys `newer` gives other values, dotted (`optimizer.lr`), with its values:
+    /// what `easel resume --set` changed, for the run's change log. A key `newer` sets
+    /// back to its default, which the file leaves out, has the value `default`.
+    pub fn changed_keys(&self, newer: &Preset) -> Result<Vec<(String, Value)>> {
+        let as_value = |p: &Preset| yaml_serde::to_value(PresetFile::from(p));
+        let mut changed = Vec::new();
+        changed_under("", (&as_value(self)?, &as_value(newer)?), &mut changed);
+        Ok(changed)
+    }
+}
+
+/// Adds to `changed` the keys under `prefix` whose values differ from `old` to `new`.
+fn changed_under(prefix: &str, (old, new): (&Value, &Value), changed: &mut Vec<(String, Value)>) {
+    let (Value::Mapping(old), Value::Mapping(new)) = (old, new) else {
+        if old != new {
+            changed.push((prefix.to_string(), new.clone()));
+        }
+        return;
+    };
+    let key = |k: &Value| {
+        let k = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+        if prefix.is_empty() {
+            k
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
+    for (k, v) in new {
+        match old.get(k) {
+            Some(o) => changed_under(&key(k), (o, v), changed),
+            None => changed.push((key(k), v.clone())),
+        }
+    }
+    for k in old.keys().filter(|k| !new.contains_key(*k)) {
+        changed.push((key(k), Value::String("default".into())));
+    }
 }
 
 impl PresetFile {

@@ -718,6 +718,45 @@ fn a_file_size_limit_loses_nothing() {
     );
 }
 
+/// `resume --set` that changes the cost (a weight 1000 times larger) goes on from the
+/// checkpoint, with the guard held to the new cost, and logs what changed there.
+#[test]
+fn a_resume_that_changes_a_weight_goes_on_and_logs_the_change() {
+    let dir = scratch("beta: 100\n");
+    let o = easel(
+        &["run", "p.yaml", "--ui", "plain", "--out", "out"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = runs_in(dir.path()).pop().expect("the run");
+    let path = run.to_str().expect("utf-8 path");
+    let set = ["--set", "iterations=5", "--set", "beta=100000"];
+    let o = easel(
+        &[&["resume", path, "--ui", "plain"][..], &set].concat(),
+        dir.path(),
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("diverged"), "{err}");
+    let changes = easel::run_dir::read_changes(&run.join("preset.yaml")).expect("changes");
+    let logged: Vec<(u64, &str, String)> = changes
+        .iter()
+        .map(|c| (c.iter, c.key.as_str(), c.value_text()))
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            (3, "beta", "100000.0".into()),
+            (3, "iterations", "5".into())
+        ]
+    );
+    assert_eq!(
+        common::records(&run).len(),
+        6,
+        "five iterations and the final image's"
+    );
+}
+
 /// An input image replaced between a run and its resume is used, but not silently.
 #[test]
 fn a_resume_says_when_an_input_image_changed() {

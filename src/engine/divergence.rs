@@ -3,10 +3,12 @@
 //! rollbacks in a row.
 
 use super::Point;
-use crate::loss::Costs;
+use crate::loss::{CostWeights, Costs};
 
 /// J rising more than this factor over its best counts as divergence.
 const DIVERGENCE_FACTOR: f64 = 100.0;
+/// Below this share of J, a weighted term counts as absent.
+const ABSENT_SHARE: f64 = 1e-6;
 /// Rollbacks in a row after which the run pauses.
 pub const MAX_ROLLBACKS: u32 = 3;
 
@@ -57,13 +59,15 @@ impl DivergenceGuard {
         costs.is_finite() && costs.total <= DIVERGENCE_FACTOR * self.best_j
     }
 
-    /// A sound step from `from`, whose cost was `j`.
-    pub fn passed(&mut self, from: Point, j: f64) {
+    /// A sound step from `from`, whose cost was `costs` under `weights`.
+    pub fn passed(&mut self, from: Point, costs: &Costs, weights: &CostWeights) {
         if from.iter > self.diverged_at {
             self.rollbacks_in_a_row = 0;
         }
         self.good = Some(from);
-        self.best_j = self.best_j.min(j);
+        if is_yardstick(costs, weights) {
+            self.best_j = self.best_j.min(costs.total);
+        }
     }
 
     /// The state to go back to after a divergence at iteration `at`, with whether the
@@ -73,5 +77,96 @@ impl DivergenceGuard {
         self.rollbacks_in_a_row += 1;
         self.diverged_at = at;
         Some((good, self.rollbacks_in_a_row >= MAX_ROLLBACKS))
+    }
+}
+
+/// Whether a J can be the yardstick later ones are held to: not where the content or
+/// the style term it weighs is (all but) absent. A run that starts at the style image
+/// (`init: style`) has J_style 0 there, and its first steps rightly rise far above that
+/// J: held to it, they would count as divergence and quarter the learning rate.
+fn is_yardstick(costs: &Costs, weights: &CostWeights) -> bool {
+    let content = weights.alpha * costs.content;
+    let style = costs.total - content - weights.tv_weight * costs.tv;
+    let present = |weight: f64, part: f64| weight == 0.0 || part > ABSENT_SHARE * costs.total;
+    let style_weight = weights.beta + weights.region_weights.iter().sum::<f64>();
+    present(weights.alpha, content) && present(style_weight, style)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{Optimizer, OptimizerSpec};
+    use crate::vgg::Layer;
+    use burn::tensor::{Device, Tensor};
+
+    fn point(iter: u64) -> Point {
+        Point {
+            iter,
+            x: Tensor::zeros([1, 3, 2, 2], &Device::flex()),
+            optimizer: Optimizer::new(&OptimizerSpec::default()),
+            ema: None,
+        }
+    }
+
+    fn weights() -> CostWeights {
+        CostWeights {
+            alpha: 10.0,
+            beta: 1e4,
+            content_layer: Layer::parse("conv4_2").expect("layer"),
+            style_layers: vec![(Layer::parse("conv1_1").expect("layer"), 1.0)],
+            tv_weight: 1.0,
+            style_loss: crate::loss::StyleLoss::Gram,
+            region_weights: Vec::new(),
+        }
+    }
+
+    fn costs(content: f64, style: f64, tv: f64) -> Costs {
+        let w = weights();
+        Costs {
+            total: w.alpha * content + w.beta * style + w.tv_weight * tv,
+            content,
+            style,
+            style_layers: Vec::new(),
+            tv,
+            regions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_start_at_the_style_image_is_no_yardstick() {
+        let mut guard = DivergenceGuard::new(f64::INFINITY);
+        // init: style: J_style is 0, J is the content term alone.
+        guard.passed(point(0), &costs(3.3e4, 0.0, 5.0), &weights());
+        let rise = costs(3.0e4, 1e4, 5.0);
+        assert!(rise.total > 100.0 * 3.3e5);
+        assert!(guard.accepts(&rise), "the first steps from the style rise");
+        guard.passed(point(1), &rise, &weights());
+        assert_eq!(guard.best_j(), rise.total);
+        assert!(
+            !guard.accepts(&costs(3.0e4, 1e7, 5.0)),
+            "then J is held to it"
+        );
+    }
+
+    #[test]
+    fn a_blow_up_from_a_start_with_every_term_is_caught() {
+        let mut guard = DivergenceGuard::new(f64::INFINITY);
+        let start = costs(3.3e4, 1e3, 5.0);
+        guard.passed(point(0), &start, &weights());
+        assert_eq!(guard.best_j(), start.total);
+        assert!(!guard.accepts(&costs(3.3e4, 1e6, 5.0)));
+        assert!(!guard.accepts(&costs(f64::NAN, 1.0, 5.0)));
+        // A term that carries no weight counts as present.
+        let style_only = CostWeights {
+            alpha: 0.0,
+            ..weights()
+        };
+        let mut guard = DivergenceGuard::new(f64::INFINITY);
+        let c = Costs {
+            total: 1e4 * 1e3,
+            ..costs(0.0, 1e3, 0.0)
+        };
+        guard.passed(point(0), &c, &style_only);
+        assert_eq!(guard.best_j(), c.total);
     }
 }

@@ -164,13 +164,25 @@ fn stage_notices(
 
 /// A stopped run's checkpoint and the records before it.
 fn resume(
-    run_dir: RunDir,
+    mut run_dir: RunDir,
     preset: &Preset,
     backend: &Backend,
 ) -> Result<(RunDir, Checkpoint, Vec<Record>)> {
-    let cp = Checkpoint::load(&run_dir.file(run_dir::CHECKPOINT), &backend.device)?;
+    let mut cp = Checkpoint::load(&run_dir.file(run_dir::CHECKPOINT), &backend.device)?;
     let history = run_dir.truncate_records(cp.point.iter)?;
-    // Overrides given to `resume` (e.g. more iterations) are the run's now.
+    // Overrides given to `resume` (e.g. more iterations) are the run's now, in its
+    // change log from the checkpoint's iteration on, as the workbench's changes are.
+    let before = Preset::load(&run_dir.file(run_dir::PRESET), &[])?;
+    for (key, value) in before.changed_keys(preset)? {
+        let iter = cp.point.iter;
+        run_dir.record_change(preset, Change { iter, key, value })?;
+    }
+    if before.cost_weights() != preset.cost_weights() {
+        // As for a change in the workbench: the best J and old curvature pairs were of
+        // another cost.
+        cp.best_j = f64::INFINITY;
+        cp.point.optimizer.cost_changed();
+    }
     run_dir.write_preset(preset)?;
     Ok((run_dir, cp, history))
 }

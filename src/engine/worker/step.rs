@@ -71,7 +71,7 @@ impl Worker {
                 return self.roll_back(&reason);
             }
         };
-        self.guard.passed(candidate, costs.total);
+        self.guard.passed(candidate, &costs, &self.weights);
         // The record first: where it cannot be written, the state has not moved on, and
         // the checkpoint the failure saves is still the one the records end at.
         let record = self.record(&costs, elapsed_before, false);
