@@ -3,7 +3,7 @@
 //! their two images, written once into the user's cache folder and read from there like
 //! any preset.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
 /// A built-in preset: its name, its YAML, and the images its paths name.
@@ -54,22 +54,61 @@ pub fn default_preset() -> Result<PathBuf> {
     materialize(&BUILTINS[0])
 }
 
-/// The preset `easel run ARG` means: the file `arg` where it exists; else, for the bare
-/// name of a built-in preset (`best`), presets/NAME.yaml in a checkout or the built-in
-/// copy; else `arg` itself, for the loader to say what is wrong with it.
+/// The preset `easel run ARG` means: the file `arg` where it exists; else, for a bare
+/// name, presets/NAME.yaml in the current folder, the built-in preset NAME, or the
+/// preset in presets/ whose `name:` is NAME (what names its runs); else `arg` itself,
+/// for the loader to say what is wrong with it, or for a bare name, an error that
+/// lists the names there are.
 pub fn resolve(arg: &Path) -> Result<PathBuf> {
     let name = arg.to_str().unwrap_or_default();
-    let Some(builtin) = BUILTINS.iter().find(|b| b.name == name) else {
-        return Ok(arg.to_path_buf());
-    };
-    if arg.exists() {
+    let bare = arg.components().count() == 1 && arg.extension().is_none();
+    if arg.exists() || !bare {
         return Ok(arg.to_path_buf());
     }
-    let local = Path::new("presets").join(format!("{name}.yaml"));
-    if local.is_file() {
-        return Ok(local);
+    let local = Path::new("presets");
+    let by_file = local.join(format!("{name}.yaml"));
+    if by_file.is_file() {
+        return Ok(by_file);
     }
-    materialize(builtin)
+    if let Some(builtin) = BUILTINS.iter().find(|b| b.name == name) {
+        return materialize(builtin);
+    }
+    let files = preset_files(local);
+    if let Some(found) = files
+        .iter()
+        .find(|f| preset_name(f).as_deref() == Some(name))
+    {
+        return Ok(found.clone());
+    }
+    let names: Vec<String> = BUILTINS
+        .iter()
+        .map(|b| b.name.to_string())
+        .chain(files.iter().filter_map(|f| typed_name(f)))
+        .collect();
+    bail!(
+        "no preset {name}: there is no file {name}, no presets/{name}.yaml, and no preset of that name. Give a preset's path, or one of: {} (`easel presets` lists them)",
+        names.join(", ")
+    )
+}
+
+/// The `.yaml` files in `dir`, sorted.
+fn preset_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"));
+    files.sort();
+    files
+}
+
+/// What `easel run` takes for the file `path` in presets/: its stem.
+fn typed_name(path: &Path) -> Option<String> {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned())
+}
+
+/// The `name:` of the preset in `path`, where it loads.
+fn preset_name(path: &Path) -> Option<String> {
+    crate::preset::Preset::load(path, &[]).ok().map(|p| p.name)
 }
 
 /// Writes a built-in preset and its images under the cache folder (where they are not
@@ -96,28 +135,28 @@ pub fn materialize(builtin: &Builtin) -> Result<PathBuf> {
 }
 
 /// `easel presets`: the built-in presets, then the `.yaml` files in `local`, each with
-/// its name, size and iterations (or why it does not load).
+/// what `easel run` takes for it, its name (which names its runs), size and iterations
+/// (or why it does not load).
 pub fn list_presets(local: &Path) -> Result<String> {
-    let mut out = String::from("built in (`easel` runs the default):\n");
+    let mut out = String::from("built in (`easel run NAME`; `easel` alone runs default):\n");
     for b in BUILTINS {
-        out += &describe(&materialize(b)?);
+        out += &describe(b.name, &materialize(b)?);
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(local)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"));
-    files.sort();
-    out += &format!("in {}/ (`easel run PRESET`):\n", local.display());
+    let files = preset_files(local);
+    out += &format!(
+        "in {}/ (`easel run NAME`, or the file's path):\n",
+        local.display()
+    );
     if files.is_empty() {
         out += "  none\n";
     }
     for f in files {
-        out += &describe(&f);
+        out += &describe(&typed_name(&f).unwrap_or_default(), &f);
     }
     Ok(out)
 }
 
-fn describe(path: &Path) -> String {
+fn describe(typed: &str, path: &Path) -> String {
     match crate::preset::Preset::load(path, &[]) {
         Ok(p) => {
             let size = match p.size {
@@ -125,12 +164,12 @@ fn describe(path: &Path) -> String {
                 crate::image::Size::MaxSide { max_side } => format!("long side {max_side}"),
             };
             format!(
-                "  {:<24} {size}, {} iterations  {}\n",
+                "  {typed:<10} {:<24} {size}, {} iterations  {}\n",
                 p.name,
                 p.iterations,
                 path.display()
             )
         }
-        Err(e) => format!("  {:<24} does not load: {e:#}\n", path.display()),
+        Err(e) => format!("  {typed:<10} does not load ({}): {e:#}\n", path.display()),
     }
 }

@@ -85,6 +85,27 @@ fn levels(verbose: u8, quiet: bool) -> (Level, Level) {
 
 static SINK: std::sync::OnceLock<LogSink> = std::sync::OnceLock::new();
 
+/// `-q`: progress, notes and hints stay unsaid; errors are still said.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A line of progress, a note or a hint on stderr, left out under `-q`. A closed
+/// stderr (`2>&1 | head`) loses the line: `eprintln!` would stop the run with a panic.
+pub fn say(text: impl std::fmt::Display) {
+    if !is_quiet() {
+        say_error(text);
+    }
+}
+
+/// Whether `-q` asked for errors only.
+pub fn is_quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// An error on stderr, said under `-q` too; lost where stderr is closed.
+pub fn say_error(text: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 /// The process's log sink, once [`init`] has run (logging is global, as the
 /// libraries' `log` records are).
 pub fn sink() -> Option<&'static LogSink> {
@@ -93,6 +114,7 @@ pub fn sink() -> Option<&'static LogSink> {
 
 /// Installs the subscriber; log lines go to stderr until told otherwise.
 pub fn init(verbose: u8, quiet: bool) -> Result<LogSink> {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
     let sink = LogSink(Arc::new(Mutex::new(Target::Stderr)));
     let (own, libraries) = levels(verbose, quiet);
     let filter = Targets::new()

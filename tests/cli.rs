@@ -603,6 +603,45 @@ fn a_closed_stdout_stops_the_run_cleanly() {
     assert!(!runs[0].join(".lock").exists(), "a stale lock was left");
 }
 
+/// `easel run ... 2>&1 | true`: a closed stderr loses the progress lines, not the run.
+#[test]
+fn a_closed_stderr_loses_the_lines_not_the_run() {
+    let dir = scratch("");
+    let mut child = common::easel_command(dir.path())
+        .args(["run", "p.yaml", "--ui", "plain", "--out", "out"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("easel starts");
+    drop(child.stderr.take());
+    let status = child.wait().expect("easel ends");
+    assert_eq!(status.code(), Some(0));
+    let runs = runs_in(dir.path());
+    assert!(runs[0].join("final.png").is_file(), "no final image");
+    assert!(!runs[0].join(".lock").exists(), "a stale lock was left");
+}
+
+/// A plain run the divergence guard pauses cannot be resumed from a keyboard: it stops
+/// with its checkpoint and exits 1 (a failure, not 130's interruption), saying how to
+/// go on.
+#[test]
+fn a_run_that_keeps_diverging_exits_with_a_failure() {
+    let dir = scratch("");
+    let o = easel(
+        &["run", "p.yaml", "--ui", "plain", "--out", "out"]
+            .into_iter()
+            .chain(["--set", "optimizer.lr=1e9", "--set", "iterations=20"])
+            .collect::<Vec<_>>(),
+        dir.path(),
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("blew up three times") && err.contains("easel resume"),
+        "{err}"
+    );
+}
+
 /// The run directory's lock is the kernel's: a `.lock` left by a crash (even naming a
 /// live process) never blocks a resume, and two resumers never share a run.
 #[test]
@@ -795,6 +834,37 @@ fn a_resume_says_when_an_input_image_changed() {
     assert!(o.status.success(), "{err}");
     assert!(
         err.contains("chelsea.png has changed since the run started"),
+        "{err}"
+    );
+}
+
+/// `easel run NAME` takes a preset in presets/ by its file's stem or by its `name:`, as
+/// `easel presets` lists them; a name that is none of them is refused with the names.
+#[test]
+fn presets_run_by_the_names_easel_presets_lists() {
+    let dir = scratch("");
+    let presets = dir.path().join("presets");
+    std::fs::create_dir(&presets).expect("presets/");
+    let yaml = "name: my-look\ncontent: ../chelsea.png\nstyle: ../starry_night.jpg\nsize: {width: 32, height: 24}\niterations: 1\nbackend: cpu\n";
+    std::fs::write(presets.join("mine.yaml"), yaml).expect("preset");
+    let o = easel(&["presets"], dir.path());
+    let listed = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.trim_start().starts_with("mine ") && l.contains("my-look")),
+        "{listed}"
+    );
+    for name in ["mine", "my-look"] {
+        let o = easel(&["run", name, "--ui", "plain", "--out", "out"], dir.path());
+        assert!(o.status.success(), "easel run {name}: {}", stderr(&o));
+    }
+    let o = easel(&["run", "nosuch", "--ui", "plain"], dir.path());
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("no preset nosuch") && err.contains("default, best, mine"),
         "{err}"
     );
 }

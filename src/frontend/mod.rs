@@ -24,6 +24,8 @@ pub struct Outcome {
     pub state: RunState,
     /// The signal that stopped the run, if one did.
     pub signal: Option<i32>,
+    /// Stopped because the divergence guard paused it and no keyboard can resume it.
+    pub gave_up: bool,
     pub run_dir: Option<PathBuf>,
     pub final_image: Option<PathBuf>,
 }
@@ -48,6 +50,7 @@ impl Driver {
             outcome: Outcome {
                 state: RunState::Preparing,
                 signal: None,
+                gave_up: false,
                 run_dir: None,
                 final_image: None,
             },
@@ -105,6 +108,7 @@ pub fn drive(mut engine: EngineHandle, mode: Mode) -> Result<Outcome> {
             // Only the engine pauses a run here (after repeated divergence), and without
             // a keyboard nobody can resume it: stop with a checkpoint.
             Event::State(RunState::Paused) if driver.stop(&engine) => {
+                driver.outcome.gave_up = true;
                 out.note("stopping the paused run; change its settings and continue with `easel resume RUN_DIR --set KEY=VALUE`");
             }
             Event::Failed(message) => {
@@ -151,7 +155,8 @@ struct Printer {
 
 impl Printer {
     fn new(mode: Mode) -> Printer {
-        let tty = std::io::stderr().is_terminal();
+        // Under -q, no bar: progress is not an error.
+        let tty = std::io::stderr().is_terminal() && !crate::logging::is_quiet();
         let target = if tty {
             ProgressDrawTarget::stderr()
         } else {
@@ -180,7 +185,7 @@ impl Printer {
         if self.tty {
             self.bar.println(text);
         } else {
-            eprintln!("{text}");
+            crate::logging::say(text);
         }
     }
 
@@ -219,7 +224,7 @@ impl Printer {
         self.bar
             .set_message(format!("{} · {}", self.last_j, progress.label()));
         if !self.tty && self.last_line.elapsed() >= Duration::from_secs(10) {
-            eprintln!("{}", progress.label());
+            crate::logging::say(progress.label());
             self.last_line = Instant::now();
         }
     }
@@ -239,10 +244,10 @@ impl Printer {
             && self.mode == Mode::Plain
             && self.last_line.elapsed() >= Duration::from_secs(10)
         {
-            eprintln!(
+            crate::logging::say(format!(
                 "iter {} J {:.4e} J_content {:.4e} J_style {:.4e} ({:.1} s)",
                 record.iter, record.j, record.j_content, record.j_style, record.elapsed_s
-            );
+            ));
             self.last_line = Instant::now();
         }
         Ok(())

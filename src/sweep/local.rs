@@ -55,7 +55,7 @@ pub fn run(sweep: &SweepDir, opts: &Options) -> Result<Ended> {
     let jobs = allowed_jobs(sweep, &todo, opts.jobs)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) / jobs;
     let multi = MultiProgress::new();
-    let say = |text: String| multi.suspend(|| eprintln!("{text}"));
+    let say = |text: String| multi.suspend(|| crate::logging::say(text));
     say(format!(
         "sweep {}: {} of {total} points to run, {jobs} at a time",
         sweep.path.display(),
@@ -255,11 +255,11 @@ fn allowed_jobs(sweep: &SweepDir, todo: &[&Point], jobs: usize) -> Result<usize>
     }
     let fits = available_memory().map_or(jobs, |have| (have / need.max(1)) as usize);
     if fits < jobs {
-        eprintln!(
+        crate::logging::say(format!(
             "note: {jobs} points at once would need about {:.1} GiB; running {} at a time",
             crate::backend::gib(need * jobs as u64),
             fits.max(1)
-        );
+        ));
     }
     Ok(jobs.min(fits).max(1))
 }

@@ -225,12 +225,13 @@ impl Worker {
         let lr = self.preset.settings.optimizer.lr() / 2.0;
         self.preset.settings.optimizer.set_lr(lr);
         self.run_dir.truncate_records(iter)?;
-        self.record_change("optimizer.lr".into(), yaml_serde::Value::from(lr))?;
+        // The why before the change it makes.
         let notice = format!(
             "diverged at iteration {at} ({reason}): rolled back to iteration {iter} and halved the learning rate to {lr}"
         );
         tracing::info!("{notice}");
         self.emit(Event::Notice(notice));
+        self.record_change("optimizer.lr".into(), yaml_serde::Value::from(lr))?;
         if pause {
             self.emit(Event::Notice(format!(
                 "paused: {MAX_ROLLBACKS} rollbacks in a row. The cost keeps blowing up; lower the style/content weights or the learning rate, then resume"
