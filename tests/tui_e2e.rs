@@ -81,3 +81,30 @@ fn workbench_in_tmux_pauses_changes_saves_and_quits() {
             > 0
     );
 }
+
+/// Without `--image-protocol`, the workbench asks the terminal what it can draw. Inside
+/// tmux (passthrough off, its default) nothing answers, and the probe's reader, left
+/// waiting, used to take the first key pressed: the first Space did not pause.
+#[test]
+fn the_first_key_counts_after_the_terminal_probe() {
+    let weights = common::real_weights();
+    let dir = common::scratch(
+        &["chelsea.png", "starry_night.jpg"],
+        "name: probe\ncontent: chelsea.png\nstyle: starry_night.jpg\nsize: {width: 32, height: 24}\niterations: 100000\nsave_every: 0\nbackend: cpu\n",
+    );
+    let command = format!(
+        "env EASEL_WEIGHTS_DIR={} {} run p.yaml --ui tui --out out; echo EXITED $?; sleep 60",
+        weights.parent().expect("weights folder").display(),
+        env!("CARGO_BIN_EXE_easel")
+    );
+    let tmux = Tmux::start("probe", dir.path(), (100, 30), &command);
+    tmux.wait_for("RUNNING", 60);
+    tmux.wait_for("1e", 30);
+    tmux.keys(&["Space"]);
+    tmux.wait_for("PAUSED", 10);
+    tmux.keys(&["q"]);
+    tmux.wait_for("Stop the run?", 10);
+    tmux.keys(&["y"]);
+    let screen = tmux.wait_for("EXITED", 60);
+    assert!(screen.contains("EXITED 130"), "{screen}");
+}

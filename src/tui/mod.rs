@@ -20,6 +20,7 @@ use ratatui::crossterm::execute;
 use ratatui::crossterm::terminal::{BeginSynchronizedUpdate, EndSynchronizedUpdate};
 use ratatui_image::picker::{Picker, ProtocolType};
 use ratatui_image::protocol::StatefulProtocol;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,8 +69,25 @@ fn picker(protocol: Option<ProtocolType>) -> Picker {
             picker.set_protocol_type(p);
             picker
         }
-        None => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
+        None => {
+            let picker = Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks());
+            release_the_probes_reader();
+            picker
+        }
     }
+}
+
+/// Where the terminal does not answer the probe (inside tmux, which drops the probe's
+/// passthrough unless `allow-passthrough` is on), ratatui-image gives up after its
+/// timeout but leaves its reader thread blocked on stdin, and that thread took the
+/// first key the user pressed (it stops after one read once the probe is over). A
+/// Device Status Report that the terminal itself answers hands it that read instead.
+/// Where no reader is left, the answer (`ESC [ 0 n`) reaches crossterm, which drops
+/// it as no key.
+fn release_the_probes_reader() {
+    let mut out = std::io::stdout();
+    let _ = out.write_all(b"\x1b[5n").and_then(|()| out.flush());
+    std::thread::sleep(Duration::from_millis(100));
 }
 
 /// Runs the workbench until the run ends and the user quits.
