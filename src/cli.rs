@@ -161,8 +161,10 @@ pub enum Cmd {
         /// after --target-iterations, at the first size.
         #[arg(long)]
         time_to_target: bool,
+        /// With --time-to-target: the plain run's iterations, whose J is the target.
         #[arg(long, default_value_t = 200)]
         target_iterations: u64,
+        /// A VGG-19 weights file (default: the one `easel weights fetch` keeps).
         #[arg(long)]
         weights: Option<PathBuf>,
     },

@@ -290,7 +290,10 @@ fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
         _ => frontend::drive(handle, Mode::Plain)?,
     };
     if let Some(f) = &outcome.final_image {
-        easel::logging::say(format!("{}: {}", outcome.state.label(), f.display()));
+        let costs = outcome.last.map_or(String::new(), |(iter, j, s)| {
+            format!(" (J {j:.4e} at iteration {iter}, {s:.1} s of work)")
+        });
+        easel::logging::say(format!("{}: {}{costs}", outcome.state.label(), f.display()));
     }
     Ok(match outcome.state {
         RunState::Finished => ExitCode::SUCCESS,

@@ -793,10 +793,11 @@ impl PresetFile {
 }
 
 /// Puts the `--set` that gave a refused value in front of the error, which names the
-/// preset file and the key: the fix is in the command line, not the file.
+/// preset file and the key: the fix is in the command line, not the file. Where a key
+/// is set twice, the last `--set` is the one that holds.
 fn blame_override(e: anyhow::Error, overrides: &[String]) -> anyhow::Error {
     let text = format!("{e:#}");
-    let culprit = overrides.iter().find(|o| {
+    let culprit = overrides.iter().rev().find(|o| {
         o.split_once('=')
             .is_some_and(|(k, _)| text.contains(&format!("key `{}", k.trim())))
     });

@@ -103,6 +103,12 @@ fn take_lock(dir: &Path) -> Result<fs::File> {
 /// A new run directory filled under a staging name in `base`, to be renamed into place,
 /// so that a run directory, once it exists, always holds what `resume` needs.
 fn stage(base: &Path, name: &str, fill: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    if base.exists() && !base.is_dir() {
+        bail!(
+            "the runs folder {} is a file, not a folder: give --out a folder (it is made where missing), or move the file",
+            base.display()
+        );
+    }
     fs::create_dir_all(base)
         .with_context(|| format!("cannot create the runs folder {}", base.display()))?;
     let staging = base.join(format!(".staging-{name}-{}", std::process::id()));

@@ -79,6 +79,12 @@ fn bad_presets_are_refused_with_file_key_and_fix() {
         &["style_layers", "weight 0"],
     );
     assert_refused("", &["--set", "optimizer.lr=0"], &["optimizer.lr", "> 0"]);
+    // A key set twice: the last --set holds, and is the one blamed.
+    assert_refused(
+        "",
+        &["--set", "iterations=3", "--set", "iterations=-3"],
+        &["--set iterations=-3"],
+    );
     assert_refused("", &["--set", "size.width=4"], &["size", "16..8192"]);
     assert_refused(
         "tile: {size: 100}\n",
@@ -90,6 +96,22 @@ fn bad_presets_are_refused_with_file_key_and_fix() {
         "conv_search: fastest\n",
         &[],
         &["p.yaml", "conv_search", "`auto`, `heuristic`, `measured`"],
+    );
+}
+
+#[test]
+fn an_out_that_is_a_file_is_refused_as_such() {
+    let dir = scratch("");
+    std::fs::write(dir.path().join("afile"), b"").expect("write");
+    let o = easel(
+        &["run", "p.yaml", "--ui", "plain", "--out", "afile"],
+        dir.path(),
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("afile is a file, not a folder") && err.contains("--out"),
+        "{err}"
     );
 }
 

@@ -185,6 +185,20 @@ fn a_sweep_runs_its_points_and_its_contact_sheet_matches_sweep_jsonl() {
         !o.status.success() && err.contains("bad.yaml") && err.contains("betta"),
         "{err}"
     );
+    // A base given as a path is the sweep file's neighbour, wherever easel runs from.
+    std::fs::create_dir(dir.path().join("sub")).expect("sub/");
+    std::fs::write(
+        dir.path().join("sub/far.yaml"),
+        "base: ../nothere.yaml\naxes:\n  beta: [1, 2]\n",
+    )
+    .expect("write");
+    let o = easel(&["sweep", "sub/far.yaml"], dir.path(), None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let looked = dir.path().join("sub/../nothere.yaml");
+    assert!(
+        !o.status.success() && err.contains(&looked.display().to_string()),
+        "{err}"
+    );
     std::fs::write(
         dir.path().join("zip.yaml"),
         "base: p.yaml\naxes:\n  zip: {alpha: [1, 2], beta: [3]}\n",

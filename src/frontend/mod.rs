@@ -26,6 +26,8 @@ pub struct Outcome {
     pub signal: Option<i32>,
     /// Stopped because the divergence guard paused it and no keyboard can resume it.
     pub gave_up: bool,
+    /// The last record's iteration, J and seconds of work, for the closing line.
+    pub last: Option<(u64, f64, f64)>,
     pub run_dir: Option<PathBuf>,
     pub final_image: Option<PathBuf>,
 }
@@ -51,6 +53,7 @@ impl Driver {
                 state: RunState::Preparing,
                 signal: None,
                 gave_up: false,
+                last: None,
                 run_dir: None,
                 final_image: None,
             },
@@ -80,6 +83,7 @@ impl Driver {
     pub fn observe(&mut self, event: &Event) {
         match event {
             Event::Started(s) => self.outcome.run_dir = Some(s.run_dir.clone()),
+            Event::Iteration(r) => self.outcome.last = Some((r.iter, r.j, r.elapsed_s)),
             Event::State(state) => self.outcome.state = *state,
             Event::Finished { final_image, state } => {
                 self.outcome.state = *state;

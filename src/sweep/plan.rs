@@ -108,7 +108,10 @@ impl Plan {
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new(".")),
         )?;
-        let base = if folder.join(&file.base).is_file() {
+        // A path is the sweep file's neighbour (its error then names where it was
+        // looked for); a bare name that is no file there is a preset's name.
+        let bare = file.base.components().count() == 1 && file.base.extension().is_none();
+        let base = if folder.join(&file.base).is_file() || !bare {
             folder.join(&file.base)
         } else {
             std::path::absolute(crate::builtin::resolve(&file.base)?)?
