@@ -8,19 +8,28 @@ use common::tmux::Tmux;
 
 use std::path::PathBuf;
 
-#[test]
-fn workbench_in_tmux_pauses_changes_saves_and_quits() {
+/// The workbench on a tiny endless preset named `name` in a 100x30 tmux, with `args`;
+/// the shell says `EXITED CODE` when easel ends.
+fn workbench(name: &'static str, args: &str) -> (tempfile::TempDir, Tmux) {
     let weights = common::real_weights();
     let dir = common::scratch(
         &["chelsea.png", "starry_night.jpg"],
-        "name: e2e\ncontent: chelsea.png\nstyle: starry_night.jpg\nsize: {width: 32, height: 24}\niterations: 100000\nsave_every: 0\nbackend: cpu\n",
+        &format!(
+            "name: {name}\ncontent: chelsea.png\nstyle: starry_night.jpg\nsize: {{width: 32, height: 24}}\niterations: 100000\nsave_every: 0\nbackend: cpu\n"
+        ),
     );
     let command = format!(
-        "env EASEL_WEIGHTS_DIR={} {} run p.yaml --ui tui --image-protocol halfblocks --out out; echo EXITED $?; sleep 60",
+        "env EASEL_WEIGHTS_DIR={} {} run p.yaml --ui tui {args} --out out; echo EXITED $?; sleep 60",
         weights.parent().expect("weights folder").display(),
         env!("CARGO_BIN_EXE_easel")
     );
-    let tmux = Tmux::start("e2e", dir.path(), (100, 30), &command);
+    let tmux = Tmux::start(name, dir.path(), (100, 30), &command);
+    (dir, tmux)
+}
+
+#[test]
+fn workbench_in_tmux_pauses_changes_saves_and_quits() {
+    let (dir, tmux) = workbench("e2e", "--image-protocol halfblocks");
 
     let screen = tmux.wait_for("RUNNING", 60);
     assert!(
@@ -87,17 +96,7 @@ fn workbench_in_tmux_pauses_changes_saves_and_quits() {
 /// waiting, used to take the first key pressed: the first Space did not pause.
 #[test]
 fn the_first_key_counts_after_the_terminal_probe() {
-    let weights = common::real_weights();
-    let dir = common::scratch(
-        &["chelsea.png", "starry_night.jpg"],
-        "name: probe\ncontent: chelsea.png\nstyle: starry_night.jpg\nsize: {width: 32, height: 24}\niterations: 100000\nsave_every: 0\nbackend: cpu\n",
-    );
-    let command = format!(
-        "env EASEL_WEIGHTS_DIR={} {} run p.yaml --ui tui --out out; echo EXITED $?; sleep 60",
-        weights.parent().expect("weights folder").display(),
-        env!("CARGO_BIN_EXE_easel")
-    );
-    let tmux = Tmux::start("probe", dir.path(), (100, 30), &command);
+    let (_dir, tmux) = workbench("probe", "");
     tmux.wait_for("RUNNING", 60);
     tmux.wait_for("1e", 30);
     tmux.keys(&["Space"]);
