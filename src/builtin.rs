@@ -61,8 +61,7 @@ pub fn default_preset() -> Result<PathBuf> {
 /// lists the names there are.
 pub fn resolve(arg: &Path) -> Result<PathBuf> {
     let name = arg.to_str().unwrap_or_default();
-    let bare = arg.components().count() == 1 && arg.extension().is_none();
-    if arg.exists() || !bare {
+    if arg.exists() || !is_bare_name(arg) {
         return Ok(arg.to_path_buf());
     }
     let local = Path::new("presets");
@@ -89,6 +88,11 @@ pub fn resolve(arg: &Path) -> Result<PathBuf> {
         "no preset {name}: there is no file {name}, no presets/{name}.yaml, and no preset of that name. Give a preset's path, or one of: {} (`easel presets` lists them)",
         names.join(", ")
     )
+}
+
+/// Whether `arg` is a bare name (`best`), which may name a preset, rather than a path.
+pub fn is_bare_name(arg: &Path) -> bool {
+    arg.components().count() == 1 && arg.extension().is_none()
 }
 
 /// The `.yaml` files in `dir`, sorted.

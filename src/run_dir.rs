@@ -274,7 +274,16 @@ impl RunDir {
 
     /// Records a change in the log and writes `preset.yaml` with it.
     pub fn record_change(&mut self, preset: &Preset, change: Change) -> Result<()> {
-        self.changes.push(change);
+        self.record_changes(preset, [change])
+    }
+
+    /// Records changes in the log and writes `preset.yaml` once with them all.
+    pub fn record_changes(
+        &mut self,
+        preset: &Preset,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> Result<()> {
+        self.changes.extend(changes);
         self.write_preset(preset)
     }
 

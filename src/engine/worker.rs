@@ -173,17 +173,18 @@ fn resume(
     // Overrides given to `resume` (e.g. more iterations) are the run's now, in its
     // change log from the checkpoint's iteration on, as the workbench's changes are.
     let before = Preset::load(&run_dir.file(run_dir::PRESET), &[])?;
-    for (key, value) in before.changed_keys(preset)? {
-        let iter = cp.point.iter;
-        run_dir.record_change(preset, Change { iter, key, value })?;
-    }
+    let iter = cp.point.iter;
+    let changes = before.changed_keys(preset)?.into_iter();
+    run_dir.record_changes(
+        preset,
+        changes.map(|(key, value)| Change { iter, key, value }),
+    )?;
     if before.cost_weights() != preset.cost_weights() {
         // As for a change in the workbench: the best J and old curvature pairs were of
         // another cost.
         cp.best_j = f64::INFINITY;
         cp.point.optimizer.cost_changed();
     }
-    run_dir.write_preset(preset)?;
     Ok((run_dir, cp, history))
 }
 

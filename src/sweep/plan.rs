@@ -110,7 +110,7 @@ impl Plan {
         )?;
         // A path is the sweep file's neighbour (its error then names where it was
         // looked for); a bare name that is no file there is a preset's name.
-        let bare = file.base.components().count() == 1 && file.base.extension().is_none();
+        let bare = crate::builtin::is_bare_name(&file.base);
         let base = if folder.join(&file.base).is_file() || !bare {
             folder.join(&file.base)
         } else {
