@@ -88,13 +88,13 @@ fn gpu_matches_pytorch_at_the_smallest_size() {
     }
 }
 
-/// The quick preset at 32x24 for 9 iterations on the CPU, with `optimizer`.
-fn run_spec(dir: &Path, optimizer: &str) -> RunSpec {
+/// The quick preset at 32x24 for `iterations` on the CPU, with `optimizer`.
+fn run_spec(dir: &Path, optimizer: &str, iterations: u64) -> RunSpec {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let o: Vec<String> = [
         "size={width: 32, height: 24}",
         "save_every=0",
-        "iterations=9",
+        &format!("iterations={iterations}"),
         "backend=cpu",
         &format!("optimizer={optimizer}"),
     ]
@@ -113,10 +113,10 @@ fn run_spec(dir: &Path, optimizer: &str) -> RunSpec {
 /// J per iteration with backend switches requested after the given iterations.
 fn trajectory(
     dir: &Path,
-    optimizer: &str,
+    (optimizer, iterations): (&str, u64),
     switches: &[(u64, BackendChoice)],
 ) -> Vec<(f64, String)> {
-    switching_trajectory(run_spec(dir, optimizer), switches)
+    switching_trajectory(run_spec(dir, optimizer, iterations), switches)
 }
 
 #[test]
@@ -124,13 +124,31 @@ fn a_run_switches_cpu_gpu_cpu_between_iterations() {
     gpu();
     // Adam's moments, and L-BFGS's history and image (`network::lbfgs_image`), move
     // with the run.
-    for optimizer in ["{kind: adam, lr: 2.0}", "{kind: lbfgs, history: 5}"] {
+    //
+    // L-BFGS runs fewer iterations because its line search magnifies rounding: wgpu's
+    // f32 sums differ from the CPU's by about 1e-7, and that difference, met from
+    // iteration 2 on, grows to 7e-5 by iteration 6 and to 2.4e-3 by iteration 9 even
+    // with no switch back (measured on lavapipe: a run moved to wgpu at iteration 2 and
+    // left there). A move that lost L-BFGS's history restarts it with a gradient step:
+    // J is then 2.5e-3 off at the next iteration (measured by clearing the history in
+    // `Lbfgs::move_to`). Hence 3e-4, between the two.
+    let runs = [
+        (
+            ("{kind: adam, lr: 2.0}", 9),
+            [(2, BackendChoice::Wgpu), (5, BackendChoice::Cpu)],
+        ),
+        (
+            ("{kind: lbfgs, history: 5}", 7),
+            [(1, BackendChoice::Wgpu), (3, BackendChoice::Cpu)],
+        ),
+    ];
+    for (optimizer, switches) in runs {
         let dir = tempfile::tempdir().expect("tempdir");
         let plain = trajectory(dir.path(), optimizer, &[]);
-        // The switch takes effect between iterations: asked during iteration 2, it
-        // moves before iteration 3 or 4 (commands are read before each step).
-        let switches = [(2, BackendChoice::Wgpu), (5, BackendChoice::Cpu)];
+        // The switch takes effect between iterations: asked during iteration k, it
+        // moves before iteration k+1 or k+2 (commands are read before each step).
         let switched = trajectory(dir.path(), optimizer, &switches);
+        let optimizer = optimizer.0;
         assert_eq!(plain.len(), switched.len());
         assert!(
             switched.iter().any(|(_, b)| b == "wgpu"),
@@ -143,7 +161,7 @@ fn a_run_switches_cpu_gpu_cpu_between_iterations() {
         );
         for (k, ((a, _), (b, backend))) in plain.iter().zip(&switched).enumerate() {
             assert!(
-                rel(*b, *a) <= 1e-3,
+                rel(*b, *a) <= 3e-4,
                 "{optimizer}, iteration {k} on {backend}: J {b} vs {a} on the CPU alone"
             );
         }
