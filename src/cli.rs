@@ -239,10 +239,8 @@ fn parse_tile(s: &str) -> Result<usize, String> {
     let size: usize = s
         .parse()
         .map_err(|_| format!("{s} is not a whole number of pixels"))?;
-    match crate::network::tiles::TileChoice::Size(crate::network::tiles::TileSize { size })
-        .problem()
-    {
-        Some(problem) => Err(problem),
+    match (crate::network::tiles::TileSize { size }).problem() {
+        Some(problem) => Err(format!("{problem}, e.g. --tile 1024")),
         None => Ok(size),
     }
 }

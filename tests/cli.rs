@@ -448,7 +448,7 @@ fn the_workbench_without_a_terminal_is_refused_before_the_run_starts() {
     refused(&o, dir.path(), &needles, "--ui tui without a terminal");
 }
 
-/// `bench` takes the sizes a run takes, and at least one iteration.
+/// `bench` takes the sizes and tiles a run takes, and at least one iteration.
 #[test]
 fn bench_refuses_sizes_and_iterations_a_run_would_not_take() {
     let dir = scratch("");
@@ -463,6 +463,14 @@ fn bench_refuses_sizes_and_iterations_a_run_would_not_take() {
     }
     let o = easel(&["bench", "--iters", "0"], dir.path());
     assert!(!o.status.success(), "--iters 0 was accepted");
+    // bench's tile is a flag, so its error writes one, not a preset's `{size: N}`.
+    let o = easel(&["bench", "--tile", "100"], dir.path());
+    let err = stderr(&o);
+    assert!(!o.status.success(), "--tile 100 was accepted");
+    assert!(
+        err.contains("multiple of 64") && err.contains("--tile 1024") && !err.contains("{size"),
+        "{err}"
+    );
 }
 
 /// Under an address-space limit the memory check counts the limit, not the machine's

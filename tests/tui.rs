@@ -147,6 +147,13 @@ fn enter_types_an_exact_value_and_esc_cancels() {
     );
     press(&mut app, KeyCode::Enter);
     press(&mut app, KeyCode::Char('7'));
+    press(&mut app, KeyCode::Char('x'));
+    assert_eq!(app.mode, Mode::Editing("7".into()), "a letter is left out");
+    assert!(
+        app.notice.as_deref().unwrap_or("").contains("'x' left out"),
+        "and the notice says so: {:?}",
+        app.notice
+    );
     assert!(press(&mut app, KeyCode::Esc).is_empty());
     assert_eq!(app.mode, Mode::Normal);
     press(&mut app, KeyCode::Enter);
@@ -215,9 +222,14 @@ fn preset_save_asks_for_a_name_and_never_overwrites_silently() {
     press(&mut app, KeyCode::Char('p'));
     assert!(matches!(app.mode, Mode::PresetName(_)));
     app.mode = Mode::PresetName(String::new());
-    for c in "mine".chars() {
+    for c in "mi/ne".chars() {
         press(&mut app, KeyCode::Char(c));
     }
+    assert!(
+        app.notice.as_deref().unwrap_or("").contains("'/' left out"),
+        "a character a file name cannot hold is left out, and said: {:?}",
+        app.notice
+    );
     let path = dir.path().join("mine.yaml");
     assert_eq!(
         press(&mut app, KeyCode::Enter),

@@ -57,16 +57,25 @@ impl Default for TileChoice {
     }
 }
 
+impl TileSize {
+    /// Why this side is not a tile size, if it is not; the caller adds how its own
+    /// syntax writes one (a preset's `{size: 1024}`, bench's `--tile 1024`).
+    pub fn problem(&self) -> Option<String> {
+        let size = self.size;
+        (size < MIN_TILE || !size.is_multiple_of(ALIGN)).then(|| {
+            format!("{size} is not a tile size; give a multiple of {ALIGN} of at least {MIN_TILE}")
+        })
+    }
+}
+
 impl TileChoice {
     /// Why a fixed tile size is not allowed, if it is not.
     pub fn problem(&self) -> Option<String> {
-        match *self {
-            TileChoice::Size(TileSize { size }) if size < MIN_TILE || size % ALIGN != 0 => {
-                Some(format!(
-                    "{size} is not a tile size; give a multiple of {ALIGN} of at least {MIN_TILE}, e.g. {{size: 1024}}, or `auto`"
-                ))
-            }
-            _ => None,
+        match self {
+            TileChoice::Size(t) => t
+                .problem()
+                .map(|p| format!("{p}, e.g. {{size: 1024}}, or `auto`")),
+            TileChoice::Mode(_) => None,
         }
     }
 }

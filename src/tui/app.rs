@@ -12,15 +12,35 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Typing into a field: Backspace deletes, `allowed` characters are added.
-fn edit(buf: &mut String, code: KeyCode, allowed: fn(char) -> bool) {
+/// What a typed field accepts, and how to say so.
+struct Field {
+    allowed: fn(char) -> bool,
+    takes: &'static str,
+}
+
+const NUMBER: Field = Field {
+    allowed: |c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'),
+    takes: "a value takes digits, '.', 'e', '+' and '-' (Enter sets it, Esc cancels)",
+};
+
+const PRESET_NAME: Field = Field {
+    allowed: |c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'),
+    takes: "a preset name takes letters, digits, '-', '_' and '.' (Esc cancels)",
+};
+
+/// Typing into a field: Backspace deletes, allowed characters are added; another
+/// character is left out, and the notice returned says so (a key that did nothing would
+/// look like a broken terminal).
+fn edit(buf: &mut String, code: KeyCode, field: &Field) -> Option<String> {
     match code {
         KeyCode::Backspace => {
             buf.pop();
         }
-        KeyCode::Char(c) if allowed(c) => buf.push(c),
+        KeyCode::Char(c) if (field.allowed)(c) => buf.push(c),
+        KeyCode::Char(c) => return Some(format!("'{c}' left out: {}", field.takes)),
         _ => {}
     }
+    None
 }
 
 /// Most points kept per series; beyond it every other old point is dropped.
@@ -336,9 +356,7 @@ impl App {
                 KeyCode::Esc => Vec::new(),
                 KeyCode::Enter => self.apply_typed(&buf),
                 code => {
-                    edit(&mut buf, code, |c| {
-                        c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+')
-                    });
+                    self.notice = edit(&mut buf, code, &NUMBER).or(self.notice.take());
                     self.mode = Mode::Editing(buf);
                     Vec::new()
                 }
@@ -347,9 +365,7 @@ impl App {
                 KeyCode::Esc => Vec::new(),
                 KeyCode::Enter => self.name_entered(buf.trim().to_string()),
                 code => {
-                    edit(&mut buf, code, |c| {
-                        c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
-                    });
+                    self.notice = edit(&mut buf, code, &PRESET_NAME).or(self.notice.take());
                     self.mode = Mode::PresetName(buf);
                     Vec::new()
                 }
