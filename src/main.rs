@@ -256,7 +256,7 @@ fn run_spec(
     })
 }
 
-fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
+fn start(mut spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
     let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let ui = match args.ui {
         Ui::Auto if terminal => Ui::Tui,
@@ -271,6 +271,11 @@ fn start(spec: RunSpec, args: &RunArgs) -> Result<ExitCode> {
         bail!(
             "--image-protocol sets how the workbench shows its preview, and this run has no workbench (--ui plain or jsonl, or output not a terminal); leave it out"
         );
+    }
+    if ui != Ui::Tui {
+        // Only the workbench shows previews: a plain or jsonl run would read the image
+        // back for nothing, at moments the wall clock picks.
+        spec.preview_every_s = 0.0;
     }
     let handle = engine::spawn(spec);
     let outcome = match ui {

@@ -232,11 +232,12 @@ impl Drop for CaughtSignals {
 /// Waits for `child`. A SIGINT, SIGTERM or SIGHUP meanwhile stops the child too and
 /// removes `scratch` before easel ends as the signal says: killed with the default
 /// action, easel left pip downloading on its own and its partial file behind.
+/// `signals` were registered before the child started, so none falls in between.
 fn wait_stopping_on_signals(
     mut child: std::process::Child,
+    signals: CaughtSignals,
     scratch: &Path,
 ) -> Result<std::process::ExitStatus> {
-    let signals = CaughtSignals::register()?;
     loop {
         if let Some(status) = child.try_wait().context("waiting for pip")? {
             return Ok(status);
@@ -276,6 +277,7 @@ fn download_pip(dir: &Path, part: &Path) -> Result<()> {
     let tmp = dir.join(".pip-download");
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
+    let signals = CaughtSignals::register()?;
     let child = std::process::Command::new("python3")
         .args([
             "-m",
@@ -294,7 +296,7 @@ fn download_pip(dir: &Path, part: &Path) -> Result<()> {
         .process_group(0)
         .spawn()
         .context("cannot run `python3 -m pip` (is Python 3 installed?)")?;
-    let status = wait_stopping_on_signals(child, &tmp)?;
+    let status = wait_stopping_on_signals(child, signals, &tmp)?;
     if !status.success() {
         bail!("`python3 -m pip download {PIP_MIRROR}` failed ({status})");
     }

@@ -19,6 +19,9 @@ fn scratch(sweep: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A fail point (tests are built with `failpoints`) that sleeps 0.1 s each iteration.
+const SLOW: &str = "engine-loop=sleep(100)";
+
 fn easel(args: &[&str], cwd: &Path, slurm_conf: Option<&Path>) -> Output {
     let mut cmd = common::easel_command(cwd);
     if let Some(conf) = slurm_conf {
@@ -243,6 +246,8 @@ fn a_stopped_sweep_finishes_only_what_was_missing() {
     let sweep = dir.path().join("sweeps/s");
     let mut child = common::easel_command(dir.path())
         .args(["sweep", "s.yaml"])
+        // 0.1 s an iteration, so that p001 is still running when the signal lands.
+        .env("FAILPOINTS", SLOW)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -345,11 +350,14 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_point_resumes() {
     let conf = Some(slurm.conf.as_path());
     let dir = scratch("base: p.yaml\naxes:\n  beta: [10, 160]\n  iterations: [4, 80]\n");
     let sweep = dir.path().join("sweeps/s");
-    let out = ok(&easel(
-        &["sweep", "s.yaml", "--slurm", "--time", "10:00"],
-        dir.path(),
-        conf,
-    ));
+    // 0.1 s an iteration (sbatch passes the environment on to the jobs), so that
+    // p001 is still running when scancel reaches it; the resubmission runs at speed.
+    let out = ok(&common::easel_command(dir.path())
+        .args(["sweep", "s.yaml", "--slurm", "--time", "10:00"])
+        .env("SLURM_CONF", &slurm.conf)
+        .env("FAILPOINTS", SLOW)
+        .output()
+        .expect("easel runs"));
     let job = out
         .split_whitespace()
         .nth(2)

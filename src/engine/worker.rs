@@ -305,7 +305,8 @@ impl Worker {
         self.emit(Event::State(RunState::Running));
         self.send_preview();
         let end = loop {
-            // Tests make the engine itself fail here, outside any compute path.
+            // Tests make the engine itself fail here, outside any compute path, or slow
+            // it down to stop a run part way.
             fail::fail_point!("engine-loop");
             // Commands are taken only here, between two iterations.
             loop {

@@ -83,11 +83,12 @@ fn picker(protocol: Option<ProtocolType>) -> Picker {
 /// first key the user pressed (it stops after one read once the probe is over). A
 /// Device Status Report that the terminal itself answers hands it that read instead.
 /// Where no reader is left, the answer (`ESC [ 0 n`) reaches crossterm, which drops
-/// it as no key.
+/// it as no key. The wait gives the answer time to come back before crossterm reads
+/// too, even on a loaded machine; it is paid once, at start.
 fn release_the_probes_reader() {
     let mut out = std::io::stdout();
     let _ = out.write_all(b"\x1b[5n").and_then(|()| out.flush());
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(250));
 }
 
 /// Runs the workbench until the run ends and the user quits.
