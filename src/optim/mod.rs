@@ -103,7 +103,7 @@ pub enum OptimizerKind {
 }
 
 /// The optimiser a preset asks for: `{kind: adam, lr: 2.0}` or `{kind: lbfgs, history: 100}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerSpec {
     #[serde(default)]
@@ -119,6 +119,25 @@ pub struct OptimizerSpec {
 
 fn default_history() -> usize {
     100
+}
+
+/// Written as read, except that Adam's leaves `history` out: it means nothing to Adam,
+/// and a run's preset.yaml that showed it would suggest otherwise.
+impl Serialize for OptimizerSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let lbfgs = self.kind == OptimizerKind::Lbfgs;
+        let fields = 1 + usize::from(self.lr.is_some()) + usize::from(lbfgs);
+        let mut out = s.serialize_struct("OptimizerSpec", fields)?;
+        out.serialize_field("kind", &self.kind)?;
+        if let Some(lr) = self.lr {
+            out.serialize_field("lr", &lr)?;
+        }
+        if lbfgs {
+            out.serialize_field("history", &self.history)?;
+        }
+        out.end()
+    }
 }
 
 impl Default for OptimizerSpec {
@@ -192,6 +211,27 @@ impl Optimizer {
         match self {
             Optimizer::Adam(a) => a.move_to(device),
             Optimizer::Lbfgs(l) => l.move_to(device),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adam_is_written_without_lbfgs_history_and_read_back_the_same() {
+        for (spec, yaml) in [
+            (OptimizerSpec::adam(2.0), "kind: adam\nlr: 2.0\n"),
+            (
+                OptimizerSpec::lbfgs(1.0, 5),
+                "kind: lbfgs\nlr: 1.0\nhistory: 5\n",
+            ),
+        ] {
+            let written = yaml_serde::to_string(&spec).expect("serialises");
+            assert_eq!(written, yaml);
+            let read: OptimizerSpec = yaml_serde::from_str(&written).expect("parses");
+            assert_eq!(read, spec);
         }
     }
 }
