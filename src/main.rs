@@ -22,6 +22,8 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> Result<ExitCode> {
+    // SAFETY: the first thing easel does; no other thread runs yet.
+    unsafe { easel::backend::quiet_vulkan_device_select() };
     // Fail points from FAILPOINTS, in builds with the `failpoints` feature (the tests').
     #[cfg(feature = "failpoints")]
     let _faults = fail::FailScenario::setup();

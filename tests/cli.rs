@@ -1085,3 +1085,21 @@ fn backends_says_what_this_machine_can_run_and_why_not() {
         "{text}"
     );
 }
+
+/// Over ssh without a login session, in Slurm jobs and containers there is no
+/// XDG_RUNTIME_DIR, and Mesa's device-select Vulkan layer (installed with Mesa's
+/// Vulkan drivers, as scripts/test.sh does) made libwayland print "error:
+/// XDG_RUNTIME_DIR is invalid or not set" each time wgpu listed adapters.
+#[test]
+fn listing_gpus_without_a_wayland_session_prints_no_foreign_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = common::easel_command(dir.path())
+        .arg("backends")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .expect("easel runs");
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+}

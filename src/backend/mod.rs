@@ -446,6 +446,24 @@ pub fn check_capability(name: &str, (major, minor): (i32, i32)) -> Result<()> {
     Ok(())
 }
 
+/// Keeps Mesa's device-select Vulkan layer from asking Wayland for the default GPU
+/// where no Wayland session can answer: no `XDG_RUNTIME_DIR`, as over ssh without a
+/// login session, in Slurm jobs and in containers. There libwayland prints "error:
+/// XDG_RUNTIME_DIR is invalid or not set in the environment." each time wgpu lists
+/// adapters, which reads as easel's own error. The layer's manifest names
+/// `NODEVICE_SELECT=1` as its off switch; a value the user set is kept.
+///
+/// # Safety
+/// It changes the environment: call it before any other thread starts.
+pub unsafe fn quiet_vulkan_device_select() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        // SAFETY: the caller's promise: no other thread reads the environment yet.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 /// The adapter kind wgpu reports for a device (DiscreteGpu, IntegratedGpu, Cpu, ...).
 #[cfg(feature = "gpu")]
 fn adapter_kind(device: &Device) -> String {
