@@ -348,6 +348,11 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
         None => {
             let file = args.sweep.context("give a sweep file")?;
             let plan = Plan::load(&file)?;
+            // The command that goes on with this sweep, for the messages below.
+            let again = match &args.dir {
+                Some(d) => format!("easel sweep {} --dir {}", file.display(), d.display()),
+                None => format!("easel sweep {}", file.display()),
+            };
             let dir = args
                 .dir
                 .unwrap_or_else(|| Path::new("sweeps").join(&plan.name));
@@ -380,18 +385,14 @@ fn sweep(args: SweepArgs) -> Result<ExitCode> {
             let ended = local::run(&sweep, &opts)?;
             collect(&sweep)?;
             if let Some(sig) = ended.signal {
-                easel::logging::say(format!(
-                    "stopped; `easel sweep {}` goes on with what is missing",
-                    file.display()
-                ));
+                easel::logging::say(format!("stopped; `{again}` goes on with what is missing"));
                 return Ok(ExitCode::from((128 + sig) as u8));
             }
             if !ended.failed.is_empty() {
                 bail!(
-                    "points {} failed (their logs are in {}); fix the cause and run `easel sweep {}` again: it goes on with what is missing",
+                    "points {} failed (their logs are in {}); fix the cause and run `{again}` again: it goes on with what is missing",
                     ended.failed.join(", "),
                     sweep.path.join("logs").display(),
-                    file.display()
                 );
             }
             return Ok(ExitCode::SUCCESS);

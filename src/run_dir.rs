@@ -53,10 +53,11 @@ pub struct RunDir {
     _lock: fs::File,
 }
 
-/// Takes the run directory's lock: an advisory lock on `.lock` (which records our
-/// process id for the user), released by the kernel when the process ends, so a lock
-/// left by a crash never blocks a resume.
-fn take_lock(dir: &Path) -> Result<fs::File> {
+/// Takes a folder's lock: an advisory lock on `.lock` (which records our process id for
+/// the user), released by the kernel when the process ends, so a lock left by a crash
+/// never blocks a resume. `what` names the folder in the refusal (a run directory, a
+/// sweep folder) and `then` what to do once it is free.
+pub(crate) fn take_lock(dir: &Path, what: &str, then: &str) -> Result<fs::File> {
     let path = dir.join(LOCK);
     // `easel runs` and `sweep status` test the lock for a moment (a shared lock): a
     // refusal is only believed after a second of asking.
@@ -68,7 +69,7 @@ fn take_lock(dir: &Path) -> Result<fs::File> {
             .create(true)
             .truncate(false)
             .open(&path)
-            .with_context(|| format!("cannot lock run directory {}", dir.display()))?;
+            .with_context(|| format!("cannot lock {what} {}", dir.display()))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock)
@@ -80,14 +81,13 @@ fn take_lock(dir: &Path) -> Result<fs::File> {
             Err(fs::TryLockError::WouldBlock) => {
                 let holder = fs::read_to_string(&path).unwrap_or_default();
                 bail!(
-                    "run directory {} is in use by another easel (process {}); wait for it to end or stop it, then resume",
+                    "{what} {} is in use by another easel (process {}); wait for it to end or stop it, then {then}",
                     dir.display(),
                     holder.trim()
                 );
             }
             Err(fs::TryLockError::Error(e)) => {
-                return Err(e)
-                    .with_context(|| format!("cannot lock run directory {}", dir.display()));
+                return Err(e).with_context(|| format!("cannot lock {what} {}", dir.display()));
             }
         }
         // The holder before us may have removed the file between our open and our lock:
@@ -246,7 +246,7 @@ impl RunDir {
 
     /// Opens an existing run directory and takes its lock.
     pub fn open(path: &Path) -> Result<RunDir> {
-        let lock = take_lock(path)?;
+        let lock = take_lock(path, "run directory", "resume")?;
         remove_stale_temporaries(path);
         fs::create_dir_all(path.join("snapshots"))?;
         Ok(RunDir {

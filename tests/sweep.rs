@@ -224,6 +224,17 @@ fn a_sweep_runs_its_points_and_its_contact_sheet_matches_sweep_jsonl() {
         !o.status.success() && err.contains("gives no axis"),
         "{err}"
     );
+    std::fs::write(
+        dir.path().join("twice.yaml"),
+        "base: p.yaml\naxes:\n  alpha: [1, 2]\n  zip: {alpha: [1, 10], beta: [3, 4]}\n",
+    )
+    .expect("write");
+    let o = easel(&["sweep", "twice.yaml"], dir.path(), None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("twice.yaml") && err.contains("`alpha` is on two axes"),
+        "{err}"
+    );
     assert!(!dir.path().join("sweeps/bad").exists() && !dir.path().join("sweeps/zip").exists());
     // An edited base preset would mix old and new settings in one sweep: refused.
     let base = std::fs::read_to_string(dir.path().join("p.yaml")).expect("p.yaml");
@@ -255,6 +266,15 @@ fn a_stopped_sweep_finishes_only_what_was_missing() {
     wait_for(240, "p000 to finish and p001 to be under way", || {
         sweep.join("p000/final.png").is_file() && losses(&sweep.join("p001")).len() >= 5
     });
+    // A second sweep on the same folder would take the first one's points for failed.
+    let second = easel(&["sweep", "s.yaml"], dir.path(), None);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success()
+            && err.contains("in use by another easel")
+            && err.contains(&child.id().to_string()),
+        "a second sweep on a busy folder: {err}"
+    );
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -27,6 +27,10 @@ pub const RESULTS: &str = "sweep.jsonl";
 pub struct SweepDir {
     pub path: PathBuf,
     pub plan: Plan,
+    /// Held by the `easel sweep` that runs or submits the points, so that a second one
+    /// on the same folder is refused instead of taking the first one's points for
+    /// failed; `status` and `collect` only read, and take none.
+    _lock: Option<std::fs::File>,
 }
 
 /// A point's line in `sweep.jsonl`.
@@ -60,6 +64,9 @@ impl SweepDir {
     pub fn prepare(path: &Path, plan: Plan) -> Result<SweepDir> {
         let path = &std::path::absolute(path)?;
         let plan_path = path.join(PLAN);
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("cannot create the sweep folder {}", path.display()))?;
+        let lock = run_dir::take_lock(path, "sweep folder", "run the sweep again")?;
         if plan_path.is_file() {
             let before = Self::open(path)?;
             if before.plan != plan {
@@ -75,6 +82,7 @@ impl SweepDir {
         let dir = SweepDir {
             path: path.to_path_buf(),
             plan,
+            _lock: Some(lock),
         };
         for p in &dir.plan.points {
             dir.plan.preset(p)?.save(&dir.preset_path(p))?;
@@ -105,6 +113,7 @@ impl SweepDir {
         Ok(SweepDir {
             path: path.to_path_buf(),
             plan,
+            _lock: None,
         })
     }
 

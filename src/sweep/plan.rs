@@ -265,6 +265,13 @@ fn axes(map: &Mapping, folder: &Path) -> Result<Vec<Axis>> {
     if axes.is_empty() {
         bail!("key `axes` gives no axis; give at least one, e.g. `axes: {{beta: [10, 40]}}`");
     }
+    // A key on two axes would take the later one's value while the labels showed both.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(key) = axes.iter().flat_map(|a| &a.keys).find(|k| !seen.insert(*k)) {
+        bail!(
+            "key `axes`: `{key}` is on two axes (a key and a `zip` group, or two groups), and a point can give it one value; keep it in one place"
+        );
+    }
     Ok(axes)
 }
 
