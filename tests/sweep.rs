@@ -30,6 +30,18 @@ fn easel(args: &[&str], cwd: &Path, slurm_conf: Option<&Path>) -> Output {
     cmd.args(args).output().expect("easel runs")
 }
 
+/// `easel sweep NAME` over p.yaml with `axes` (YAML under `axes:`) fails, and its
+/// error holds each of `needles`.
+fn refused_sweep(dir: &Path, name: &str, axes: &str, needles: &[&str]) {
+    std::fs::write(dir.join(name), format!("base: p.yaml\naxes:\n  {axes}\n")).expect("write");
+    let o = easel(&["sweep", name], dir, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{name} was accepted");
+    for n in needles {
+        assert!(err.contains(n), "{name}: no {n:?} in {err}");
+    }
+}
+
 fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
@@ -175,19 +187,20 @@ fn a_sweep_runs_its_points_and_its_contact_sheet_matches_sweep_jsonl() {
         .collect();
     assert_eq!(labels, ["s/p000", "s/p001", "s/p002", "s/p003"]);
 
-    // A sweep file that names an unknown key or gives unequal zip lists is refused,
-    // naming the file and the point, before anything runs.
-    std::fs::write(
-        dir.path().join("bad.yaml"),
-        "base: p.yaml\naxes:\n  betta: [1, 2]\n",
-    )
-    .expect("write");
-    let o = easel(&["sweep", "bad.yaml"], dir.path(), None);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("bad.yaml") && err.contains("betta"),
-        "{err}"
+    // A sweep file that names an unknown key, gives unequal zip lists, no axis or a key
+    // on two axes is refused, naming the file and the point, before anything runs.
+    refused_sweep(
+        dir.path(),
+        "bad.yaml",
+        "betta: [1, 2]",
+        &["bad.yaml", "betta"],
     );
+    let zip = "zip: {alpha: [1, 2], beta: [3]}";
+    refused_sweep(dir.path(), "zip.yaml", zip, &["as many values"]);
+    refused_sweep(dir.path(), "empty.yaml", "zip: []", &["gives no axis"]);
+    let twice = "alpha: [1, 2]\n  zip: {alpha: [1, 10], beta: [3, 4]}";
+    let needles = ["twice.yaml", "`alpha` is on two axes"];
+    refused_sweep(dir.path(), "twice.yaml", twice, &needles);
     // A base given as a path is the sweep file's neighbour, wherever easel runs from.
     std::fs::create_dir(dir.path().join("sub")).expect("sub/");
     std::fs::write(
@@ -200,39 +213,6 @@ fn a_sweep_runs_its_points_and_its_contact_sheet_matches_sweep_jsonl() {
     let looked = dir.path().join("sub/../nothere.yaml");
     assert!(
         !o.status.success() && err.contains(&looked.display().to_string()),
-        "{err}"
-    );
-    std::fs::write(
-        dir.path().join("zip.yaml"),
-        "base: p.yaml\naxes:\n  zip: {alpha: [1, 2], beta: [3]}\n",
-    )
-    .expect("write");
-    let o = easel(&["sweep", "zip.yaml"], dir.path(), None);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("as many values"),
-        "{err}"
-    );
-    std::fs::write(
-        dir.path().join("empty.yaml"),
-        "base: p.yaml\naxes:\n  zip: []\n",
-    )
-    .expect("write");
-    let o = easel(&["sweep", "empty.yaml"], dir.path(), None);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("gives no axis"),
-        "{err}"
-    );
-    std::fs::write(
-        dir.path().join("twice.yaml"),
-        "base: p.yaml\naxes:\n  alpha: [1, 2]\n  zip: {alpha: [1, 10], beta: [3, 4]}\n",
-    )
-    .expect("write");
-    let o = easel(&["sweep", "twice.yaml"], dir.path(), None);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("twice.yaml") && err.contains("`alpha` is on two axes"),
         "{err}"
     );
     assert!(!dir.path().join("sweeps/bad").exists() && !dir.path().join("sweeps/zip").exists());
