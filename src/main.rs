@@ -110,6 +110,13 @@ fn real_main() -> Result<ExitCode> {
                 for r in &runs {
                     println!("{}", serde_json::to_string(r)?);
                 }
+            } else if runs.is_empty() && dir.join(easel::run_dir::PRESET).is_file() {
+                let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+                easel::logging::say(format!(
+                    "no run directories in {d}: it is a run directory itself; `easel runs {}` lists it with its neighbours, `easel plot {d}` redraws its report",
+                    parent.unwrap_or(Path::new(".")).display(),
+                    d = dir.display()
+                ));
             } else if runs.is_empty() {
                 easel::logging::say(format!("no run directories in {}", dir.display()));
             } else {

@@ -168,4 +168,11 @@ fn runs_lists_each_run_with_its_state_and_how_to_go_on() {
     let o = easel(&["runs", "nowhere"], dir.path());
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere"));
+    // A run directory given for its folder says what it is and what to give instead.
+    let o = easel(&["runs", &stopped_dir], dir.path());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("it is a run directory itself") && err.contains("easel plot"),
+        "{err}"
+    );
 }

@@ -215,6 +215,21 @@ fn a_sweep_runs_its_points_and_its_contact_sheet_matches_sweep_jsonl() {
         !o.status.success() && err.contains(&looked.display().to_string()),
         "{err}"
     );
+    // A bare name that is no file there is a preset's name; the error says both.
+    std::fs::write(
+        dir.path().join("sub/named.yaml"),
+        "base: nosuch\naxes:\n  beta: [1, 2]\n",
+    )
+    .expect("write");
+    let o = easel(&["sweep", "sub/named.yaml"], dir.path(), None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("named.yaml: key `base`")
+            && err.contains(&dir.path().join("sub/nosuch").display().to_string())
+            && err.contains("no preset nosuch"),
+        "{err}"
+    );
     assert!(!dir.path().join("sweeps/bad").exists() && !dir.path().join("sweeps/zip").exists());
     // An edited base preset would mix old and new settings in one sweep: refused.
     let base = std::fs::read_to_string(dir.path().join("p.yaml")).expect("p.yaml");
@@ -310,9 +325,22 @@ impl Slurm {
     fn start() -> Slurm {
         let dir = tempfile::tempdir().expect("tempdir");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-local.sh");
+        // Ports free now rather than the script's fixed ones, so that a Slurm left over
+        // from an aborted run, or another test run, is never the one this test talks to.
+        // Both listeners are held until both ports are read, so the two differ.
+        let listeners: Vec<std::net::TcpListener> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        let ports: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("its address").port().to_string())
+            .collect();
+        drop(listeners);
         let o = Command::new(&script)
             .arg("start")
             .arg(dir.path())
+            .env("SLURMCTLD_PORT", &ports[0])
+            .env("SLURMD_PORT", &ports[1])
             .output()
             .expect("slurm-local.sh runs");
         assert!(
@@ -464,8 +492,10 @@ fn a_failed_point_is_reported_and_the_rest_collected() {
     let rs = results(&sweep);
     assert_eq!(rs[0]["state"], "finished");
     assert_eq!(
-        rs[1]["state"], "pending",
-        "a point refused before it started has no run"
+        rs[1]["state"], "failed",
+        "a point refused before its run started is failed, not pending"
     );
     assert!(sweep.join("contact.png").is_file());
+    let status = ok(&easel(&["sweep", "status", "sweeps/s"], dir.path(), None));
+    assert!(status.contains("p001  failed"), "{status}");
 }

@@ -119,6 +119,9 @@ pub fn run(sweep: &SweepDir, opts: &Options) -> Result<Ended> {
                         status.code().unwrap_or(-1),
                         sweep.log_path(p).display()
                     ));
+                    // The mark only tells `status` apart from pending; the failure is
+                    // reported either way.
+                    let _ = sweep.mark_failed(p);
                     failed.push(p.dir.clone());
                 }
             }
@@ -199,6 +202,7 @@ fn spawn(
     tx: Sender<Msg>,
 ) -> Result<Child> {
     use std::os::unix::process::CommandExt;
+    sweep.clear_failed(p);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -129,6 +129,25 @@ impl SweepDir {
         self.path.join("logs").join(format!("{}.log", p.dir))
     }
 
+    /// Marks a point that failed before its run directory existed (a missing image, the
+    /// memory check): without it the point would read as `pending`. A point whose run
+    /// started is told by its run directory instead.
+    pub fn mark_failed(&self, p: &Point) -> Result<()> {
+        if self.run_dir(p).exists() {
+            return Ok(());
+        }
+        atomic::write(&self.failure_path(p), b"")
+    }
+
+    /// Clears [`SweepDir::mark_failed`]'s mark as the point starts again.
+    pub fn clear_failed(&self, p: &Point) {
+        let _ = std::fs::remove_file(self.failure_path(p));
+    }
+
+    fn failure_path(&self, p: &Point) -> PathBuf {
+        self.path.join("logs").join(format!("{}.failed", p.dir))
+    }
+
     /// The point's run as its directory tells it; `None` before it has started.
     pub fn summary(&self, p: &Point) -> Option<runs::RunSummary> {
         runs::summarize(&self.run_dir(p)).ok().flatten()
@@ -172,11 +191,12 @@ impl SweepDir {
                 .map(|(a, &s)| (a.name(), a.labels[s].clone()))
                 .collect(),
             settings: p.settings(&self.plan.axes).into_iter().collect(),
-            state: summary
-                .as_ref()
-                .map(|s| s.state.label())
-                .unwrap_or("pending")
-                .to_string(),
+            state: match &summary {
+                Some(s) => s.state.label(),
+                None if self.failure_path(p).is_file() => "failed",
+                None => "pending",
+            }
+            .to_string(),
             iterations: summary.as_ref().map(|s| s.done).unwrap_or(0),
             total: summary
                 .as_ref()

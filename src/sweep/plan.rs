@@ -114,8 +114,23 @@ impl Plan {
         let base = if folder.join(&file.base).is_file() || !bare {
             folder.join(&file.base)
         } else {
-            std::path::absolute(crate::builtin::resolve(&file.base)?)?
+            let preset = crate::builtin::resolve(&file.base).with_context(|| {
+                format!(
+                    "sweep file {}: key `base`: there is no file {}, so `{}` was taken for a preset's name",
+                    path.display(),
+                    folder.join(&file.base).display(),
+                    file.base.display()
+                )
+            })?;
+            std::path::absolute(preset)?
         };
+        if !base.is_file() {
+            bail!(
+                "sweep file {}: key `base`: there is no preset file {}; give a path relative to the sweep file, or a preset's name (`easel presets` lists them)",
+                path.display(),
+                base.display()
+            );
+        }
         let name = match file.name {
             Some(n) => n,
             None => path
