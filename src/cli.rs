@@ -127,7 +127,7 @@ pub enum Cmd {
         #[arg(long, default_value = "400x300,512x512", value_delimiter = ',')]
         sizes: Vec<String>,
         /// Timed iterations per size (after one warm-up iteration).
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = 5, value_parser = parse_iters)]
         iters: u64,
         #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
         backend: BackendChoice,
@@ -232,6 +232,16 @@ pub enum SweepCmd {
         #[arg(value_hint = ValueHint::DirPath)]
         dir: PathBuf,
     },
+}
+
+/// `--iters`: at least one timed iteration.
+fn parse_iters(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s} is not a number of iterations; give 1 or more, e.g. --iters 5"
+        )),
+    }
 }
 
 /// `--tile`: a tile side the preset's `tile: {size: N}` would take.

@@ -131,6 +131,13 @@ fn real_main() -> Result<ExitCode> {
                 run_dir.join(easel::report::LOSSES_SVG).display(),
                 run_dir.join(easel::report::REPORT_HTML).display()
             );
+            if easel::runs::records(&run_dir)?.is_empty() {
+                easel::logging::say(format!(
+                    "note: {} records no costs ({} is missing or empty), so the plot is empty",
+                    run_dir.display(),
+                    easel::run_dir::LOSSES
+                ));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Cmd::Backends { json }) => {

@@ -343,7 +343,7 @@ pub use crate::tensor_file::HostTensor;
 pub fn read_keras_h5(path: &Path) -> Result<HashMap<String, HostTensor>> {
     let file = hdf5_reader::Hdf5File::open(path).map_err(|e| {
         anyhow!(
-            "{} is not a readable HDF5 file ({e}); fetch it again with `easel weights fetch`",
+            "{} is not a readable HDF5 file ({e}): it is not Keras' VGG-19 weights file, or it is cut short",
             path.display()
         )
     })?;

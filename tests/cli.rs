@@ -465,6 +465,7 @@ fn bench_refuses_sizes_and_iterations_a_run_would_not_take() {
     }
     let o = easel(&["bench", "--iters", "0"], dir.path());
     assert!(!o.status.success(), "--iters 0 was accepted");
+    assert!(stderr(&o).contains("give 1 or more"), "{}", stderr(&o));
     // bench's tile is a flag, so its error writes one, not a preset's `{size: N}`.
     let o = easel(&["bench", "--tile", "100"], dir.path());
     let err = stderr(&o);

@@ -6,7 +6,7 @@ mod common;
 use common::easel;
 use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 
 fn scratch() -> tempfile::TempDir {
     common::scratch(
@@ -168,6 +168,21 @@ fn runs_lists_each_run_with_its_state_and_how_to_go_on() {
     let o = easel(&["runs", "nowhere"], dir.path());
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere"));
+    // A plot of a run whose costs are gone says so rather than drawing nothing quietly.
+    let copy = dir.path().join("copy");
+    let cp = Command::new("cp")
+        .args(["-r", &stopped_dir, copy.to_str().expect("utf-8")])
+        .current_dir(dir.path())
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    std::fs::remove_file(copy.join("losses.jsonl")).expect("remove losses.jsonl");
+    let o = easel(&["plot", "copy"], dir.path());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("records no costs"),
+        "{err}"
+    );
     // A run directory given for its folder says what it is and what to give instead.
     let o = easel(&["runs", &stopped_dir], dir.path());
     let err = String::from_utf8_lossy(&o.stderr);

@@ -160,11 +160,16 @@ pub struct BenchOptions<'a> {
 /// Times `iters` iterations (after warm-up) at each size with the default preset's
 /// settings on chelsea.png and starry_night.jpg.
 pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result<()> {
+    // A trailing or doubled comma (`--sizes 400x300,`) leaves an empty item: no size.
     let sizes: Vec<(u32, u32)> = opts
         .sizes
         .iter()
+        .filter(|s| !s.trim().is_empty())
         .map(|s| parse_size(s))
         .collect::<Result<_>>()?;
+    if sizes.is_empty() {
+        bail!("--sizes gives no size; write WIDTHxHEIGHT, e.g. --sizes 400x300,512x512");
+    }
     let preset = default_preset(&[])?;
     let spec = match opts.optimizer {
         BenchOptimizer::Adam => OptimizerSpec::adam(2.0),
@@ -176,13 +181,14 @@ pub fn run(weights_path: &Path, backend: Backend, opts: &BenchOptions) -> Result
     let style = img::load_rgb(&preset.style.images()[0].0)?;
     let cost = preset.cost_weights();
     println!(
-        "easel bench: {} on {}, {} timed iterations per size after warm-up",
+        "easel bench: {} on {}, {} timed iteration{} per size after warm-up",
         match opts.optimizer {
             BenchOptimizer::Adam => "Adam",
             BenchOptimizer::Lbfgs => "L-BFGS (history 100)",
         },
         backend.description,
-        opts.iters
+        opts.iters,
+        if opts.iters == 1 { "" } else { "s" }
     );
     print!(
         "{:>10} {:>18} {:>12} {:>8} {:>14}",
