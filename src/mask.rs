@@ -185,6 +185,32 @@ impl Regions {
             .collect()
     }
 
+    /// What a run should hear about a mask it accepts: a listed colour no pixel has (its
+    /// style goes unused), and a shape other than the content's `(width, height)` (the
+    /// mask is stretched over it).
+    pub fn mask_notices(&self, mask: &RgbImage, content: (u32, u32)) -> Vec<String> {
+        let path = self.mask.display();
+        let mut notices: Vec<String> = self
+            .list
+            .iter()
+            .filter(|(rgb, _)| !mask.pixels().any(|p| p.0 == *rgb))
+            .map(|(rgb, _)| {
+                format!(
+                    "mask {path}: no pixel has the colour {} listed under `regions.styles`, so its region is empty; check the colour (a JPEG mask shifts colours)",
+                    colour_label(*rgb)
+                )
+            })
+            .collect();
+        let ((mw, mh), (cw, ch)) = (mask.dimensions(), content);
+        let stretch = (f64::from(mw) / f64::from(mh)) / (f64::from(cw) / f64::from(ch));
+        if (stretch - 1.0).abs() > 0.01 {
+            notices.push(format!(
+                "mask {path} is {mw}x{mh} and the content image {cw}x{ch}: the mask is stretched to the content's shape"
+            ));
+        }
+        notices
+    }
+
     /// Refuses a mask with a colour no region lists, naming it.
     pub fn check_mask(&self, mask: &RgbImage, path: &Path) -> Result<()> {
         let mut unlisted: HashMap<Rgb, usize> = HashMap::new();

@@ -234,6 +234,30 @@ fn a_run_with_regions_finishes_and_resumes() {
     assert_eq!(records(&run_dir).last().expect("records")["iter"], 5);
 }
 
+/// A mask that leaves a listed colour without a pixel, or has another shape than the
+/// content, is run, and the run says so first.
+#[test]
+fn a_mask_with_an_empty_region_or_another_shape_is_told() {
+    let red = image::RgbImage::from_pixel(40, 40, image::Rgb([255, 0, 0]));
+    let dir = scratch_with_mask(REGIONS, &red);
+    let o = run(dir.path(), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    for needle in [
+        "no pixel has the colour #0000ff",
+        "no pixel has the colour #000000",
+        "is 40x40 and the content image 451x300",
+    ] {
+        assert!(err.contains(needle), "no {needle:?} in {err}");
+    }
+    let dir = scratch_with_mask(REGIONS, &three_colour_mask());
+    let err = String::from_utf8_lossy(&run(dir.path(), &[]).stderr).into_owned();
+    assert!(
+        !err.contains("mask"),
+        "a mask that fits says nothing: {err}"
+    );
+}
+
 /// A mask colour no region lists is named; so are a bad colour, both `style` and
 /// `regions`, and regions with W2.
 #[test]

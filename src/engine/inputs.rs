@@ -33,6 +33,15 @@ pub struct Inputs {
 }
 
 impl Sources {
+    /// What the run should say about its inputs before it starts (a mask's empty
+    /// regions or stretched shape).
+    pub fn notices(&self) -> Vec<String> {
+        match &self.regions {
+            Some((mask, regions)) => regions.mask_notices(mask, self.content.dimensions()),
+            None => Vec::new(),
+        }
+    }
+
     pub fn load(preset: &Preset) -> Result<Sources> {
         let content = img::load_rgb(&preset.content)?;
         let styles = preset

@@ -266,6 +266,9 @@ impl Worker {
             history,
             changes: run_dir.changes().to_vec(),
         })));
+        for notice in sources.notices() {
+            let _ = tx.send(Event::Notice(notice));
+        }
         for changed in run_dir.changed_inputs(&preset.input_paths()) {
             let _ = tx.send(Event::Notice(format!(
                 "{} has changed since the run started (its sha256 differs); the run goes on with the file as it is now",
