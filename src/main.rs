@@ -111,10 +111,10 @@ fn real_main() -> Result<ExitCode> {
                     println!("{}", serde_json::to_string(r)?);
                 }
             } else if runs.is_empty() && dir.join(easel::run_dir::PRESET).is_file() {
-                let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+                let absolute = std::path::absolute(&dir)?;
                 easel::logging::say(format!(
                     "no run directories in {d}: it is a run directory itself; `easel runs {}` lists it with its neighbours, `easel plot {d}` redraws its report",
-                    parent.unwrap_or(Path::new(".")).display(),
+                    absolute.parent().unwrap_or(&absolute).display(),
                     d = dir.display()
                 ));
             } else if runs.is_empty() {
@@ -133,7 +133,7 @@ fn real_main() -> Result<ExitCode> {
             );
             if easel::runs::records(&run_dir)?.is_empty() {
                 easel::logging::say(format!(
-                    "note: {} records no costs ({} is missing or empty), so the plot is empty",
+                    "note: {} records no costs ({} is missing, empty or unreadable), so the plot is empty",
                     run_dir.display(),
                     easel::run_dir::LOSSES
                 ));

@@ -131,18 +131,21 @@ fn a_run_switches_cpu_gpu_cpu_between_iterations() {
     // with no switch back (measured on lavapipe: a run moved to wgpu at iteration 2 and
     // left there). A move that lost L-BFGS's history restarts it with a gradient step:
     // J is then 2.5e-3 off at the next iteration (measured by clearing the history in
-    // `Lbfgs::move_to`). Hence 3e-4, between the two.
+    // `Lbfgs::move_to`). Hence 3e-4, between the two: the worst of 4 runs under load
+    // was 7e-5 (at iteration 6; 2.5e-5 at the last). Adam drifts 3e-7 and keeps 1e-3.
     let runs = [
         (
             ("{kind: adam, lr: 2.0}", 9),
             [(2, BackendChoice::Wgpu), (5, BackendChoice::Cpu)],
+            1e-3,
         ),
         (
             ("{kind: lbfgs, history: 5}", 7),
             [(1, BackendChoice::Wgpu), (3, BackendChoice::Cpu)],
+            3e-4,
         ),
     ];
-    for (optimizer, switches) in runs {
+    for (optimizer, switches, tolerance) in runs {
         let dir = tempfile::tempdir().expect("tempdir");
         let plain = trajectory(dir.path(), optimizer, &[]);
         // The switch takes effect between iterations: asked during iteration k, it
@@ -161,7 +164,7 @@ fn a_run_switches_cpu_gpu_cpu_between_iterations() {
         );
         for (k, ((a, _), (b, backend))) in plain.iter().zip(&switched).enumerate() {
             assert!(
-                rel(*b, *a) <= 3e-4,
+                rel(*b, *a) <= tolerance,
                 "{optimizer}, iteration {k} on {backend}: J {b} vs {a} on the CPU alone"
             );
         }

@@ -201,6 +201,9 @@ fn a_sweep_runs_its_points_and_its_contact_sheet_matches_sweep_jsonl() {
     let twice = "alpha: [1, 2]\n  zip: {alpha: [1, 10], beta: [3, 4]}";
     let needles = ["twice.yaml", "`alpha` is on two axes"];
     refused_sweep(dir.path(), "twice.yaml", twice, &needles);
+    let inside = "optimizer: [{kind: adam}, {kind: lbfgs}]\n  optimizer.lr: [1, 2]";
+    let needles = ["`optimizer` and `optimizer.lr` are on two axes"];
+    refused_sweep(dir.path(), "inside.yaml", inside, &needles);
     // A base given as a path is the sweep file's neighbour, wherever easel runs from.
     std::fs::create_dir(dir.path().join("sub")).expect("sub/");
     std::fs::write(

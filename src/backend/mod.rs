@@ -451,13 +451,17 @@ pub fn check_capability(name: &str, (major, minor): (i32, i32)) -> Result<()> {
 /// login session, in Slurm jobs and in containers. There libwayland prints "error:
 /// XDG_RUNTIME_DIR is invalid or not set in the environment." each time wgpu lists
 /// adapters, which reads as easel's own error. The layer's manifest names
-/// `NODEVICE_SELECT=1` as its off switch; a value the user set is kept.
+/// `NODEVICE_SELECT=1` as its off switch; a value the user set is kept, and so is the
+/// layer where the user picks a GPU through it (`MESA_VK_DEVICE_SELECT`, `DRI_PRIME`).
 ///
 /// # Safety
 /// It changes the environment: call it before any other thread starts.
 pub unsafe fn quiet_vulkan_device_select() {
-    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
-        && std::env::var_os("NODEVICE_SELECT").is_none()
+    let set = |name: &str| std::env::var_os(name).is_some();
+    if !set("XDG_RUNTIME_DIR")
+        && !set("NODEVICE_SELECT")
+        && !set("MESA_VK_DEVICE_SELECT")
+        && !set("DRI_PRIME")
     {
         // SAFETY: the caller's promise: no other thread reads the environment yet.
         unsafe { std::env::set_var("NODEVICE_SELECT", "1") };

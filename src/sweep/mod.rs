@@ -29,7 +29,8 @@ pub struct SweepDir {
     pub plan: Plan,
     /// Held by the `easel sweep` that runs or submits the points, so that a second one
     /// on the same folder is refused instead of taking the first one's points for
-    /// failed; `status` and `collect` only read, and take none.
+    /// failed; `status` and `collect` take none (they read the points' run directories
+    /// and write only what they report).
     _lock: Option<std::fs::File>,
 }
 

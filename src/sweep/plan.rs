@@ -280,12 +280,24 @@ fn axes(map: &Mapping, folder: &Path) -> Result<Vec<Axis>> {
     if axes.is_empty() {
         bail!("key `axes` gives no axis; give at least one, e.g. `axes: {{beta: [10, 40]}}`");
     }
-    // A key on two axes would take the later one's value while the labels showed both.
-    let mut seen = std::collections::HashSet::new();
-    if let Some(key) = axes.iter().flat_map(|a| &a.keys).find(|k| !seen.insert(*k)) {
-        bail!(
-            "key `axes`: `{key}` is on two axes (a key and a `zip` group, or two groups), and a point can give it one value; keep it in one place"
-        );
+    // A key on two axes (or a key and one inside it, `optimizer` and `optimizer.lr`)
+    // would take the later one's value while the labels showed both.
+    let keys: Vec<&String> = axes.iter().flat_map(|a| &a.keys).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let overlaps = |other: &&&String| {
+            other == &key
+                || other.starts_with(&format!("{key}."))
+                || key.starts_with(&format!("{other}."))
+        };
+        if let Some(other) = keys[i + 1..].iter().find(overlaps) {
+            let what = match other == key {
+                true => format!("`{key}` is on two axes"),
+                false => format!("`{key}` and `{other}` are on two axes and set the same value"),
+            };
+            bail!(
+                "key `axes`: {what} (a key and a `zip` group, two groups, or a key and one inside it), and a point can give it one value; keep it in one place"
+            );
+        }
     }
     Ok(axes)
 }

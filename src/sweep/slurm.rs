@@ -182,6 +182,8 @@ pub fn submit(sweep: &SweepDir, opts: &Options) -> Result<Option<String>> {
     if id.is_empty() {
         bail!("sbatch printed no job id: {stdout}");
     }
+    // A failure a local sweep marked is old news once Slurm holds the point.
+    todo.iter().for_each(|p| sweep.clear_failed(p));
     let job = Job {
         job: id.clone(),
         points: todo.iter().map(|p| p.dir.clone()).collect(),
