@@ -125,13 +125,13 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Cmd::Plot { run_dir }) => {
-            easel::report::write(&run_dir, None)?;
+            let plotted = easel::report::write(&run_dir, None)?;
             println!(
                 "wrote {} and {}",
                 run_dir.join(easel::report::LOSSES_SVG).display(),
                 run_dir.join(easel::report::REPORT_HTML).display()
             );
-            if easel::runs::records(&run_dir)?.is_empty() {
+            if plotted == 0 {
                 easel::logging::say(format!(
                     "note: {} records no costs ({} is missing, empty or unreadable), so the plot is empty",
                     run_dir.display(),

@@ -15,7 +15,7 @@ use crate::settings::{Rgb, colour_label};
 use anyhow::{Result, bail};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// `regions` as the preset file holds it.
@@ -190,10 +190,11 @@ impl Regions {
     /// mask is stretched over it).
     pub fn mask_notices(&self, mask: &RgbImage, content: (u32, u32)) -> Vec<String> {
         let path = self.mask.display();
+        let present: HashSet<Rgb> = mask.pixels().map(|p| p.0).collect();
         let mut notices: Vec<String> = self
             .list
             .iter()
-            .filter(|(rgb, _)| !mask.pixels().any(|p| p.0 == *rgb))
+            .filter(|(rgb, _)| !present.contains(rgb))
             .map(|(rgb, _)| {
                 format!(
                     "mask {path}: no pixel has the colour {} listed under `regions.styles`, so its region is empty; check the colour (a JPEG mask shifts colours)",

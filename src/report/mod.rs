@@ -17,8 +17,9 @@ pub const LOSSES_SVG: &str = "losses.svg";
 pub const REPORT_HTML: &str = "report.html";
 
 /// Writes `losses.svg` and `report.html` in the run directory `dir`; `state` is the
-/// run's where the caller is the run itself (else the files say).
-pub fn write(dir: &Path, state: Option<RunStatus>) -> Result<()> {
+/// run's where the caller is the run itself (else the files say). Returns how many
+/// iterations' costs the plot shows.
+pub fn write(dir: &Path, state: Option<RunStatus>) -> Result<usize> {
     let records = runs::records(dir)?;
     let Some(mut summary) = runs::summarize_with(dir, records.last())? else {
         bail!(
@@ -41,7 +42,8 @@ pub fn write(dir: &Path, state: Option<RunStatus>) -> Result<()> {
         snapshots: &snapshots(dir),
         has_final: dir.join(run_dir::FINAL).is_file(),
     });
-    atomic::write(&dir.join(REPORT_HTML), page.as_bytes())
+    atomic::write(&dir.join(REPORT_HTML), page.as_bytes())?;
+    Ok(records.len())
 }
 
 /// The snapshots' file names relative to the run directory, in order.
